@@ -1,0 +1,242 @@
+"""The v2 protocol, pure: request validation, signing, XML in and out, answer verification.
+
+No I/O, no clock, no randomness: the nonce is passed in. These functions are shared by the
+legacy route (request out, answer in) and the v3 route (its synthesized v2 answer is signed
+here with the merchant's v2 key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+from xml.parsers.expat import ExpatError
+
+import xmltodict
+
+from shim.errors import InputError, Route, SignatureError, UpstreamError
+
+__all__ = [
+    "QUERY_COUPON_STOCK_PATH",
+    "REQUEST_FIELDS",
+    "V2Request",
+    "build_request_fields",
+    "parse_xml",
+    "sign",
+    "to_xml",
+    "validate_request",
+    "verify_answer",
+]
+
+QUERY_COUPON_STOCK_PATH = "/mmpaymkttransfers/query_coupon_stock"
+
+#: The v2 call signature, in positional order.
+REQUEST_FIELDS = (
+    "coupon_stock_id",
+    "appid",
+    "mch_id",
+    "op_user_id",
+    "device_info",
+    "version",
+    "type",
+)
+
+_ID = re.compile(r"[0-9A-Za-z_\-]+")
+_PRINTABLE = re.compile(r"[\x21-\x7e]*")
+
+
+class V2Request(NamedTuple):
+    """A validated v2 request (all strings; optional ones may be empty)."""
+
+    coupon_stock_id: str
+    appid: str
+    mch_id: str
+    op_user_id: str
+    device_info: str
+    version: str
+    type: str
+
+    def echo(self) -> dict[str, str]:
+        """The request fields a v2 answer echoes."""
+        out = {"appid": self.appid, "mch_id": self.mch_id}
+        if self.device_info:
+            out["device_info"] = self.device_info
+        return out
+
+
+# field: (required, max length, pattern, what it must be)
+_RULES: dict[str, tuple[bool, int, re.Pattern[str], str]] = {
+    # Stock ids are shared by v2 and v3; v3 caps them at 20 characters, so the shim does too
+    # on every route: a caller's answer never depends on which side its canary bucket picks.
+    "coupon_stock_id": (True, 20, _ID, "ASCII letters, digits, '-' or '_'"),
+    "appid": (True, 32, _ID, "ASCII letters, digits, '-' or '_'"),
+    "mch_id": (True, 32, _ID, "ASCII letters, digits, '-' or '_'"),
+    "op_user_id": (False, 32, _PRINTABLE, "printable ASCII without spaces"),
+    "device_info": (False, 32, _PRINTABLE, "printable ASCII without spaces"),
+    "version": (False, 8, re.compile(r"1\.0"), '"1.0"'),
+    "type": (False, 8, re.compile(r"XML"), '"XML"'),
+}
+
+
+def _describe(value: str) -> str:
+    """A safe short description of a rejected value (never the whole of a long one)."""
+    shown = value if len(value) <= 40 else value[:37] + "..."
+    return repr(shown)
+
+
+def validate_request(values: Mapping[str, Any]) -> V2Request:
+    """Check every v2 request field against the API's limits, before any network call.
+
+    ``None`` means "not given". ``op_user_id`` defaults to ``mch_id``.
+
+    Raises:
+        InputError: a field is missing, not a string, too long or holds characters the API
+            does not accept; the message names the field and the rule.
+    """
+    unknown = set(values) - set(REQUEST_FIELDS)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InputError("is not a field of query_coupon_stock", field=name)
+    clean: dict[str, str] = {}
+    for name, (required, limit, pattern, what) in _RULES.items():
+        value = values.get(name)
+        if value is None:
+            value = ""
+        if isinstance(value, int) and not isinstance(value, bool) and name == "coupon_stock_id":
+            value = str(value)
+        if not isinstance(value, str):
+            raise InputError(f"must be a string, got {type(value).__name__}", field=name)
+        if not value:
+            if required:
+                raise InputError("is required and must not be empty", field=name)
+            clean[name] = ""
+            continue
+        if len(value) > limit:
+            raise InputError(f"must be at most {limit} characters, got {len(value)}", field=name)
+        if not pattern.fullmatch(value):
+            raise InputError(f"must be {what}, got {_describe(value)}", field=name)
+        clean[name] = value
+    if not clean["op_user_id"]:
+        clean["op_user_id"] = clean["mch_id"]
+    return V2Request(**clean)
+
+
+def sign(params: Mapping[str, str], key: str, sign_type: str) -> str:
+    """The v2 signature of ``params`` (every non-empty field but ``sign``), upper-case hex.
+
+    Args:
+        params: the fields to sign; empty values and ``sign`` itself take no part.
+        key: the merchant's v2 API key.
+        sign_type: ``"MD5"`` or ``"HMAC-SHA256"``.
+    """
+    string_a = "&".join(f"{k}={params[k]}" for k in sorted(params) if k != "sign" and params[k])
+    temp = f"{string_a}&key={key}".encode()
+    if sign_type == "HMAC-SHA256":
+        return hmac.new(key.encode(), temp, hashlib.sha256).hexdigest().upper()
+    if sign_type == "MD5":
+        return hashlib.md5(temp, usedforsecurity=False).hexdigest().upper()
+    raise ValueError(f"unknown v2 sign type {sign_type!r}")
+
+
+def build_request_fields(
+    request: V2Request, *, key: str, sign_type: str, nonce: str
+) -> dict[str, str]:
+    """The signed v2 request fields for ``query_coupon_stock``."""
+    fields = {k: v for k, v in zip(REQUEST_FIELDS, request, strict=True) if v}
+    fields["nonce_str"] = nonce
+    if sign_type == "HMAC-SHA256":
+        fields["sign_type"] = "HMAC-SHA256"
+    fields["sign"] = sign(fields, key, sign_type)
+    return fields
+
+
+def _cdata(value: str) -> str:
+    # "]]>" cannot stand inside CDATA: split it across two sections.
+    return "<![CDATA[" + value.replace("]]>", "]]]]><![CDATA[>") + "]]>"
+
+
+def to_xml(fields: Mapping[str, str]) -> bytes:
+    """Serialize flat v2 fields as ``<xml><k><![CDATA[v]]></k>…</xml>`` (UTF-8)."""
+    return (
+        "<xml>" + "".join(f"<{k}>{_cdata(v)}</{k}>" for k, v in fields.items()) + "</xml>"
+    ).encode()
+
+
+def parse_xml(
+    body: bytes, *, route: Route = "legacy", max_bytes: int = 1_048_576
+) -> dict[str, str]:
+    """Parse a v2 XML answer into ``dict[str, str]``, safely.
+
+    No DTDs, no entities (no "billion laughs"), a size cap, a flat ``<xml>`` root only.
+    Empty elements become ``""``.
+
+    Raises:
+        UpstreamError: kind ``protocol``, for anything that is not a flat, safe v2 document.
+    """
+    if len(body) > max_bytes:
+        raise UpstreamError(
+            f"v2 answer of {len(body)} bytes exceeds the {max_bytes}-byte cap",
+            route=route,
+            kind="protocol",
+        )
+    head = body[:4096].lower()
+    if b"<!doctype" in head or b"<!entity" in body.lower():
+        raise UpstreamError(
+            "v2 answer carries a DTD or entity declaration; refused", route=route, kind="protocol"
+        )
+    try:
+        doc = xmltodict.parse(body, disable_entities=True)
+    except (ExpatError, ValueError) as exc:
+        raise UpstreamError(
+            f"v2 answer is not well-formed XML ({type(exc).__name__})", route=route, kind="protocol"
+        ) from None
+    root = doc.get("xml") if isinstance(doc, dict) else None
+    if root is None:
+        root = {}
+    if not isinstance(root, dict):
+        raise UpstreamError("v2 answer has no <xml> root with fields", route=route, kind="protocol")
+    out: dict[str, str] = {}
+    for k, v in root.items():
+        if v is None:
+            v = ""
+        if not isinstance(v, str) or k.startswith(("@", "#")):
+            raise UpstreamError(
+                f"v2 answer field {k[:40]!r} is not a plain text element",
+                route=route,
+                kind="protocol",
+            )
+        out[k] = v
+    return out
+
+
+def verify_answer(
+    answer: Mapping[str, str], *, key: str, sign_type: str, route: Route = "legacy"
+) -> None:
+    """Fail closed on a v2 answer's signature.
+
+    A ``return_code=SUCCESS`` answer must carry a valid ``sign`` of the merchant's sign type.
+    A ``return_code=FAIL`` answer carries no data; if it is signed the sign must still verify.
+
+    Raises:
+        SignatureError: the sign is missing (on SUCCESS), of the wrong type, or does not match.
+        UpstreamError: the answer has no ``return_code``.
+    """
+    code = answer.get("return_code")
+    if code not in ("SUCCESS", "FAIL"):
+        raise UpstreamError("v2 answer has no valid return_code", route=route, kind="protocol")
+    got = answer.get("sign", "")
+    if not got:
+        if code == "SUCCESS":
+            raise SignatureError("v2 answer has no sign; refused (fail closed)", route=route)
+        return
+    expected_len = 64 if sign_type == "HMAC-SHA256" else 32
+    if len(got) != expected_len:
+        raise SignatureError(
+            f"v2 answer sign is not {sign_type} (length {len(got)}); refused", route=route
+        )
+    if not hmac.compare_digest(got.upper(), sign(answer, key, sign_type)):
+        raise SignatureError(
+            "v2 answer sign does not verify with the merchant's v2 key", route=route
+        )
