@@ -1,0 +1,350 @@
+"""The one flow of a call, sans-IO: generators that yield what to do and receive what happened.
+
+A flow yields :class:`HttpRequest` (the driver answers with an :class:`HttpResponse` or a
+:class:`TransportFailure`) or :class:`Sleep` (the driver sleeps and answers ``None``), and
+finally returns its result. All logic — signing, verification, parsing, mapping, retries,
+circuit breaking and fallback — lives here; ``shim.transport`` holds the two small drivers
+(sync and async) that only do I/O, so the twins cannot drift.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal, TypeVar
+
+from shim import v2, v3
+from shim.config import MerchantConfig, ShimConfig
+from shim.errors import ConfigError, Route, ShimError, UpstreamError
+from shim.mapping import MappingTable, map_error, map_success
+from shim.policy import CircuitBreaker, backoff_delay, should_retry
+from shim.routing import Decision, fallback_route
+
+__all__ = [
+    "CallContext",
+    "CallOutcome",
+    "Flow",
+    "HttpRequest",
+    "HttpResponse",
+    "Instruction",
+    "RouteResult",
+    "Sleep",
+    "TransportFailure",
+    "call_flow",
+    "new_nonce",
+    "route_flow",
+]
+
+USER_AGENT = "coupon-shim/0.1"
+_XML_TYPES = ("text/xml", "application/xml", "text/plain")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One HTTP request for the driver to send, with its time limits."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    route: Route
+    timeout_s: float
+    connect_timeout_s: float
+    deadline: float
+    max_body_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A whole HTTP answer. ``headers`` is case-insensitive (``httpx.Headers``)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TransportFailure:
+    """The request got no whole answer: ``kind`` is an :class:`UpstreamError` kind."""
+
+    kind: Literal["timeout", "connection", "protocol", "budget"]
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Ask the driver to wait (retry backoff)."""
+
+    seconds: float
+
+
+Instruction = HttpRequest | Sleep
+T = TypeVar("T")
+Flow = Generator[Instruction, "HttpResponse | TransportFailure | None", T]
+
+
+def new_nonce() -> str:
+    """A fresh 32-character nonce."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallContext:
+    """Everything one call's flow needs, passed in (time, nonce and randomness included)."""
+
+    config: ShimConfig
+    merchant: MerchantConfig
+    mapping: MappingTable
+    request: v2.V2Request
+    breakers: Callable[[Route, str], CircuitBreaker]
+    deadline: float
+    attempts: int
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    nonce: Callable[[], str] = new_nonce
+    rng: Callable[[], float] = secrets.SystemRandom().random
+    request_fields: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteResult:
+    """A verified v2-shaped answer from one route."""
+
+    answer: dict[str, str]
+    route: Route
+    attempts: int
+    unmapped: tuple[str, ...] = ()
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """What served a call."""
+
+    result: RouteResult
+    served_by: Route
+    fallback: bool
+    fallback_error: ShimError | None = None
+
+
+def _failure_error(failure: TransportFailure, route: Route) -> UpstreamError:
+    return UpstreamError(failure.detail, route=route, kind=failure.kind)
+
+
+def _request(
+    ctx: CallContext,
+    route: Route,
+    method: str,
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    body: bytes,
+) -> HttpRequest:
+    up = ctx.config.upstream
+    return HttpRequest(
+        method,
+        url,
+        headers,
+        body,
+        route,
+        up.timeout_s,
+        up.connect_timeout_s,
+        ctx.deadline,
+        up.max_body_bytes,
+    )
+
+
+def _signed_v2_answer(ctx: CallContext, fields: Mapping[str, str]) -> dict[str, str]:
+    answer = dict(fields)
+    answer["nonce_str"] = ctx.nonce()
+    m = ctx.merchant
+    answer["sign"] = v2.sign(answer, m.v2_key.reveal(), m.v2_sign_type)
+    return answer
+
+
+def legacy_attempt(ctx: CallContext) -> Flow[RouteResult]:
+    """One signed POST to the retired v2 endpoint; the answer is verified, fail closed."""
+    m = ctx.merchant
+    key = m.v2_key.reveal()
+    fields = v2.build_request_fields(
+        ctx.request, key=key, sign_type=m.v2_sign_type, nonce=ctx.nonce()
+    )
+    reply = yield _request(
+        ctx,
+        "legacy",
+        "POST",
+        ctx.config.upstream.v2_base_url + v2.QUERY_COUPON_STOCK_PATH,
+        (("Content-Type", "text/xml; charset=utf-8"), ("User-Agent", USER_AGENT)),
+        v2.to_xml(fields),
+    )
+    if not isinstance(reply, HttpResponse):
+        raise _failure_error(reply or TransportFailure("protocol", "no reply"), "legacy")
+    if reply.status != 200:
+        raise UpstreamError(
+            f"v2 endpoint answered HTTP {reply.status}",
+            route="legacy",
+            kind="http_status",
+            status=reply.status,
+        )
+    ctype = reply.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype and ctype not in _XML_TYPES:
+        raise UpstreamError(
+            f"v2 answer has content type {ctype[:40]!r}, not XML",
+            route="legacy",
+            kind="protocol",
+            status=reply.status,
+        )
+    answer = v2.parse_xml(reply.body, max_bytes=ctx.config.upstream.max_body_bytes)
+    v2.verify_answer(answer, key=key, sign_type=m.v2_sign_type)
+    return RouteResult(answer, "legacy", 1, status=reply.status)
+
+
+def v3_attempt(ctx: CallContext) -> Flow[RouteResult]:
+    """One signed GET of the v3 stock query; verified, then mapped onto a re-signed v2 dict."""
+    m = ctx.merchant
+    creds = m.v3
+    if creds is None:
+        raise ConfigError(
+            "has no v3 credentials (v3_private_key, v3_cert_serial, WeChat Pay keys)",
+            key=f'merchants."{m.mch_id}"',
+        )
+    stock_id = ctx.request.coupon_stock_id
+    path = v3.stock_path(stock_id, m.creator_for(stock_id))
+    nonce = ctx.nonce()
+    auth = v3.authorization(
+        creds,
+        mch_id=m.mch_id,
+        method="GET",
+        path=path,
+        body="",
+        timestamp=int(ctx.wall()),
+        nonce=nonce,
+    )
+    headers: tuple[tuple[str, str], ...] = (
+        ("Accept", "application/json"),
+        ("Authorization", auth),
+        ("User-Agent", USER_AGENT),
+    )
+    if creds.public_key_id:
+        headers += (("Wechatpay-Serial", creds.public_key_id),)
+    reply = yield _request(ctx, "v3", "GET", ctx.config.upstream.v3_base_url + path, headers, b"")
+    if not isinstance(reply, HttpResponse):
+        raise _failure_error(reply or TransportFailure("protocol", "no reply"), "v3")
+    status, rid = reply.status, reply.headers.get("request-id")
+    if 200 <= status < 300:
+        v3.verify_answer(creds, reply.headers, reply.body, now=ctx.wall(), status=status)
+        ctype = reply.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise UpstreamError(
+                f"v3 answer has content type {ctype[:40]!r}, not JSON",
+                route="v3",
+                kind="protocol",
+                status=status,
+                request_id=rid,
+            )
+        body = v3.parse_json_object(reply.body, status=status, request_id=rid)
+        mapped = map_success(ctx.mapping, body, ctx.request_fields)
+        unmapped = tuple(u.v2_key for u in mapped.unmapped)
+        return RouteResult(_signed_v2_answer(ctx, mapped.fields), "v3", 1, unmapped, status)
+    code = v3.parse_error_body(reply.body)
+    if status == 429 or status >= 500:
+        raise UpstreamError(
+            f"v3 answered HTTP {status} {code or ''}".rstrip(),
+            route="v3",
+            kind="http_status",
+            status=status,
+            code=code,
+            request_id=rid,
+        )
+    if not reply.headers.get("wechatpay-signature"):
+        raise UpstreamError(
+            f"v3 error answer HTTP {status} is unsigned; refused",
+            route="v3",
+            kind="http_status",
+            status=status,
+            code=code,
+            request_id=rid,
+        )
+    v3.verify_answer(creds, reply.headers, reply.body, now=ctx.wall(), status=status)
+    outcome = map_error(ctx.mapping, status, code, ctx.request_fields)
+    if outcome.kind in ("business", "return_fail"):
+        return RouteResult(_signed_v2_answer(ctx, outcome.fields), "v3", 1, (), status)
+    raise UpstreamError(
+        f"v3 answered HTTP {status} {code or '(no code)'}, which the mapping has no v2 form for",
+        route="v3",
+        kind="http_status",
+        status=status,
+        code=code,
+        request_id=rid,
+    )
+
+
+def route_flow(ctx: CallContext, route: Route) -> Flow[RouteResult]:
+    """One route with bounded retries, backoff with jitter, the time budget and its breaker."""
+    breaker = ctx.breakers(route, ctx.merchant.mch_id)
+    attempt_fn = legacy_attempt if route == "legacy" else v3_attempt
+    attempt = 0
+    while True:
+        attempt += 1
+        now = ctx.clock()
+        if now >= ctx.deadline:
+            raise UpstreamError("the call's time budget is spent", route=route, kind="budget")
+        if not breaker.allow(now):
+            raise UpstreamError(
+                "circuit breaker is open after repeated failures; not calling",
+                route=route,
+                kind="circuit_open",
+            )
+        try:
+            result = yield from attempt_fn(ctx)
+        except UpstreamError as err:
+            if err.transient:
+                breaker.record_failure(ctx.clock())
+            else:
+                breaker.record_success()  # it answered; the answer was bad, not the link
+            if should_retry(
+                err, attempt=attempt, cfg=replace(ctx.config.retry, attempts=ctx.attempts)
+            ):
+                delay = backoff_delay(attempt, ctx.config.retry, ctx.rng())
+                if ctx.clock() + delay < ctx.deadline:
+                    if delay > 0:
+                        yield Sleep(delay)
+                    continue
+            raise
+        except ShimError:
+            breaker.record_success()
+            raise
+        breaker.record_success()
+        return replace(result, attempts=attempt)
+
+
+def call_flow(
+    ctx: CallContext, decision: Decision, *, can_serve: Callable[[Route], bool]
+) -> Flow[CallOutcome]:
+    """Serve a call on ``decision.serve``; fall back to the other route when the policy says so.
+
+    When a fallback is possible the serving route stops early enough to leave the fallback
+    ``min(timeout_s, budget_s / 2)`` of the call's budget.
+    """
+    routing = ctx.config.routing
+    other: Route = "v3" if decision.serve == "legacy" else "legacy"
+    may_fall_back = can_serve(other) and (
+        routing.fallback_to_legacy if other == "legacy" else routing.fallback_to_v3
+    )
+    serve_ctx = ctx
+    if may_fall_back:
+        up = ctx.config.upstream
+        serve_ctx = replace(ctx, deadline=ctx.deadline - min(up.timeout_s, up.budget_s / 2))
+    try:
+        result = yield from route_flow(serve_ctx, decision.serve)
+    except ShimError as err:
+        target = fallback_route(routing, decision, err) if may_fall_back else None
+        if target is None:
+            raise
+        try:
+            result = yield from route_flow(ctx, target)
+        except ShimError as second:
+            raise second from err
+        return CallOutcome(result, target, True, err)
+    return CallOutcome(result, decision.serve, False)
