@@ -1,0 +1,43 @@
+"""coupon-shim: keep WeChat Pay v2 ``query_coupon_stock`` callers working while moving to v3.
+
+Change one import::
+
+    from shim import CouponStockShim
+    shim = CouponStockShim.from_file("shim.toml")
+    resp = shim.query_coupon_stock(coupon_stock_id="1757", appid="wx5edab3bdfba3dc1c",
+                                   mch_id="10000098")
+
+The answer is the v2 dict (every value a string), whichever upstream served it.
+"""
+
+from shim.client import AsyncCouponStockShim, CouponStockShim
+from shim.config import LiveConfig, ShimConfig, load_config
+from shim.errors import (
+    ConfigError,
+    InputError,
+    MappingError,
+    ShimError,
+    SignatureError,
+    UpstreamError,
+)
+from shim.events import redact_secrets
+from shim.shadow import ShadowTotals
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncCouponStockShim",
+    "ConfigError",
+    "CouponStockShim",
+    "InputError",
+    "LiveConfig",
+    "MappingError",
+    "ShadowTotals",
+    "ShimConfig",
+    "ShimError",
+    "SignatureError",
+    "UpstreamError",
+    "__version__",
+    "load_config",
+    "redact_secrets",
+]
