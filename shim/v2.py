@@ -82,7 +82,7 @@ _RULES: dict[str, tuple[bool, int, re.Pattern[str], str]] = {
 
 def _describe(value: str) -> str:
     """A safe short description of a rejected value (never the whole of a long one)."""
-    shown = value if len(value) <= 40 else value[:37] + "..."
+    shown = value if len(value) <= 16 else value[:13] + "..."
     return repr(shown)
 
 
@@ -192,7 +192,9 @@ def parse_xml(
         raise UpstreamError(
             f"v2 answer is not well-formed XML ({type(exc).__name__})", route=route, kind="protocol"
         ) from None
-    root = doc.get("xml") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or "xml" not in doc:
+        raise UpstreamError("v2 answer has no <xml> root", route=route, kind="protocol")
+    root = doc["xml"]
     if root is None:
         root = {}
     if not isinstance(root, dict):
