@@ -1,0 +1,94 @@
+"""A WeChat Pay emulator ("sandbox") for the coupon stock query, v2 and v3.
+
+One request handler (:class:`Emulator`) behaves like WeChat Pay: it checks request signatures
+for real, signs its answers for real, serves seeded stocks and injects faults on demand. It is
+written from the protocol spec, independently of the shim's client code, and is itself checked
+against clients nobody here wrote (``wechatpy`` for v2, ``wechatpayv3`` for v3).
+
+Three plugs::
+
+    state = SandboxState.load_or_create(path)       # keys, certificates (once per folder)
+    emulator = Emulator(state)
+    httpx.Client(transport=emulator.mock_transport())  # in-process, sync or async
+    emulator.asgi_app                                  # Starlette / ASGI
+    with serve(emulator) as server:                    # uvicorn on 127.0.0.1, port 0
+        state.write_config(cfg, v2_base_url=server.base_url, v3_base_url=server.base_url)
+
+Faults: ``emulator.set_fault("v3", "1757", "http_503", times=2)``, ``emulator.clear_faults()``
+or ``POST``/``DELETE /__admin/faults`` from loopback. See :data:`FAULT_KINDS`.
+"""
+
+from ._asgi import SandboxApp, SandboxConnectionDropped
+from ._emulator import (
+    V2_ERR_CODE_DES,
+    V2_PATH,
+    V3_CERTIFICATES_PATH,
+    V3_STOCK_PREFIX,
+    V3_TIMESTAMP_WINDOW_S,
+    Emulator,
+    RecordedRequest,
+    SandboxReply,
+    SandboxRequest,
+)
+from ._faults import ANY_STOCK, FAULT_KINDS, V2_FAULT_KINDS, V3_FAULT_KINDS, Fault
+from ._server import RunningServer, run_forever, serve
+from ._state import MERCHANT_SPECS, Merchant, MerchantSpec, SandboxState
+from ._stocks import (
+    DIVERGENT_FIELDS,
+    DIVERGENT_STOCK_ID,
+    SEEDED_STOCKS,
+    V3_STATUS_TO_V2,
+    CutToMessage,
+    FixedNormalCoupon,
+    SeededStock,
+    StockUseRule,
+    beijing_compact,
+    describe_stocks,
+    epoch_seconds,
+    seeded_stocks,
+)
+from ._transport import SandboxTransport
+from ._v2 import billion_laughs_xml, parse_request_xml, render_xml, v2_sign
+
+__all__ = [
+    "ANY_STOCK",
+    "DIVERGENT_FIELDS",
+    "DIVERGENT_STOCK_ID",
+    "FAULT_KINDS",
+    "MERCHANT_SPECS",
+    "SEEDED_STOCKS",
+    "V2_ERR_CODE_DES",
+    "V2_FAULT_KINDS",
+    "V2_PATH",
+    "V3_CERTIFICATES_PATH",
+    "V3_FAULT_KINDS",
+    "V3_STATUS_TO_V2",
+    "V3_STOCK_PREFIX",
+    "V3_TIMESTAMP_WINDOW_S",
+    "CutToMessage",
+    "Emulator",
+    "Fault",
+    "FixedNormalCoupon",
+    "Merchant",
+    "MerchantSpec",
+    "RecordedRequest",
+    "RunningServer",
+    "SandboxApp",
+    "SandboxConnectionDropped",
+    "SandboxReply",
+    "SandboxRequest",
+    "SandboxState",
+    "SandboxTransport",
+    "SeededStock",
+    "StockUseRule",
+    "beijing_compact",
+    "billion_laughs_xml",
+    "describe_stocks",
+    "epoch_seconds",
+    "parse_request_xml",
+    "render_xml",
+    "run_forever",
+    "seeded_stocks",
+    "serve",
+    "v2_sign",
+]

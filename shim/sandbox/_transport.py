@@ -1,0 +1,108 @@
+"""The in-process plug: an ``httpx.MockTransport`` that calls the emulator directly.
+
+``delay`` sleeps with ``time.sleep`` for a sync client and ``anyio.sleep`` for an async one;
+when the client's read timeout is shorter than the delay, it sleeps that long and raises
+``httpx.ReadTimeout``, as a real socket would (a MockTransport is otherwise blind to timeouts);
+``reset`` raises ``httpx.ReadError`` (what httpx raises on a connection reset);
+``truncated`` streams the partial body then raises ``httpx.RemoteProtocolError`` (what httpx
+raises when a peer closes before the promised Content-Length).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, NoReturn
+
+import anyio
+import httpx
+
+from ._emulator import SandboxReply, SandboxRequest
+
+if TYPE_CHECKING:
+    from ._emulator import Emulator
+
+
+class _TruncatedStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    def __init__(self, partial: bytes, promised: str | None, request: httpx.Request) -> None:
+        self._partial = partial
+        self._promised = promised
+        self._request = request
+
+    def _fail(self) -> NoReturn:
+        raise httpx.RemoteProtocolError(
+            "peer closed connection without sending complete message body "
+            f"(received {len(self._partial)} bytes, expected {self._promised})",
+            request=self._request,
+        )
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._partial
+        self._fail()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._partial
+        self._fail()
+
+
+def _wait_for(reply: SandboxReply, request: httpx.Request) -> tuple[float, bool]:
+    timeouts = request.extensions.get("timeout") or {}
+    read = timeouts.get("read") if isinstance(timeouts, dict) else None
+    if isinstance(read, (int, float)) and read < reply.delay_s:
+        return float(read), True
+    return reply.delay_s, False
+
+
+def _unexpected(request: httpx.Request) -> httpx.Response:  # pragma: no cover
+    raise AssertionError("SandboxTransport overrides both handle methods")
+
+
+class SandboxTransport(httpx.MockTransport):
+    """Serves requests from an :class:`Emulator` in-process (sync and async clients)."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        super().__init__(_unexpected)
+        self.emulator = emulator
+
+    def _to_sandbox(self, request: httpx.Request) -> SandboxRequest:
+        return SandboxRequest(
+            method=request.method,
+            target=request.url.raw_path,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=request.content,
+            client_host="127.0.0.1",
+        )
+
+    def _to_httpx(self, reply: SandboxReply, request: httpx.Request) -> httpx.Response:
+        if reply.drop == "reset":
+            raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
+        if reply.drop == "truncate":
+            stream = _TruncatedStream(reply.body, reply.header("content-length"), request)
+            return httpx.Response(
+                reply.status, headers=list(reply.headers), stream=stream, request=request
+            )
+        return httpx.Response(
+            reply.status, headers=list(reply.headers), content=reply.body, request=request
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Answer a sync client's request."""
+        request.read()
+        reply = self.emulator.handle(self._to_sandbox(request))
+        if reply.delay_s > 0:
+            wait, timed_out = _wait_for(reply, request)
+            time.sleep(wait)
+            if timed_out:
+                raise httpx.ReadTimeout("timed out", request=request)
+        return self._to_httpx(reply, request)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Answer an async client's request without blocking the event loop."""
+        await request.aread()
+        reply = self.emulator.handle(self._to_sandbox(request))
+        if reply.delay_s > 0:
+            wait, timed_out = _wait_for(reply, request)
+            await anyio.sleep(wait)
+            if timed_out:
+                raise httpx.ReadTimeout("timed out", request=request)
+        return self._to_httpx(reply, request)
