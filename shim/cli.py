@@ -26,8 +26,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="coupon-shim",
         description="Keep WeChat Pay v2 query_coupon_stock callers working while moving to v3.",
     )
-    p.add_argument("--log-format", choices=("console", "json"), default="console",
-                   help="how events are written to stderr (default: console)")
+    p.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="how events are written to stderr (default: console)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-call events on stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -38,8 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--mch-id", required=True)
     q.add_argument("--appid", help="default: the merchant's configured appid")
     q.add_argument("--device-info")
-    q.add_argument("--route", choices=("legacy", "v3"),
-                   help="query this route directly, bypassing routing (default: route as configured)")
+    q.add_argument(
+        "--route",
+        choices=("legacy", "v3"),
+        help="query this route directly, bypassing routing (default: route as configured)",
+    )
     q.add_argument("coupon_stock_id")
 
     c = sub.add_parser("compare", help="run both routes per stock and report field-level diffs")
@@ -53,8 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sandbox", help="run the WeChat Pay emulator (v2 and v3) on loopback")
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
-    s.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                   help=f"where keys and shim.toml are created or reused (default: {DEFAULT_STATE_DIR})")
+    s.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help=f"where keys and shim.toml are created or reused (default: {DEFAULT_STATE_DIR})",
+    )
 
     m = sub.add_parser("migration-doc", help="regenerate MIGRATION.md's tables from the mapping")
     m.add_argument("--check", action="store_true", help="fail if MIGRATION.md is out of date")
@@ -89,8 +99,12 @@ def _query(args: argparse.Namespace) -> int:
     from shim.client import CouponStockShim
 
     with CouponStockShim.from_file(args.config) as shim:
-        fields = {"coupon_stock_id": args.coupon_stock_id, "mch_id": args.mch_id,
-                  "appid": args.appid, "device_info": args.device_info}
+        fields = {
+            "coupon_stock_id": args.coupon_stock_id,
+            "mch_id": args.mch_id,
+            "appid": args.appid,
+            "device_info": args.device_info,
+        }
         if args.route:
             answer = shim.query_via(args.route, **fields)
         else:
@@ -113,11 +127,19 @@ def _compare(args: argparse.Namespace) -> int:
     with CouponStockShim.from_file(args.config) as shim:
 
         def query_via(route: str, stock_id: str) -> dict[str, str]:
-            return shim.query_via(route, coupon_stock_id=stock_id, mch_id=args.mch_id,  # type: ignore[arg-type]
-                                  appid=args.appid)
+            return shim.query_via(
+                route,
+                coupon_stock_id=stock_id,
+                mch_id=args.mch_id,  # type: ignore[arg-type]
+                appid=args.appid,
+            )
 
-        report = run_compare(query_via, ids, ignore=shim.config.shadow.ignore_fields,
-                             progress=ProgressPrinter() if len(ids) > 1 else None)
+        report = run_compare(
+            query_via,
+            ids,
+            ignore=shim.config.shadow.ignore_fields,
+            progress=ProgressPrinter() if len(ids) > 1 else None,
+        )
     print(render_json(report) if args.json else render_table(report))
     return 0
 
@@ -145,12 +167,22 @@ def _migration_doc(args: argparse.Namespace) -> int:
 _DEMO_CALLS: tuple[tuple[str, str, str, str], ...] = (
     # (title, mode, mch_id, coupon_stock_id)
     ("legacy route, MD5 merchant", "legacy", "10000098", "1757"),
-    ("legacy route, HMAC-SHA256 merchant", "legacy", "10000099", "2001"),
+    ("legacy route, HMAC-SHA256 merchant", "legacy", "10000099", "9856099"),
     ("legacy route, business error (unknown stock)", "legacy", "10000098", "404404"),
     ("v3 route, mapped onto the v2 dict and re-signed", "v3", "10000098", "1757"),
-    ("v3 route, stock without fixed_normal_coupon (unmapped keys left out)", "v3", "10000098", "3001"),
+    (
+        "v3 route, stock without fixed_normal_coupon (unmapped keys left out)",
+        "v3",
+        "10000098",
+        "9856010",
+    ),
     ("v3 route, v3 404 mapped to the v2 err_code", "v3", "10000098", "404404"),
-    ("shadow mode, the divergent stock (legacy serves, v3 compared)", "shadow", "10000098", "9000000001"),
+    (
+        "shadow mode, the divergent stock (legacy serves, v3 compared)",
+        "shadow",
+        "10000098",
+        "9000000001",
+    ),
 )
 
 
@@ -181,13 +213,18 @@ def _demo(args: argparse.Namespace) -> int:
                 for title, mode, mch_id, stock_id in _DEMO_CALLS:
                     shim = shims.get(mode)
                     if shim is None:
-                        path = state.write_config(Path(tmp) / f"shim-{mode}.toml",
-                                                  v2_base_url=server.base_url,
-                                                  v3_base_url=server.base_url, mode=mode)
+                        path = state.write_config(
+                            Path(tmp) / f"shim-{mode}.toml",
+                            v2_base_url=server.base_url,
+                            v3_base_url=server.base_url,
+                            mode=mode,
+                        )
                         shim = shims[mode] = CouponStockShim.from_file(path)
                     answer = shim.query_coupon_stock(coupon_stock_id=stock_id, mch_id=mch_id)
                     merchant = shim.config.merchant(mch_id)
-                    verify_answer(answer, key=merchant.v2_key.reveal(), sign_type=merchant.v2_sign_type)
+                    verify_answer(
+                        answer, key=merchant.v2_key.reveal(), sign_type=merchant.v2_sign_type
+                    )
                     _print_answer(f"{title}  [sign verified with the v2 key]", answer, out)
                     if mode == "shadow":
                         shim.wait_for_shadows(5.0)
@@ -196,7 +233,9 @@ def _demo(args: argparse.Namespace) -> int:
             finally:
                 for shim in shims.values():
                     shim.close()
-    out.write("\nDone: every answer above is a v2 dict whose sign verifies with the merchant's v2 key.\n")
+    out.write(
+        "\nDone: every answer above is a v2 dict whose sign verifies with the merchant's v2 key.\n"
+    )
     return 0
 
 
