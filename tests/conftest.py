@@ -101,11 +101,18 @@ def make_config(
 ) -> Callable[..., ShimConfig]:
     """Build a ShimConfig for the emulator: ``make_config(mode, via=..., routing={...}, ...)``."""
 
-    def build(mode: str = "legacy", *, via: str = "inprocess", env: dict[str, str] | None = None,
-              **tables: dict[str, Any]) -> ShimConfig:
+    def build(
+        mode: str = "legacy",
+        *,
+        via: str = "inprocess",
+        env: dict[str, str] | None = None,
+        **tables: dict[str, Any],
+    ) -> ShimConfig:
         url = INPROCESS_URL if via == "inprocess" else request.getfixturevalue("server").base_url
-        data = _merge(base_config, {"upstream": {"v2_base_url": url, "v3_base_url": url},
-                                    "routing": {"mode": mode}})
+        data = _merge(
+            base_config,
+            {"upstream": {"v2_base_url": url, "v3_base_url": url}, "routing": {"mode": mode}},
+        )
         data = _merge(data, tables)
         return parse_config(data, source="test-shim.toml", base_dir=tmp_path, env=env or {})
 
@@ -154,8 +161,13 @@ async def make_shim(
     """``make_shim(mode, via="loopback"|"inprocess", env=..., **tables) -> Twin`` (closed after)."""
     made: list[Twin] = []
 
-    def build(mode: str = "legacy", *, via: str = "loopback", env: dict[str, str] | None = None,
-              **tables: dict[str, Any]) -> Twin:
+    def build(
+        mode: str = "legacy",
+        *,
+        via: str = "loopback",
+        env: dict[str, str] | None = None,
+        **tables: dict[str, Any],
+    ) -> Twin:
         config = make_config(mode, via=via, env=env, **tables)
         kwargs: dict[str, Any] = {"env": env or {}}
         if twin_kind == "async":

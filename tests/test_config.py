@@ -21,12 +21,16 @@ def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("keys")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (d / "apiclient_key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                          serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
     (d / "pub_key.pem").write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM,
-                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     (d / "v2_key").write_text(V2_KEY + "\n")
     return d
@@ -51,7 +55,7 @@ def write(keydir: Path, text: str, name: str = "shim.toml") -> Path:
 
 def test_full_config_loads_with_relative_file_refs(keydir: Path) -> None:
     """A complete file loads; file: paths resolve against the config's folder."""
-    cfg = load_config(write(keydir, "[routing]\nmode = \"shadow\"\n" + MERCHANT), env={})
+    cfg = load_config(write(keydir, '[routing]\nmode = "shadow"\n' + MERCHANT), env={})
     m = cfg.merchant("10000098")
     assert m.v2_key.reveal() == V2_KEY
     assert m.v3 is not None and "PUB_KEY_ID_0000000000000024101100397200000006" in m.v3.verifiers
@@ -91,21 +95,34 @@ def test_literal_secret_is_accepted_but_warned(keydir: Path) -> None:
     ("text", "key"),
     [
         ("[upstream]\ntimeout_s = -1\n", "upstream.timeout_s"),
-        ("[upstream]\ntimeout_s = \"5\"\n", "upstream.timeout_s"),
-        ("[upstream]\nv2_base_url = \"ftp://x\"\n", "upstream.v2_base_url"),
+        ('[upstream]\ntimeout_s = "5"\n', "upstream.timeout_s"),
+        ('[upstream]\nv2_base_url = "ftp://x"\n', "upstream.v2_base_url"),
         ("[upstream]\ntimout_s = 1\n", "upstream.timout_s"),
         ("[retry]\nattempts = 0\n", "retry.attempts"),
         ("[circuit_breaker]\nfailure_threshold = true\n", "circuit_breaker.failure_threshold"),
-        ("[routing]\nmode = \"sideways\"\n", "routing.mode"),
-        ("[mapping]\ndir = \"no-such-folder\"\n", "mapping.dir"),
+        ('[routing]\nmode = "sideways"\n', "routing.mode"),
+        ('[mapping]\ndir = "no-such-folder"\n', "mapping.dir"),
         ("[wat]\n", "wat"),
-        (MERCHANT.replace('v2_key = "file:v2_key"', 'v2_key = "file:missing"'), 'merchants."10000098".v2_key'),
+        (
+            MERCHANT.replace('v2_key = "file:v2_key"', 'v2_key = "file:missing"'),
+            'merchants."10000098".v2_key',
+        ),
         (MERCHANT.replace('appid = "wx5edab3bdfba3dc1c"', ""), 'merchants."10000098".appid'),
         (MERCHANT + 'v2_sign_type = "SHA1"\n', 'merchants."10000098".v2_sign_type'),
-        (MERCHANT.replace('"file:pub_key.pem"', '"file:v2_key"'), 'merchants."10000098".wechatpay_public_key'),
-        (MERCHANT.replace('"file:apiclient_key.pem"', '"file:pub_key.pem"'), 'merchants."10000098".v3_private_key'),
-        (MERCHANT.replace('wechatpay_public_key_id = "PUB_KEY_ID_0000000000000024101100397200000006"', ""),
-         'merchants."10000098".wechatpay_public_key_id'),
+        (
+            MERCHANT.replace('"file:pub_key.pem"', '"file:v2_key"'),
+            'merchants."10000098".wechatpay_public_key',
+        ),
+        (
+            MERCHANT.replace('"file:apiclient_key.pem"', '"file:pub_key.pem"'),
+            'merchants."10000098".v3_private_key',
+        ),
+        (
+            MERCHANT.replace(
+                'wechatpay_public_key_id = "PUB_KEY_ID_0000000000000024101100397200000006"', ""
+            ),
+            'merchants."10000098".wechatpay_public_key_id',
+        ),
         (MERCHANT + 'colour = "red"\n', 'merchants."10000098".colour'),
     ],
 )
@@ -149,19 +166,19 @@ class FakeClock:
 
 
 def test_live_reload_valid_then_invalid(keydir: Path) -> None:
-    """A changed valid file takes effect after the check interval; an invalid one keeps the last good."""
+    """A changed valid file applies after the interval; an invalid one keeps the last good."""
     path = write(keydir, "[reload]\ncheck_interval_s = 1\n" + MERCHANT, "live.toml")
     clock = FakeClock()
     live = LiveConfig(path, env={}, clock=clock)
     first = live.current()
     assert first.routing.mode == "legacy"
-    path.write_text("[reload]\ncheck_interval_s = 1\n[routing]\nmode = \"v3\"\n" + MERCHANT)
+    path.write_text('[reload]\ncheck_interval_s = 1\n[routing]\nmode = "v3"\n' + MERCHANT)
     os.utime(path, ns=(1, 1))  # make the change visible even within one mtime tick
     assert live.current() is first  # not checked before the interval
     clock.now = 2
     assert live.current().routing.mode == "v3" and live.reloads == 1
     good = live.current()
-    path.write_text("[routing]\nmode = \"nope\"\n" + MERCHANT)
+    path.write_text('[routing]\nmode = "nope"\n' + MERCHANT)
     os.utime(path, ns=(2, 2))
     clock.now = 4
     with warnings.catch_warnings():

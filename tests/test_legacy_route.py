@@ -48,13 +48,30 @@ async def test_success_answer_is_the_verified_v2_dict(
 async def test_call_shapes_are_equivalent(make_shim: Callable[..., Twin]) -> None:
     """Keyword, positional and xml={...} payload calls give the same answer."""
     twin = make_shim("legacy")
-    kw = await twin.query(coupon_stock_id="1757", appid="wx5edab3bdfba3dc1c", mch_id=MD5_MCH,
-                          op_user_id=MD5_MCH, device_info="", version="1.0", type="XML")
+    kw = await twin.query(
+        coupon_stock_id="1757",
+        appid="wx5edab3bdfba3dc1c",
+        mch_id=MD5_MCH,
+        op_user_id=MD5_MCH,
+        device_info="",
+        version="1.0",
+        type="XML",
+    )
     pos = await twin.query("1757", "wx5edab3bdfba3dc1c", MD5_MCH, MD5_MCH, "", "1.0", "XML")
-    payload = await twin.query(xml={"coupon_stock_id": "1757", "appid": "wx5edab3bdfba3dc1c",
-                                    "mch_id": MD5_MCH, "version": "1.0", "type": "XML",
-                                    "nonce_str": "ignored", "sign": "ignored"})
-    assert without_nonce_and_sign(kw) == without_nonce_and_sign(pos) == without_nonce_and_sign(payload)
+    payload = await twin.query(
+        xml={
+            "coupon_stock_id": "1757",
+            "appid": "wx5edab3bdfba3dc1c",
+            "mch_id": MD5_MCH,
+            "version": "1.0",
+            "type": "XML",
+            "nonce_str": "ignored",
+            "sign": "ignored",
+        }
+    )
+    assert (
+        without_nonce_and_sign(kw) == without_nonce_and_sign(pos) == without_nonce_and_sign(payload)
+    )
 
 
 async def test_device_info_is_echoed(make_shim: Callable[..., Twin]) -> None:
@@ -88,7 +105,9 @@ async def test_bad_answer_signatures_are_refused(
     """A tampered, wrongly signed or unsigned SUCCESS answer is a SignatureError, never data."""
     emulator.set_fault("v2", "1757", fault)
     with pytest.raises(SignatureError) as info:
-        await make_shim("legacy", retry={"attempts": 1}).query(coupon_stock_id="1757", mch_id=MD5_MCH)
+        await make_shim("legacy", retry={"attempts": 1}).query(
+            coupon_stock_id="1757", mch_id=MD5_MCH
+        )
     assert info.value.route == "legacy"
 
 
@@ -114,7 +133,9 @@ async def test_bad_input_fails_before_any_request(
     assert sum(emulator.request_counts.values()) == 0
 
 
-async def test_billion_laughs_answer_is_a_typed_error(make_shim: Callable[..., Twin], emulator: Emulator) -> None:
+async def test_billion_laughs_answer_is_a_typed_error(
+    make_shim: Callable[..., Twin], emulator: Emulator
+) -> None:
     """An entity-expansion answer is refused as a protocol error (no expansion, no hang)."""
     emulator.set_fault("v2", "1757", "billion_laughs")
     with pytest.raises(UpstreamError) as info:
@@ -122,7 +143,9 @@ async def test_billion_laughs_answer_is_a_typed_error(make_shim: Callable[..., T
     assert info.value.kind == "protocol"
 
 
-async def test_oversized_answer_is_a_typed_error(make_shim: Callable[..., Twin], emulator: Emulator) -> None:
+async def test_oversized_answer_is_a_typed_error(
+    make_shim: Callable[..., Twin], emulator: Emulator
+) -> None:
     """An answer over max_body_bytes is refused while streaming, with bounded memory."""
     emulator.set_fault("v2", "1757", "huge_body")
     twin = make_shim("legacy", upstream={"max_body_bytes": 65536})
@@ -157,11 +180,13 @@ async def test_no_secret_in_logs_or_exceptions(
         await twin.query(coupon_stock_id="1757", mch_id=MD5_MCH)
         await twin.query(coupon_stock_id="404404", mch_id=MD5_MCH)
         emulator.set_fault("v2", "1757", "bad_signature")
-        for args in ({"coupon_stock_id": "1757", "mch_id": MD5_MCH},
-                     {"coupon_stock_id": "", "mch_id": MD5_MCH}):
+        for args in (
+            {"coupon_stock_id": "1757", "mch_id": MD5_MCH},
+            {"coupon_stock_id": "", "mch_id": MD5_MCH},
+        ):
             try:
                 await twin.query(**args)
-            except Exception as exc:  # noqa: BLE001 - collecting every message
+            except Exception as exc:
                 texts += [str(exc), repr(exc)]
     assert len(logs) >= 3
     texts += [repr(entry) for entry in logs]

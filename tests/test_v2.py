@@ -44,7 +44,11 @@ def test_unknown_sign_type_is_rejected() -> None:
 
 
 def _valid(**over: object) -> dict[str, object]:
-    base: dict[str, object] = {"coupon_stock_id": "1757", "appid": "wx5edab3bdfba3dc1c", "mch_id": "10000098"}
+    base: dict[str, object] = {
+        "coupon_stock_id": "1757",
+        "appid": "wx5edab3bdfba3dc1c",
+        "mch_id": "10000098",
+    }
     base.update(over)
     return base
 
@@ -145,7 +149,12 @@ def test_parse_xml_enforces_the_size_cap() -> None:
 
 
 def _answer(sign_type: str = "MD5", **over: str) -> dict[str, str]:
-    ans = {"return_code": "SUCCESS", "result_code": "SUCCESS", "coupon_stock_id": "1757", "nonce_str": "abc"}
+    ans = {
+        "return_code": "SUCCESS",
+        "result_code": "SUCCESS",
+        "coupon_stock_id": "1757",
+        "nonce_str": "abc",
+    }
     ans.update(over)
     ans["sign"] = v2.sign(ans, KEY, sign_type)
     return ans
@@ -177,7 +186,9 @@ def test_verify_accepts_unsigned_fail_but_not_bad_signed_fail() -> None:
     """An unsigned return_code=FAIL carries no data and passes; a badly signed one does not."""
     v2.verify_answer({"return_code": "FAIL", "return_msg": "签名错误"}, key=KEY, sign_type="MD5")
     with pytest.raises(SignatureError):
-        v2.verify_answer({"return_code": "FAIL", "return_msg": "x", "sign": "0" * 32}, key=KEY, sign_type="MD5")
+        v2.verify_answer(
+            {"return_code": "FAIL", "return_msg": "x", "sign": "0" * 32}, key=KEY, sign_type="MD5"
+        )
 
 
 def test_verify_needs_a_return_code() -> None:

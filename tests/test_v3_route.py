@@ -66,13 +66,26 @@ async def test_absent_v3_values_are_left_out_and_recorded(
 
 
 GOLDEN_1757 = {
-    "return_code": "SUCCESS", "return_msg": "OK", "appid": "wx5edab3bdfba3dc1c", "mch_id": MD5_MCH,
-    "result_code": "SUCCESS", "coupon_stock_id": "1757", "coupon_name": "满100减10",
-    "coupon_value": "1000", "coupon_mininumn": "10000", "coupon_stock_status": "4",
-    "coupon_total": "10000", "max_quota": "3", "is_send_num": "1234",
-    "begin_time": "1705276800", "end_time": "1924963199", "create_time": "1704852000",
-    "coupon_budget": "10000000", "begin_time_t": "20240115080000",
-    "end_time_t": "20301231235959", "create_time_t": "20240110100000",
+    "return_code": "SUCCESS",
+    "return_msg": "OK",
+    "appid": "wx5edab3bdfba3dc1c",
+    "mch_id": MD5_MCH,
+    "result_code": "SUCCESS",
+    "coupon_stock_id": "1757",
+    "coupon_name": "满100减10",
+    "coupon_value": "1000",
+    "coupon_mininumn": "10000",
+    "coupon_stock_status": "4",
+    "coupon_total": "10000",
+    "max_quota": "3",
+    "is_send_num": "1234",
+    "begin_time": "1705276800",
+    "end_time": "1924963199",
+    "create_time": "1704852000",
+    "coupon_budget": "10000000",
+    "begin_time_t": "20240115080000",
+    "end_time_t": "20301231235959",
+    "create_time_t": "20240110100000",
 }
 
 
@@ -92,13 +105,17 @@ async def test_crossing_midnight_in_utc8(make_shim: Callable[..., Twin]) -> None
 ERROR_ROWS = [(status, code, rule) for (status, code), rule in TABLE.errors.items()]
 
 
-@pytest.mark.parametrize(("status", "code", "rule"), ERROR_ROWS, ids=[f"{s}-{c}" for s, c, _ in ERROR_ROWS])
+@pytest.mark.parametrize(
+    ("status", "code", "rule"), ERROR_ROWS, ids=[f"{s}-{c}" for s, c, _ in ERROR_ROWS]
+)
 async def test_every_v3_error_code_has_its_v2_form(
     make_shim: Callable[..., Twin], emulator: Emulator, status: int, code: str, rule: Any
 ) -> None:
     """Each v3 error of the table becomes its v2 business error, FAIL answer, or typed error."""
     emulator.set_fault("v3", "1757", f"v3_error:{status}:{code}")
-    twin = make_shim("v3", via="inprocess", retry={"attempts": 1}, routing={"fallback_to_legacy": False})
+    twin = make_shim(
+        "v3", via="inprocess", retry={"attempts": 1}, routing={"fallback_to_legacy": False}
+    )
     if rule.kind == "transient":
         with pytest.raises(UpstreamError) as info:
             await twin.query(coupon_stock_id="1757", mch_id=MD5_MCH)
@@ -112,7 +129,9 @@ async def test_every_v3_error_code_has_its_v2_form(
         assert answer["return_code"] == "FAIL" and answer["return_msg"] == rule.return_msg
 
 
-async def test_unknown_v3_4xx_code_is_a_typed_error(make_shim: Callable[..., Twin], emulator: Emulator) -> None:
+async def test_unknown_v3_4xx_code_is_a_typed_error(
+    make_shim: Callable[..., Twin], emulator: Emulator
+) -> None:
     """A 4xx code the mapping does not know is never turned into an invented v2 code."""
     emulator.set_fault("v3", "1757", "v3_error:400:SOMETHING_NEW")
     with pytest.raises(UpstreamError) as info:
@@ -121,7 +140,15 @@ async def test_unknown_v3_4xx_code_is_a_typed_error(make_shim: Callable[..., Twi
 
 
 @pytest.mark.parametrize(
-    "fault", ["tampered_body", "bad_signature", "unknown_serial", "missing_signature", "stale_signature", "signtest"]
+    "fault",
+    [
+        "tampered_body",
+        "bad_signature",
+        "unknown_serial",
+        "missing_signature",
+        "stale_signature",
+        "signtest",
+    ],
 )
 async def test_forged_or_stale_answers_are_refused(
     make_shim: Callable[..., Twin], emulator: Emulator, fault: str
@@ -135,7 +162,9 @@ async def test_forged_or_stale_answers_are_refused(
     assert emulator.request_counts["v3"] == 1  # never retried
 
 
-async def test_platform_certificate_mode(make_shim: Callable[..., Twin], sandbox_state: SandboxState) -> None:
+async def test_platform_certificate_mode(
+    make_shim: Callable[..., Twin], sandbox_state: SandboxState
+) -> None:
     """The HMAC merchant verifies v3 answers with a platform certificate found by serial."""
     answer = await make_shim("v3").query(coupon_stock_id="9856099", mch_id=HMAC_MCH)
     merchant = sandbox_state.merchants[HMAC_MCH]
@@ -143,17 +172,22 @@ async def test_platform_certificate_mode(make_shim: Callable[..., Twin], sandbox
     v2.verify_answer(answer, key=merchant.v2_key, sign_type="HMAC-SHA256")
 
 
-async def test_stock_creator_override_per_stock(make_shim: Callable[..., Twin], emulator: Emulator) -> None:
+async def test_stock_creator_override_per_stock(
+    make_shim: Callable[..., Twin], emulator: Emulator
+) -> None:
     """stock_creator_mchid defaults to the caller; a per-stock override queries another creator."""
     plain = await make_shim("v3", via="inprocess").query(coupon_stock_id="9856099", mch_id=MD5_MCH)
     assert plain["err_code"] == "COUPON_STOCK_NOT_FOUND"
-    twin = make_shim("v3", via="inprocess",
-                     merchants={MD5_MCH: {"stock_creator_mchids": {"9856099": HMAC_MCH}}})
+    twin = make_shim(
+        "v3", via="inprocess", merchants={MD5_MCH: {"stock_creator_mchids": {"9856099": HMAC_MCH}}}
+    )
     answer = await twin.query(coupon_stock_id="9856099", mch_id=MD5_MCH)
     assert answer["result_code"] == "SUCCESS" and answer["coupon_stock_id"] == "9856099"
 
 
-async def test_answer_passes_an_independent_v2_check(make_shim: Callable[..., Twin], sandbox_state: SandboxState) -> None:
+async def test_answer_passes_an_independent_v2_check(
+    make_shim: Callable[..., Twin], sandbox_state: SandboxState
+) -> None:
     """wechatpy's own MD5 and HMAC signature functions accept the synthesized answers."""
     from wechatpy.pay.utils import calculate_signature, calculate_signature_hmac
 
@@ -174,14 +208,21 @@ async def test_editing_the_mapping_file_changes_the_output(
     path = folder / "query_coupon_stock.toml"
     text = path.read_text(encoding="utf-8")
     assert 'v2 = "coupon_name"\nv3 = "stock_name"' in text
-    path.write_text(text.replace('v2 = "coupon_name"\nv3 = "stock_name"', 'v2 = "coupon_name"\nv3 = "description"'),
-                    encoding="utf-8")
+    path.write_text(
+        text.replace(
+            'v2 = "coupon_name"\nv3 = "stock_name"', 'v2 = "coupon_name"\nv3 = "description"'
+        ),
+        encoding="utf-8",
+    )
     answer = await make_shim("v3", via="inprocess", mapping={"dir": str(folder)}).query(
-        coupon_stock_id="1757", mch_id=MD5_MCH)
+        coupon_stock_id="1757", mch_id=MD5_MCH
+    )
     assert answer["coupon_name"] == STOCKS["1757"].description
 
 
-async def test_the_real_wechatpayv3_client_against_the_emulator(server: Any, sandbox_state: SandboxState) -> None:
+async def test_the_real_wechatpayv3_client_against_the_emulator(
+    server: Any, sandbox_state: SandboxState
+) -> None:
     """wechatpayv3.WeChatPay (public-key mode, its verification on) completes a stock query."""
     import json
 
@@ -189,9 +230,14 @@ async def test_the_real_wechatpayv3_client_against_the_emulator(server: Any, san
 
     m = sandbox_state.merchants[MD5_MCH]
     pay = WeChatPay(
-        wechatpay_type=WeChatPayType.NATIVE, mchid=MD5_MCH, private_key=m.private_key_path.read_text(),
-        cert_serial_no=m.cert_serial, appid=m.appid, apiv3_key=m.apiv3_key,
-        public_key=sandbox_state.pub_key_path.read_text(), public_key_id=sandbox_state.pub_key_id,
+        wechatpay_type=WeChatPayType.NATIVE,
+        mchid=MD5_MCH,
+        private_key=m.private_key_path.read_text(),
+        cert_serial_no=m.cert_serial,
+        appid=m.appid,
+        apiv3_key=m.apiv3_key,
+        public_key=sandbox_state.pub_key_path.read_text(),
+        public_key_id=sandbox_state.pub_key_id,
     )
     pay._core._gate_way = server.base_url
     code, text = pay.marketing_favor_stock_detail(stock_creator_mchid=MD5_MCH, stock_id="1757")
