@@ -244,6 +244,14 @@ def v3_attempt(ctx: CallContext) -> Flow[RouteResult]:
                 request_id=rid,
             )
         body = v3.parse_json_object(reply.body, status=status, request_id=rid)
+        if body.get("stock_id") != stock_id:
+            raise UpstreamError(
+                "v3 answered for another stock than the one asked for",
+                route="v3",
+                kind="protocol",
+                status=status,
+                request_id=rid,
+            )
         mapped = map_success(ctx.mapping, body, ctx.request_fields)
         unmapped = tuple(u.v2_key for u in mapped.unmapped)
         return RouteResult(_signed_v2_answer(ctx, mapped.fields), "v3", 1, unmapped, status)
