@@ -12,9 +12,9 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
-from shim.errors import ShimError
+from shim.errors import Route, ShimError
 
 __all__ = ["main"]
 
@@ -128,9 +128,9 @@ def _compare(args: argparse.Namespace) -> int:
 
         def query_via(route: str, stock_id: str) -> dict[str, str]:
             return shim.query_via(
-                route,
+                cast(Route, route),
                 coupon_stock_id=stock_id,
-                mch_id=args.mch_id,  # type: ignore[arg-type]
+                mch_id=args.mch_id,
                 appid=args.appid,
             )
 

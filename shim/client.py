@@ -318,7 +318,7 @@ class CouponStockShim(_ShimCore):
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> CouponStockShim:
         """Build a shim from a TOML config file (watched for changes)."""
-        return cls(LiveConfig(Path(path)), **kwargs)
+        return cls(Path(path), **kwargs)  # watched, with the shim's own env
 
     def query_coupon_stock(
         self,
@@ -443,7 +443,7 @@ class AsyncCouponStockShim(_ShimCore):
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> AsyncCouponStockShim:
         """Build a shim from a TOML config file (watched for changes)."""
-        return cls(LiveConfig(Path(path)), **kwargs)
+        return cls(Path(path), **kwargs)  # watched, with the shim's own env
 
     async def query_coupon_stock(
         self,

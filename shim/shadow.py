@@ -380,17 +380,20 @@ class ThreadShadowRunner:
         self, job: Callable[[], ShadowOutcome], on_done: Callable[[ShadowOutcome], None] | None
     ) -> None:
         start = time.perf_counter()
+        # The slot is released only after the outcome is recorded and reported, so that
+        # ``in_flight == 0`` means every submitted job's totals and event are in.
         try:
-            outcome = job()
-            if not isinstance(outcome, ShadowOutcome):
-                raise TypeError("a shadow job must return a ShadowOutcome")
-        except Exception as exc:
-            outcome = ShadowOutcome.from_error(exc)
+            try:
+                outcome = job()
+                if not isinstance(outcome, ShadowOutcome):
+                    raise TypeError("a shadow job must return a ShadowOutcome")
+            except Exception as exc:
+                outcome = ShadowOutcome.from_error(exc)
+            if outcome.latency_ms is None and outcome.kind in ("match", "mismatch", "error"):
+                outcome = replace(outcome, latency_ms=(time.perf_counter() - start) * 1000.0)
+            self._finish(outcome, on_done)
         finally:
             self._release()
-        if outcome.latency_ms is None and outcome.kind in ("match", "mismatch", "error"):
-            outcome = replace(outcome, latency_ms=(time.perf_counter() - start) * 1000.0)
-        self._finish(outcome, on_done)
 
     def _release(self) -> None:
         with self._lock:
