@@ -474,7 +474,7 @@ def test_map_error_hostile_input_raises_mapping_error(
 # --- the error table ----------------------------------------------------------------------
 
 BUSINESS = [
-    (404, "RESOURCE_NOT_EXISTS", "COUPON_STOCK_NOT_FOUND", "批次不存在"),
+    (404, "RESOURCE_NOT_EXISTS", "COUPON_STOCK_NOT_FOUND", "批次信息不存在"),
     (400, "PARAM_ERROR", "COUPON_STOCK_ID_NOT_VALID", "批次ID不正确"),
     (400, "INVALID_REQUEST", "COUPON_STOCK_ID_NOT_VALID", "批次ID不正确"),
     (400, "MCH_NOT_EXISTS", "CODE_2_ID_ERR", "商户号不存在"),
