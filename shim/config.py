@@ -12,6 +12,7 @@ logs why.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -310,9 +311,16 @@ def _resolve_ref(
     return ref, "literal", True
 
 
+@functools.lru_cache(maxsize=64)
+def _parse_private_key(pem: bytes) -> Any:
+    # RSA key validation costs tens of milliseconds; a reload that did not change the key file
+    # must not pay it again on the calling thread.
+    return load_pem_private_key(pem, password=None)
+
+
 def _load_private_key(pem: str, *, source: str, key: str) -> RSAPrivateKey:
     try:
-        loaded = load_pem_private_key(pem.strip().encode(), password=None)
+        loaded = _parse_private_key(pem.strip().encode())
     except (ValueError, TypeError) as exc:
         raise ConfigError(
             f"is not a PEM private key without password ({type(exc).__name__})",

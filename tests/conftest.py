@@ -169,7 +169,7 @@ async def make_shim(
         **tables: dict[str, Any],
     ) -> Twin:
         config = make_config(mode, via=via, env=env, **tables)
-        kwargs: dict[str, Any] = {"env": env or {}}
+        kwargs: dict[str, Any] = {"env": env if env is not None else {}}
         if twin_kind == "async":
             if via == "inprocess":
                 kwargs["transport"] = emulator.mock_transport()
