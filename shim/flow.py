@@ -200,6 +200,16 @@ def legacy_attempt(ctx: CallContext) -> Flow[RouteResult]:
     return RouteResult(answer, "legacy", 1, status=reply.status)
 
 
+def _plain_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """The answer's headers as one lower-case keyed dict, for the v3 route's many lookups.
+
+    (Each ``httpx.Headers.get`` scans and re-encodes the whole header list.)
+    """
+    if type(headers) is dict:
+        return headers
+    return {k.lower(): v for k, v in headers.items()}
+
+
 def v3_attempt(ctx: CallContext) -> Flow[RouteResult]:
     """One signed GET of the v3 stock query; verified, then mapped onto a re-signed v2 dict."""
     m = ctx.merchant
@@ -231,10 +241,11 @@ def v3_attempt(ctx: CallContext) -> Flow[RouteResult]:
     reply = yield _request(ctx, "v3", "GET", ctx.config.upstream.v3_base_url + path, headers, b"")
     if not isinstance(reply, HttpResponse):
         raise _failure_error(reply or TransportFailure("protocol", "no reply"), "v3")
-    status, rid = reply.status, reply.headers.get("request-id")
+    answer_headers = _plain_headers(reply.headers)
+    status, rid = reply.status, answer_headers.get("request-id")
     if 200 <= status < 300:
-        v3.verify_answer(creds, reply.headers, reply.body, now=ctx.wall(), status=status)
-        ctype = reply.headers.get("content-type", "").split(";")[0].strip().lower()
+        v3.verify_answer(creds, answer_headers, reply.body, now=ctx.wall(), status=status)
+        ctype = answer_headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise UpstreamError(
                 f"v3 answer has content type {ctype[:40]!r}, not JSON",
@@ -265,7 +276,7 @@ def v3_attempt(ctx: CallContext) -> Flow[RouteResult]:
             code=code,
             request_id=rid,
         )
-    if not reply.headers.get("wechatpay-signature"):
+    if not answer_headers.get("wechatpay-signature"):
         raise UpstreamError(
             f"v3 error answer HTTP {status} is unsigned; refused",
             route="v3",
@@ -274,7 +285,7 @@ def v3_attempt(ctx: CallContext) -> Flow[RouteResult]:
             code=code,
             request_id=rid,
         )
-    v3.verify_answer(creds, reply.headers, reply.body, now=ctx.wall(), status=status)
+    v3.verify_answer(creds, answer_headers, reply.body, now=ctx.wall(), status=status)
     outcome = map_error(ctx.mapping, status, code, ctx.request_fields)
     if outcome.kind in ("business", "return_fail"):
         return RouteResult(_signed_v2_answer(ctx, outcome.fields), "v3", 1, (), status)
@@ -323,8 +334,23 @@ def route_flow(ctx: CallContext, route: Route) -> Flow[RouteResult]:
         except ShimError:
             breaker.record_success()
             raise
+        except GeneratorExit:
+            # The caller abandoned the call mid-request (cancelled, timed out). If this was the
+            # half-open probe, re-open: a probe left outstanding would keep the breaker open
+            # for good.
+            if breaker.state == "half_open":
+                breaker.record_failure(ctx.clock())
+            raise
         breaker.record_success()
-        return replace(result, attempts=attempt)
+        return result if result.attempts == attempt else replace(result, attempts=attempt)
+
+
+def _with_deadline(ctx: CallContext, deadline: float) -> CallContext:
+    """``replace(ctx, deadline=deadline)`` without re-running ``__init__`` (on every call)."""
+    copied = object.__new__(CallContext)
+    copied.__dict__.update(ctx.__dict__)
+    copied.__dict__["deadline"] = deadline
+    return copied
 
 
 def call_flow(
@@ -343,7 +369,7 @@ def call_flow(
     serve_ctx = ctx
     if may_fall_back:
         up = ctx.config.upstream
-        serve_ctx = replace(ctx, deadline=ctx.deadline - min(up.timeout_s, up.budget_s / 2))
+        serve_ctx = _with_deadline(ctx, ctx.deadline - min(up.timeout_s, up.budget_s / 2))
     try:
         result = yield from route_flow(serve_ctx, decision.serve)
     except ShimError as err:

@@ -33,6 +33,11 @@ def _failure(exc: Exception) -> TransportFailure:
         return TransportFailure("timeout", f"timed out ({name})")
     if isinstance(exc, (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.CloseError)):
         return TransportFailure("connection", f"connection failed ({name})")
+    if isinstance(exc, httpx.RemoteProtocolError):
+        # The peer closed the connection before a whole answer ("server disconnected without
+        # sending a response", a body shorter than its Content-Length) or broke HTTP framing:
+        # nothing usable arrived, and this read-only query is safe to send again.
+        return TransportFailure("connection", f"connection broken mid-answer ({name})")
     return TransportFailure("protocol", f"broken HTTP exchange ({name})")
 
 
@@ -128,6 +133,8 @@ def run_sync(flow: Flow[T], client: httpx.Client, clock: Callable[[], float] = t
                 step = flow.send(_send_sync(client, step, clock))
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+    finally:
+        flow.close()  # abandoned (e.g. cancelled): the flow's cleanup runs now, not at GC
 
 
 async def run_async(
@@ -144,3 +151,5 @@ async def run_async(
                 step = flow.send(await _send_async(client, step, clock))
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+    finally:
+        flow.close()  # abandoned (e.g. cancelled): the flow's cleanup runs now, not at GC
