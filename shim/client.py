@@ -8,6 +8,7 @@ the driver they run it with and the shadow runner they hand comparisons to.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -93,6 +94,7 @@ class _ShimCore:
         else:
             self._live = LiveConfig(config, env=self._env)
         self._flag_source = flag_source
+        self._owns_flag_source = False
         self._clock, self._wall, self._nonce = clock, wall, nonce
         self._log = logger if logger is not None else _log
         self._breakers: dict[tuple[Route, str], CircuitBreaker] = {}
@@ -129,11 +131,12 @@ class _ShimCore:
     def _flag_mode(self, snapshot: ShimConfig, mch_id: str, stock_id: str, bucket_by: str) -> Any:
         if snapshot.routing.flag_source != "openfeature":
             return None
-        if self._flag_source is None:
-            self._flag_source = OpenFeatureRouteSource(flag_key=snapshot.routing.openfeature_flag)
-        return self._flag_source.mode_for(
-            mch_id, stock_id, routing_key(bucket_by, mch_id, stock_id)
-        )
+        source, wanted = self._flag_source, snapshot.routing.openfeature_flag
+        if source is None or (self._owns_flag_source and source.flag_key != wanted):
+            # built here, so it follows a reloaded routing.openfeature_flag
+            source = self._flag_source = OpenFeatureRouteSource(flag_key=wanted)
+            self._owns_flag_source = True
+        return source.mode_for(mch_id, stock_id, routing_key(bucket_by, mch_id, stock_id))
 
     def _prepare(
         self, values: dict[str, Any], xml: Mapping[str, Any] | None, *, route: Route | None = None
@@ -202,6 +205,10 @@ class _ShimCore:
         shadow: ShadowOutcome | None = None,
         latency_ms: float | None = None,
     ) -> None:
+        log = _concrete(self._log)
+        enabled = getattr(log, "is_enabled_for", None)
+        if enabled is not None and not enabled(logging.INFO):
+            return  # filtered out (e.g. an app at WARNING): build nothing
         d, req = call.decision, call.ctx.request
         fields: dict[str, Any] = {
             "mch_id": req.mch_id,
@@ -239,7 +246,7 @@ class _ShimCore:
                 fields["shadow_error"] = shadow.error_kind
             if shadow.latency_ms is not None:
                 fields["shadow_latency_ms"] = round(shadow.latency_ms, 3)
-        self._log.info(EVENT, **fields)
+        log.info(EVENT, **fields)
 
     def _compare(
         self, call: _Call, served: RouteResult, other: RouteResult, started: float
@@ -253,6 +260,12 @@ class _ShimCore:
 
     def _wants_shadow(self, call: _Call, outcome: CallOutcome) -> bool:
         return call.decision.shadow is not None and not outcome.fallback
+
+
+def _concrete(logger: Any) -> Any:
+    """The logger itself, resolved once (structlog's lazy proxy re-binds on every access)."""
+    bind = getattr(logger, "bind", None)
+    return logger if bind is None else bind()
 
 
 def _kind_of(error: ShimError) -> str:

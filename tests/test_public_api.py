@@ -67,5 +67,5 @@ def test_readme_python_example_runs(
     monkeypatch.chdir(tmp_path)
     printed: list[Any] = []
     namespace = {"print": lambda *args: printed.append(args)}
-    exec(compile(textwrap.dedent(example), "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(textwrap.dedent(example), "README.md", "exec"), namespace)
     assert printed == [("满100减10", "4")]
