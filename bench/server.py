@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     tls = args.tls_cert is not None
     config = uvicorn.Config(
         emulator.asgi_app,
-        http="h11",
-        loop="asyncio",
+        # httptools and uvloop when installed (the bench extra), as a production server would
+        # run; h11 and asyncio otherwise.
+        http="auto",
+        loop="auto",
         ws="none",
         lifespan="off",
         log_config=None,
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         server_header=False,
         proxy_headers=False,
         backlog=512,
+        # Keep idle pooled connections open between bench sections: a server closing them
+        # after uvicorn's default 5 s races the client's next request on a reused connection.
+        timeout_keep_alive=120,
         ssl_certfile=str(args.tls_cert) if tls else None,
         ssl_keyfile=str(args.tls_key) if tls else None,
     )
