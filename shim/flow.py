@@ -135,6 +135,7 @@ def _failure_error(failure: TransportFailure, route: Route) -> UpstreamError:
 
 def _request(
     ctx: CallContext,
+    deadline: float,
     route: Route,
     method: str,
     url: str,
@@ -150,7 +151,7 @@ def _request(
         route,
         up.timeout_s,
         up.connect_timeout_s,
-        ctx.deadline,
+        deadline,
         up.max_body_bytes,
     )
 
@@ -163,7 +164,7 @@ def _signed_v2_answer(ctx: CallContext, fields: Mapping[str, str]) -> dict[str, 
     return answer
 
 
-def legacy_attempt(ctx: CallContext) -> Flow[RouteResult]:
+def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     """One signed POST to the retired v2 endpoint; the answer is verified, fail closed."""
     m = ctx.merchant
     key = m.v2_key.reveal()
@@ -172,6 +173,7 @@ def legacy_attempt(ctx: CallContext) -> Flow[RouteResult]:
     )
     reply = yield _request(
         ctx,
+        deadline,
         "legacy",
         "POST",
         ctx.config.upstream.v2_base_url + v2.QUERY_COUPON_STOCK_PATH,
@@ -210,7 +212,7 @@ def _plain_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     return {k.lower(): v for k, v in headers.items()}
 
 
-def v3_attempt(ctx: CallContext) -> Flow[RouteResult]:
+def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     """One signed GET of the v3 stock query; verified, then mapped onto a re-signed v2 dict."""
     m = ctx.merchant
     creds = m.v3
@@ -238,7 +240,8 @@ def v3_attempt(ctx: CallContext) -> Flow[RouteResult]:
     )
     if creds.public_key_id:
         headers += (("Wechatpay-Serial", creds.public_key_id),)
-    reply = yield _request(ctx, "v3", "GET", ctx.config.upstream.v3_base_url + path, headers, b"")
+    url = ctx.config.upstream.v3_base_url + path
+    reply = yield _request(ctx, deadline, "v3", "GET", url, headers, b"")
     if not isinstance(reply, HttpResponse):
         raise _failure_error(reply or TransportFailure("protocol", "no reply"), "v3")
     answer_headers = _plain_headers(reply.headers)
@@ -299,15 +302,22 @@ def v3_attempt(ctx: CallContext) -> Flow[RouteResult]:
     )
 
 
-def route_flow(ctx: CallContext, route: Route) -> Flow[RouteResult]:
-    """One route with bounded retries, backoff with jitter, the time budget and its breaker."""
+def route_flow(
+    ctx: CallContext, route: Route, *, deadline: float | None = None
+) -> Flow[RouteResult]:
+    """One route with bounded retries, backoff with jitter, the time budget and its breaker.
+
+    ``deadline`` (default: the call's) is when this route must give up.
+    """
+    if deadline is None:
+        deadline = ctx.deadline
     breaker = ctx.breakers(route, ctx.merchant.mch_id)
     attempt_fn = legacy_attempt if route == "legacy" else v3_attempt
     attempt = 0
     while True:
         attempt += 1
         now = ctx.clock()
-        if now >= ctx.deadline:
+        if now >= deadline:
             raise UpstreamError("the call's time budget is spent", route=route, kind="budget")
         if not breaker.allow(now):
             raise UpstreamError(
@@ -316,17 +326,15 @@ def route_flow(ctx: CallContext, route: Route) -> Flow[RouteResult]:
                 kind="circuit_open",
             )
         try:
-            result = yield from attempt_fn(ctx)
+            result = yield from attempt_fn(ctx, deadline)
         except UpstreamError as err:
             if err.transient:
                 breaker.record_failure(ctx.clock())
             else:
                 breaker.record_success()  # it answered; the answer was bad, not the link
-            if should_retry(
-                err, attempt=attempt, cfg=replace(ctx.config.retry, attempts=ctx.attempts)
-            ):
+            if should_retry(err, attempt=attempt, attempts=ctx.attempts):
                 delay = backoff_delay(attempt, ctx.config.retry, ctx.rng())
-                if ctx.clock() + delay < ctx.deadline:
+                if ctx.clock() + delay < deadline:
                     if delay > 0:
                         yield Sleep(delay)
                     continue
@@ -345,14 +353,6 @@ def route_flow(ctx: CallContext, route: Route) -> Flow[RouteResult]:
         return result if result.attempts == attempt else replace(result, attempts=attempt)
 
 
-def _with_deadline(ctx: CallContext, deadline: float) -> CallContext:
-    """``replace(ctx, deadline=deadline)`` without re-running ``__init__`` (on every call)."""
-    copied = object.__new__(CallContext)
-    copied.__dict__.update(ctx.__dict__)
-    copied.__dict__["deadline"] = deadline
-    return copied
-
-
 def call_flow(
     ctx: CallContext, decision: Decision, *, can_serve: Callable[[Route], bool]
 ) -> Flow[CallOutcome]:
@@ -366,12 +366,12 @@ def call_flow(
     may_fall_back = can_serve(other) and (
         routing.fallback_to_legacy if other == "legacy" else routing.fallback_to_v3
     )
-    serve_ctx = ctx
+    serve_deadline = ctx.deadline
     if may_fall_back:
         up = ctx.config.upstream
-        serve_ctx = _with_deadline(ctx, ctx.deadline - min(up.timeout_s, up.budget_s / 2))
+        serve_deadline -= min(up.timeout_s, up.budget_s / 2)
     try:
-        result = yield from route_flow(serve_ctx, decision.serve)
+        result = yield from route_flow(ctx, decision.serve, deadline=serve_deadline)
     except ShimError as err:
         target = fallback_route(routing, decision, err) if may_fall_back else None
         if target is None:

@@ -18,13 +18,14 @@ from shim.errors import ShimError, UpstreamError
 __all__ = ["CircuitBreaker", "backoff_delay", "should_retry"]
 
 
-def should_retry(error: ShimError, *, attempt: int, cfg: RetryConfig) -> bool:
-    """Whether a failed ``attempt`` (1-based) of this idempotent query should be tried again.
+def should_retry(error: ShimError, *, attempt: int, attempts: int) -> bool:
+    """Whether a failed ``attempt`` (1-based) of ``attempts`` of this idempotent query should
+    be tried again.
 
     Only transient upstream failures are retried (connection errors, timeouts, 429, 5xx);
     never 4xx answers, signature failures, an open circuit or input/config/mapping errors.
     """
-    if attempt >= cfg.attempts or not isinstance(error, UpstreamError):
+    if attempt >= attempts or not isinstance(error, UpstreamError):
         return False
     return error.transient and error.kind != "circuit_open" and error.kind != "budget"
 

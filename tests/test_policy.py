@@ -30,14 +30,14 @@ CFG = RetryConfig(attempts=3, backoff_initial_s=0.1, backoff_max_s=0.3)
 )
 def test_should_retry_only_transient_failures(error: Exception, retry: bool) -> None:
     """Only connection errors, timeouts, 429 and 5xx are retried."""
-    assert should_retry(error, attempt=1, cfg=CFG) is retry  # type: ignore[arg-type]
+    assert should_retry(error, attempt=1, attempts=CFG.attempts) is retry  # type: ignore[arg-type]
 
 
 def test_should_retry_stops_at_the_attempt_limit() -> None:
     """The last attempt is never retried."""
     err = UpstreamError("t", route="legacy", kind="timeout")
-    assert should_retry(err, attempt=2, cfg=CFG)
-    assert not should_retry(err, attempt=3, cfg=CFG)
+    assert should_retry(err, attempt=2, attempts=CFG.attempts)
+    assert not should_retry(err, attempt=3, attempts=CFG.attempts)
 
 
 def test_backoff_is_exponential_capped_and_jittered() -> None:
