@@ -22,7 +22,7 @@ import structlog
 
 from shim import v2
 from shim.config import LiveConfig, ShimConfig
-from shim.errors import InputError, Route, ShimError
+from shim.errors import ConfigError, InputError, Route, ShimError, UpstreamError
 from shim.events import EVENT
 from shim.flags import OpenFeatureRouteSource
 from shim.flow import (
@@ -99,7 +99,7 @@ class _ShimCore:
         self._log = logger if logger is not None else _log
         self._breakers: dict[tuple[Route, str], CircuitBreaker] = {}
         self._breaker_lock = threading.Lock()
-        self._mapping: tuple[ShimConfig, MappingTable] | None = None
+        self._mapping: tuple[ShimConfig, MappingTable, float] | None = None
         self._stats = ShadowStats()
 
     @property
@@ -121,11 +121,27 @@ class _ShimCore:
         return found
 
     def _table(self, snapshot: ShimConfig) -> MappingTable:
+        """The mapping in force; its file is re-checked once per reload interval.
+
+        An edited mapping file applies without a restart; one that no longer validates keeps
+        the last good mapping and logs why.
+        """
         cached = self._mapping
-        if cached is not None and cached[0] is snapshot:
+        now = self._clock()
+        if cached is not None and cached[0] is snapshot and now < cached[2]:
             return cached[1]
-        table = load_mapping(snapshot.mapping_dir)
-        self._mapping = (snapshot, table)
+        try:
+            table = load_mapping(snapshot.mapping_dir)
+        except ConfigError as exc:
+            if cached is None or cached[0].mapping_dir != snapshot.mapping_dir:
+                raise
+            _log.warning(
+                "coupon_shim.mapping_reload_failed",
+                error=str(exc),
+                action="kept the last good mapping",
+            )
+            table = cached[1]
+        self._mapping = (snapshot, table, now + snapshot.reload_interval_s)
         return table
 
     def _flag_mode(self, snapshot: ShimConfig, mch_id: str, stock_id: str, bucket_by: str) -> Any:
@@ -233,6 +249,8 @@ class _ShimCore:
             if "err_code" in result.answer:
                 fields["err_code"] = result.answer["err_code"]
         if error is not None:
+            if isinstance(error, UpstreamError):
+                fields["route"] = error.route  # the side that failed last
             fields["outcome"] = "error"
             fields["fallback"] = isinstance(error.__cause__, ShimError)
             fields["error_kind"] = _kind_of(error)
@@ -263,7 +281,7 @@ class _ShimCore:
 
 
 def _concrete(logger: Any) -> Any:
-    """The logger itself, resolved once (structlog's lazy proxy re-binds on every access)."""
+    """The concrete logger behind structlog's lazy proxy, resolved once per event."""
     bind = getattr(logger, "bind", None)
     return logger if bind is None else bind()
 

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from shim.errors import ConfigError, InputError
+from shim.mapping import load_mapping
 from shim.routing import (
     DEFAULT_ROUTING,
     DEFAULT_SHADOW,
@@ -564,6 +565,9 @@ def parse_config(
             raise ConfigError(
                 f"folder {mapping_dir_raw!r} does not exist", source=source, key="mapping.dir"
             )
+    # A config whose mapping does not validate is refused as a whole (so a reload keeps the
+    # last good one); the error names the mapping file and entry. Loads are cached.
+    load_mapping(mapping_dir)
 
     rl = _Reader(_table(data, "reload", source), "reload", source)
     reload_interval = rl.number("check_interval_s", 2.0, minimum=0, positive=False)

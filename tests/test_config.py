@@ -200,3 +200,13 @@ def test_live_config_sees_env_changes() -> None:
     del env["COUPON_SHIM_MODE"]
     clock.now = 10
     assert live.current().routing.mode == "legacy"
+
+
+def test_a_mapping_that_does_not_validate_refuses_the_config(keydir: Path) -> None:
+    """[mapping] dir pointing at a broken mapping is a ConfigError naming the mapping file."""
+    folder = keydir / "broken-mappings"
+    folder.mkdir(exist_ok=True)
+    (folder / "query_coupon_stock.toml").write_text("format = 1\n[[fields]]\nv2 = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(keydir, '[mapping]\ndir = "broken-mappings"\n' + MERCHANT), env={})
+    assert "query_coupon_stock.toml" in str(info.value)

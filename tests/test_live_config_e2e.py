@@ -154,3 +154,57 @@ async def test_from_file_reads_overrides_from_the_env_it_is_given(
         assert routes(await poll(twin, lambda _: True)) == ["v3"]
     finally:
         await twin.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_mapping_edits_apply_live_and_a_broken_edit_keeps_the_last_good(
+    make_config: Any, emulator: Any, tmp_path: Path
+) -> None:
+    """An edited mapping applies after the reload interval; an invalid edit keeps the old one."""
+    import shutil
+
+    from structlog.testing import capture_logs
+
+    from shim import CouponStockShim
+    from shim.mapping import default_mapping_dir
+
+    folder = tmp_path / "live-mappings"
+    shutil.copytree(default_mapping_dir(), folder)
+    path = folder / "query_coupon_stock.toml"
+    original = path.read_text(encoding="utf-8")
+    clock = _Clock()
+    config = make_config("v3", mapping={"dir": str(folder)}, reload={"check_interval_s": 1.0})
+    shim = CouponStockShim(config, transport=emulator.mock_transport(), env={}, clock=clock)
+    try:
+        before = shim.query_coupon_stock("1757", mch_id="10000098")
+        edited = original.replace(
+            'v2 = "coupon_name"\nv3 = "stock_name"', 'v2 = "coupon_name"\nv3 = "description"'
+        )
+        assert edited != original
+        path.write_text(edited, encoding="utf-8")
+        os.utime(path, ns=(5, 5))
+        assert (
+            shim.query_coupon_stock("1757", mch_id="10000098")["coupon_name"]
+            == before["coupon_name"]
+        )
+        clock.now += 2
+        changed = shim.query_coupon_stock("1757", mch_id="10000098")["coupon_name"]
+        assert changed != before["coupon_name"]
+        path.write_text(
+            original.replace('convert = "text"', 'convert = "nope"', 1), encoding="utf-8"
+        )
+        os.utime(path, ns=(9, 9))
+        clock.now += 2
+        with capture_logs() as logs:
+            kept = shim.query_coupon_stock("1757", mch_id="10000098")["coupon_name"]
+        assert kept == changed
+        assert any(e["event"] == "coupon_shim.mapping_reload_failed" for e in logs)
+    finally:
+        shim.close()
