@@ -36,7 +36,7 @@ from shim.flow import (
 )
 from shim.mapping import MappingTable, load_mapping
 from shim.policy import CircuitBreaker
-from shim.routing import Decision, decide, kill_switch_on, other_route, routing_key
+from shim.routing import Decision, decide, kill_switch_on, routing_key
 from shim.shadow import (
     AsyncShadowRunner,
     ShadowOutcome,
@@ -266,18 +266,48 @@ class _ShimCore:
                 fields["shadow_latency_ms"] = round(shadow.latency_ms, 3)
         log.info(EVENT, **fields)
 
-    def _compare(
-        self, call: _Call, served: RouteResult, other: RouteResult, started: float
+    def _prepare_via(self, route: Route, fields: dict[str, Any]) -> _Call:
+        xml = fields.pop("xml", None)
+        values = _values(*(fields.pop(k, None) for k in v2.REQUEST_FIELDS))
+        if fields:
+            raise InputError("is not a field of query_coupon_stock", field=sorted(fields)[0])
+        return self._prepare(values, xml, route=route)
+
+    def _served(self, call: _Call, outcome: CallOutcome) -> dict[str, str]:
+        """After serving: hand the other side to the shadow runner, or log the call's event."""
+        if call.decision.shadow is None or outcome.fallback:
+            self._event(call, outcome=outcome)
+        else:
+            latency_ms = (self._clock() - call.started) * 1000.0
+
+            def done(shadow: ShadowOutcome) -> None:
+                self._event(call, outcome=outcome, shadow=shadow, latency_ms=latency_ms)
+
+            self._submit_shadow(call, outcome, done)
+        return outcome.result.answer
+
+    def _submit_shadow(
+        self, call: _Call, outcome: CallOutcome, done: Callable[[ShadowOutcome], None]
+    ) -> None:
+        raise NotImplementedError  # pragma: no cover - each twin runs shadows its own way
+
+    def _shadow_flow(self, call: _Call) -> Flow[RouteResult]:
+        """The other side of a shadowed call: one attempt within the shadow time budget."""
+        assert call.decision.shadow is not None
+        return route_flow(self._shadow_ctx(call), call.decision.shadow)
+
+    def _shadow_outcome(
+        self, call: _Call, outcome: CallOutcome, started: float, other: RouteResult | ShimError
     ) -> ShadowOutcome:
+        latency_ms = (self._clock() - started) * 1000.0
+        if isinstance(other, ShimError):
+            return ShadowOutcome.from_error(other, latency_ms=latency_ms)
         return compare_answers(
-            served.answer,
+            outcome.result.answer,
             other.answer,
             ignore=call.ctx.config.shadow.ignore_fields,
-            latency_ms=(self._clock() - started) * 1000.0,
+            latency_ms=latency_ms,
         )
-
-    def _wants_shadow(self, call: _Call, outcome: CallOutcome) -> bool:
-        return call.decision.shadow is not None and not outcome.fallback
 
 
 def _concrete(logger: Any) -> Any:
@@ -382,38 +412,26 @@ class CouponStockShim(_ShimCore):
         except ShimError as err:
             self._event(call, error=err)
             raise
-        if self._wants_shadow(call, outcome):
-            self._submit_shadow(call, outcome)
-        else:
-            self._event(call, outcome=outcome)
-        return outcome.result.answer
+        return self._served(call, outcome)
 
     def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
         """Query one route directly (no routing, fallback or shadow); used by ``compare``."""
-        xml = fields.pop("xml", None)
-        values = _values(*(fields.pop(k, None) for k in v2.REQUEST_FIELDS))
-        if fields:
-            raise InputError("is not a field of query_coupon_stock", field=sorted(fields)[0])
-        call = self._prepare(values, xml, route=route)
+        call = self._prepare_via(route, fields)
         result: RouteResult = run_sync(route_flow(call.ctx, route), self._client, self._clock)
         return result.answer
 
-    def _submit_shadow(self, call: _Call, outcome: CallOutcome) -> None:
-        latency_ms = (self._clock() - call.started) * 1000.0
-        other = call.decision.shadow or other_route(outcome.served_by)
-
+    def _submit_shadow(
+        self, call: _Call, outcome: CallOutcome, done: Callable[[ShadowOutcome], None]
+    ) -> None:
         def job() -> ShadowOutcome:
             started = self._clock()
             try:
-                result = run_sync(
-                    route_flow(self._shadow_ctx(call), other), self._client, self._clock
+                other: RouteResult | ShimError = run_sync(
+                    self._shadow_flow(call), self._client, self._clock
                 )
             except ShimError as err:
-                return ShadowOutcome.from_error(err, latency_ms=(self._clock() - started) * 1000.0)
-            return self._compare(call, outcome.result, result, started)
-
-        def done(shadow: ShadowOutcome) -> None:
-            self._event(call, outcome=outcome, shadow=shadow, latency_ms=latency_ms)
+                other = err
+            return self._shadow_outcome(call, outcome, started, other)
 
         self._shadow_runner().submit(job, done)
 
@@ -496,40 +514,28 @@ class AsyncCouponStockShim(_ShimCore):
         except ShimError as err:
             self._event(call, error=err)
             raise
-        if self._wants_shadow(call, outcome):
-            self._submit_shadow(call, outcome)
-        else:
-            self._event(call, outcome=outcome)
-        return outcome.result.answer
+        return self._served(call, outcome)
 
     async def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
         """Query one route directly (no routing, fallback or shadow)."""
-        xml = fields.pop("xml", None)
-        values = _values(*(fields.pop(k, None) for k in v2.REQUEST_FIELDS))
-        if fields:
-            raise InputError("is not a field of query_coupon_stock", field=sorted(fields)[0])
-        call = self._prepare(values, xml, route=route)
+        call = self._prepare_via(route, fields)
         result: RouteResult = await run_async(
             route_flow(call.ctx, route), self._client, self._clock
         )
         return result.answer
 
-    def _submit_shadow(self, call: _Call, outcome: CallOutcome) -> None:
-        latency_ms = (self._clock() - call.started) * 1000.0
-        other = call.decision.shadow or other_route(outcome.served_by)
-
+    def _submit_shadow(
+        self, call: _Call, outcome: CallOutcome, done: Callable[[ShadowOutcome], None]
+    ) -> None:
         async def job() -> ShadowOutcome:
             started = self._clock()
             try:
-                result = await run_async(
-                    route_flow(self._shadow_ctx(call), other), self._client, self._clock
+                other: RouteResult | ShimError = await run_async(
+                    self._shadow_flow(call), self._client, self._clock
                 )
             except ShimError as err:
-                return ShadowOutcome.from_error(err, latency_ms=(self._clock() - started) * 1000.0)
-            return self._compare(call, outcome.result, result, started)
-
-        def done(shadow: ShadowOutcome) -> None:
-            self._event(call, outcome=outcome, shadow=shadow, latency_ms=latency_ms)
+                other = err
+            return self._shadow_outcome(call, outcome, started, other)
 
         if self._runner is None:
             self._runner = AsyncShadowRunner(self._live.current().shadow, self._stats)
