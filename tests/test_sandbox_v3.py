@@ -321,8 +321,8 @@ def test_bad_authorization_is_401(case: str, client: httpx.Client, state: Sandbo
         "bad_signature": {"nonce": "A", "body": "x"},
         "unknown_mchid": {"mchid": "19999999", "key_of": MCH_PK},
         "other_merchants_key": {"key_of": MCH_PC, "serial": state.merchants[MCH_PK].cert_serial},
-        "stale": {"timestamp": int(time.time()) - 301},
-        "future": {"timestamp": int(time.time()) + 301},
+        "stale": {"timestamp": int(time.time()) - 310},
+        "future": {"timestamp": int(time.time()) + 310},
     }[case]
     response = get(client, state, stock_target(), **kwargs)
     assert response.status_code == 401
