@@ -129,8 +129,17 @@ class CallOutcome:
     fallback_error: ShimError | None = None
 
 
-def _failure_error(failure: TransportFailure, route: Route) -> UpstreamError:
-    return UpstreamError(failure.detail, route=route, kind=failure.kind)
+def _answer(reply: HttpResponse | TransportFailure | None, route: Route) -> HttpResponse:
+    """The driver's reply as a whole answer, or the typed error of its failure."""
+    if isinstance(reply, HttpResponse):
+        return reply
+    failure = reply or TransportFailure("protocol", "no reply")
+    raise UpstreamError(failure.detail, route=route, kind=failure.kind)
+
+
+def _media_type(headers: Mapping[str, str]) -> str:
+    """``text/xml`` of ``Content-Type: text/xml; charset=utf-8`` (lower-case; "" if absent)."""
+    return headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def _request(
@@ -171,7 +180,7 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     fields = v2.build_request_fields(
         ctx.request, key=key, sign_type=m.v2_sign_type, nonce=ctx.nonce()
     )
-    reply = yield _request(
+    sent = yield _request(
         ctx,
         deadline,
         "legacy",
@@ -180,8 +189,7 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
         (("Content-Type", "text/xml; charset=utf-8"), ("User-Agent", USER_AGENT)),
         v2.to_xml(fields),
     )
-    if not isinstance(reply, HttpResponse):
-        raise _failure_error(reply or TransportFailure("protocol", "no reply"), "legacy")
+    reply = _answer(sent, "legacy")
     if reply.status != 200:
         raise UpstreamError(
             f"v2 endpoint answered HTTP {reply.status}",
@@ -189,7 +197,7 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
             kind="http_status",
             status=reply.status,
         )
-    ctype = reply.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = _media_type(reply.headers)
     if ctype and ctype not in _XML_TYPES:
         raise UpstreamError(
             f"v2 answer has content type {ctype[:40]!r}, not XML",
@@ -241,14 +249,12 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     if creds.public_key_id:
         headers += (("Wechatpay-Serial", creds.public_key_id),)
     url = ctx.config.upstream.v3_base_url + path
-    reply = yield _request(ctx, deadline, "v3", "GET", url, headers, b"")
-    if not isinstance(reply, HttpResponse):
-        raise _failure_error(reply or TransportFailure("protocol", "no reply"), "v3")
+    reply = _answer((yield _request(ctx, deadline, "v3", "GET", url, headers, b"")), "v3")
     answer_headers = _plain_headers(reply.headers)
     status, rid = reply.status, answer_headers.get("request-id")
     if 200 <= status < 300:
         v3.verify_answer(creds, answer_headers, reply.body, now=ctx.wall(), status=status)
-        ctype = answer_headers.get("content-type", "").split(";")[0].strip().lower()
+        ctype = _media_type(answer_headers)
         if ctype != "application/json":
             raise UpstreamError(
                 f"v3 answer has content type {ctype[:40]!r}, not JSON",

@@ -57,13 +57,6 @@ class V2Request(NamedTuple):
     version: str
     type: str
 
-    def echo(self) -> dict[str, str]:
-        """The request fields a v2 answer echoes."""
-        out = {"appid": self.appid, "mch_id": self.mch_id}
-        if self.device_info:
-            out["device_info"] = self.device_info
-        return out
-
 
 # field: (required, max length, pattern, what it must be)
 _RULES: dict[str, tuple[bool, int, re.Pattern[str], str]] = {
