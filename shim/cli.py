@@ -1,4 +1,4 @@
-"""The ``coupon-shim`` command: demo, query, compare, sandbox, migration-doc.
+"""The ``coupon-shim`` command: demo, query, compare, sandbox, serve, migration-doc.
 
 The CLI, unlike the library, configures structlog (JSON or console, always with the secret
 redactor) and sends events to stderr so that stdout carries only answers.
@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"where keys and shim.toml are created or reused (default: {DEFAULT_STATE_DIR})",
     )
 
+    from shim.gateway.cli import add_parser as add_serve
+
+    add_serve(sub)
+
     m = sub.add_parser("migration-doc", help="regenerate MIGRATION.md's tables from the mapping")
     m.add_argument("--check", action="store_true", help="fail if MIGRATION.md is out of date")
     m.add_argument("--file", default="MIGRATION.md")
@@ -85,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": _compare,
         "sandbox": _sandbox,
         "migration-doc": _migration_doc,
+        "serve": _serve,
     }
     try:
         return handlers[args.command](args)
@@ -149,6 +154,12 @@ def _sandbox(args: argparse.Namespace) -> int:
 
     run_forever(Path(args.state_dir), host=args.host, port=args.port, print_fn=print)
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from shim.gateway.cli import serve
+
+    return serve(args)
 
 
 def _migration_doc(args: argparse.Namespace) -> int:

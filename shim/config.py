@@ -481,6 +481,7 @@ _TOP_LEVEL = {
     "mapping",
     "reload",
     "merchants",
+    "gateway",  # read by shim.gateway (coupon-shim serve); the library ignores it
 }
 
 
