@@ -245,7 +245,7 @@ class GatewayApp:
                 status, kind = await self._passthrough(scope, receive, send)
         except GatewayRefusal as refusal:
             status, kind = refusal.refusal.status, refusal.refusal.kind
-            await self._refuse(scope, receive, send, refusal)
+            await self._refuse(scope, receive, send, refusal, passthrough=endpoint != "query")
         except _Disconnected:
             status, kind = 499, "disconnected"
         except Exception as exc:  # never a traceback to the caller
@@ -298,12 +298,12 @@ class GatewayApp:
         body = await self._read_body(scope, receive)
         fields = parse_request(body, max_bytes=self.settings.max_request_bytes)
         keys = self._merchant_keys(shim.config)
-        mch_id, sign_type = check_signed_request(fields, key_for=keys)
-        seen.update(
-            mch_id=mch_id,
+        seen.update(  # as claimed (safe to log): an operator sees who a refusal was for
+            mch_id=fields.get("mch_id", "")[:32],
             coupon_stock_id=fields.get("coupon_stock_id", "")[:32],
-            sign_type=sign_type,
         )
+        mch_id, sign_type = check_signed_request(fields, key_for=keys)
+        seen["sign_type"] = sign_type
         payload = {k: v for k, v in fields.items() if k not in _CALLER_ONLY}
         try:
             answer = await shim.query_coupon_stock(xml=payload)
@@ -332,16 +332,17 @@ class GatewayApp:
         refusal: GatewayRefusal,
         *,
         retry_after: bool = False,
+        passthrough: bool = False,
     ) -> None:
         headers = {"x-coupon-shim-error": refusal.refusal.kind}
         if retry_after:
             headers["retry-after"] = "1"
         if refusal.refusal.kind == "method_not_allowed":
             headers["allow"] = "POST"
-        if scope["path"] == v2.QUERY_COUPON_STOCK_PATH:
-            body, media = fail_body(refusal.return_msg), XML_CONTENT_TYPE
-        else:
+        if passthrough:  # in the shape of the API the caller spoke (v3 JSON under /v3/)
             body, media = refusal_body(scope["path"], refusal)
+        else:
+            body, media = fail_body(refusal.return_msg), XML_CONTENT_TYPE
         response = Response(body, refusal.refusal.status, headers=headers, media_type=media)
         await response(scope, receive, send)
 
