@@ -217,7 +217,7 @@ def test_two_workers_share_one_port_and_one_metrics_view(
 
 
 def test_serve_refuses_a_broken_config_with_one_line(tmp_path: Path) -> None:
-    """A config that does not load stops serve before it listens: exit 2, one clear line."""
+    """A config that does not load stops serve before it listens: exit 3, one clear line."""
     bad = tmp_path / "shim.toml"
     bad.write_text("[gateway]\nport = 'eighty'\n", encoding="utf-8")
     done = subprocess.run(
@@ -226,6 +226,6 @@ def test_serve_refuses_a_broken_config_with_one_line(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert done.returncode == 2
+    assert done.returncode == 3
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "gateway.port" in lines[0] and "Traceback" not in done.stderr
