@@ -6,6 +6,7 @@ emulator that runs in the test process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -60,6 +61,7 @@ class Served:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            start_new_session=True,  # its own process group: cleanup reaches the workers too
         )
         self.stderr: list[str] = []
         self._drain = threading.Thread(target=self._read_stderr, daemon=True)
@@ -102,10 +104,19 @@ class Served:
         self.close()
         return code
 
+    def kill(self) -> None:
+        """SIGKILL the whole group (the supervisor and any worker it left)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
     def close(self) -> None:
-        self._drain.join(5)
+        self._drain.join(10)
+        if self._drain.is_alive():  # a worker still holds stderr open
+            self.kill()
+            self._drain.join(10)
         for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
+            if pipe is not None and not self._drain.is_alive():
                 pipe.close()
 
 
@@ -115,9 +126,7 @@ def served() -> Iterator[list[Served]]:
     made: list[Served] = []
     yield made
     for s in made:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait(10)
+        s.kill()
         s.close()
 
 
@@ -201,16 +210,23 @@ def test_two_workers_share_one_port_and_one_metrics_view(
             )
     from prometheus_client.parser import text_string_to_metric_families
 
-    for _ in range(4):
-        with httpx.Client(timeout=20) as http:
+    def counted() -> float:
+        with httpx.Client(timeout=20) as http:  # a new connection: any worker may answer
             text = http.get(gw.base_url + "/metrics").text
-        total = sum(
+        return sum(
             s.value
             for family in text_string_to_metric_families(text)
             for s in family.samples
             if s.name == "coupon_shim_gateway_requests_total" and s.labels["endpoint"] == "query"
         )
-        assert total == calls
+
+    # a worker counts a request just after its answer went out: allow it that moment
+    deadline = time.monotonic() + 10
+    while (total := counted()) < calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert total == calls
+    for _ in range(4):
+        assert counted() == calls
     started = {e["pid"] for e in gw.events("coupon_shim.gateway_started")}
     assert len(started) == 2
     assert gw.stop() == 0
@@ -229,3 +245,62 @@ def test_serve_refuses_a_broken_config_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 3
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "gateway.port" in lines[0] and "Traceback" not in done.stderr
+
+
+def _readme_gateway_block() -> list[str]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The v2 gateway (`coupon-shim serve`)", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.strip().splitlines()]
+
+
+def test_the_readme_commands_start_a_gateway(tmp_path: Path, served: list[Served]) -> None:
+    """The README's gateway commands, run as written (free ports instead of the defaults, a
+    scratch state folder), give a gateway whose /healthz, /readyz and /metrics answer and
+    which serves wechatpy with only its base URL changed."""
+    lines = _readme_gateway_block()
+    assert lines[0] == "python3 -m venv .venv && .venv/bin/pip install -q -e '.[gateway]'"
+    assert lines[1] == ".venv/bin/coupon-shim sandbox --state-dir .coupon-shim-sandbox &"
+    assert lines[2].startswith("until [ -f .coupon-shim-sandbox/shim.toml ]")
+    assert lines[3] == ".venv/bin/coupon-shim serve --config .coupon-shim-sandbox/shim.toml"
+    state_dir = tmp_path / ".coupon-shim-sandbox"
+    sandbox = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shim.cli",
+            "--quiet",
+            "sandbox",
+            "--state-dir",
+            str(state_dir),
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (state_dir / "shim.toml").is_file():
+            assert time.monotonic() < deadline and sandbox.poll() is None
+            time.sleep(0.2)
+        gw = Served(state_dir / "shim.toml")
+        served.append(gw)
+        assert gw.base_url.startswith("http://127.0.0.1:")
+        assert httpx.get(gw.base_url + "/healthz").text == "ok\n"
+        assert httpx.get(gw.base_url + "/readyz").json()["status"] == "ready"
+        assert "coupon_shim_gateway_requests_total" in httpx.get(gw.base_url + "/metrics").text
+        from wechatpy.pay import WeChatPay
+
+        from shim.sandbox import SandboxState
+
+        m = SandboxState.load_or_create(state_dir).merchants[MD5_MCH]
+        client = WeChatPay(m.appid, m.v2_key, MD5_MCH)
+        client.API_BASE_URL = gw.base_url + "/"
+        answer = dict(client.coupon.query_stock("1757"))
+        client._http.close()
+        assert answer["result_code"] == "SUCCESS" and client.check_signature(answer)
+        assert gw.stop() == 0
+    finally:
+        sandbox.terminate()
+        sandbox.wait(20)

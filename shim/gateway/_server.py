@@ -162,6 +162,8 @@ def run(
     )
     originals = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     made_dir: str | None = None
+    if os.environ.get(MULTIPROC_ENV):
+        _wipe_samples(Path(os.environ[MULTIPROC_ENV]))
     try:
         if workers == 1:
             for sig in originals:
@@ -177,8 +179,6 @@ def run(
         if not os.environ.get(MULTIPROC_ENV):
             made_dir = tempfile.mkdtemp(prefix="coupon-shim-metrics-")
             os.environ[MULTIPROC_ENV] = made_dir
-        else:
-            _wipe_samples(Path(os.environ[MULTIPROC_ENV]))
         os.environ[CONFIG_ENV] = str(path)
         os.environ[OVERRIDES_ENV] = json.dumps(over)
         os.environ[LOG_ENV] = f"{log_format}:{log_level}"
