@@ -540,3 +540,59 @@ def test_gateway_settings_defaults_and_errors(
     )
     assert load_config(ok).routing.mode == "legacy"  # the library ignores [gateway]
     assert "v2_key" not in repr(load_gateway_settings(ok))
+
+
+# ----------------------------------------------------------------------------- deployment files
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _docker_json(line: str) -> list[str]:
+    import json
+
+    return list(json.loads(line.split(None, 1)[1]))
+
+
+def test_dockerfile_runs_serve_as_non_root_with_a_healthcheck() -> None:
+    """The image: slim base, a non-root USER, a HEALTHCHECK on /healthz, SIGTERM, and an
+    ENTRYPOINT + CMD the real CLI parser accepts as a serve command bound for the container."""
+    from shim.cli import build_parser
+
+    text = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    lines = [line.strip() for line in text.replace("\\\n", " ").splitlines()]
+    froms = [line.split()[1] for line in lines if line.startswith("FROM ")]
+    assert froms and all(base.startswith("python:3.11-slim") for base in froms)
+    user = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert user and user[-1].split(":")[0] not in ("root", "0")
+    assert any(line.startswith("HEALTHCHECK") and "/healthz" in line for line in lines)
+    assert "STOPSIGNAL SIGTERM" in lines
+    entry = _docker_json(next(line for line in lines if line.startswith("ENTRYPOINT")))
+    cmd = _docker_json(next(line for line in lines if line.startswith("CMD ")))
+    assert entry[0] == "coupon-shim"
+    args = build_parser().parse_args(entry[1:] + cmd)
+    assert args.command == "serve" and args.host == "0.0.0.0" and args.port == 8080
+
+
+def test_systemd_unit_runs_serve_and_drains() -> None:
+    """The unit starts serve with options the CLI accepts, stops with SIGTERM to the
+    supervisor (KillMode=mixed) and waits longer than the default drain budgets."""
+    import shlex
+
+    from shim.cli import build_parser
+
+    text = (ROOT / "deploy" / "coupon-shim-gateway.service").read_text(encoding="utf-8")
+    joined = text.replace("\\\n", " ")
+    settings = dict(
+        line.split("=", 1)
+        for line in joined.splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    argv = shlex.split(settings["ExecStart"])
+    assert argv[0].endswith("/coupon-shim")
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "serve" and args.host == "127.0.0.1"
+    assert settings["KillMode"] == "mixed" and settings["KillSignal"] == "SIGTERM"
+    defaults = GatewaySettings()
+    assert int(settings["TimeoutStopSec"]) > defaults.drain_delay_s + defaults.drain_timeout_s + 5
+    assert settings["User"] != "root" and settings["NoNewPrivileges"] == "yes"
