@@ -195,15 +195,15 @@ def run_forever(
     logger = RequestLogger(emulator, print_fn) if log_requests else None
     try:
         with serve(emulator, host, port) as server:
-            base = server.base_url
-            written = state.ensure_config(
-                v2_base_url=base, v3_base_url=base, mode=mode, reset=reset
-            )
-            _print_banner(print_fn, state, emulator, base, written)
-            if logger is not None:
-                print_fn("request log (UTC): method path side mch stock fault status answer")
-            waiter = stop_event or threading.Event()
-            try:
+            try:  # Ctrl+C at any point once serving (even during the banner) stops cleanly
+                base = server.base_url
+                written = state.ensure_config(
+                    v2_base_url=base, v3_base_url=base, mode=mode, reset=reset
+                )
+                _print_banner(print_fn, state, emulator, base, written)
+                if logger is not None:
+                    print_fn("request log (UTC): method path side mch stock fault status answer")
+                waiter = stop_event or threading.Event()
                 while not waiter.wait(0.2):
                     pass
             except KeyboardInterrupt:
