@@ -314,3 +314,20 @@ def test_an_inconsistent_private_key_is_refused(
         load_config(path, env={})
     assert "v3_private_key" in str(info.value)
     assert str(good.d) not in str(info.value)
+
+
+def test_the_readme_atomic_write_is_picked_up_at_once(live_file: tuple[Path, str]) -> None:
+    """The README's write_config() (temp file + os.replace) applies at the very next check."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    (block,) = [
+        b for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "def write_config" in b
+    ]
+    namespace: dict[str, Any] = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    path, text = live_file
+    live = LiveConfig(path, env={}, watch=False)
+    namespace["write_config"](str(path), text.replace('mode = "legacy"', 'mode = "v3"'))
+    assert live.check() is True and live.current().routing.mode == "v3"
+    assert [p.name for p in path.parent.iterdir() if p.suffix == ".tmp"] == []
