@@ -8,6 +8,7 @@ what real wechatpy gives in legacy mode; both clients run side by side against t
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from shim.compat import wechatpy as compat
 from shim.errors import ConfigError, InputError, UpstreamError
 from shim.sandbox import Emulator, RunningServer, SandboxState
 
+from .test_no_secrets import assert_clean, error_texts, static_secrets
 from .wechatpy_front import ORDER_PATH, SIGNKEY_PATH, Front, serve_front
 
 MCH = "10000098"
@@ -463,30 +465,70 @@ def test_config_errors_are_clear_and_early(
     assert emulator.request_counts == {}
 
 
-def test_no_secret_in_errors_or_events(
+def _caught(call: Callable[[], Any]) -> BaseException:
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    raise AssertionError("no exception")
+
+
+def _texts_with_locals(exc: BaseException) -> list[str]:
+    """str/repr/traceback of the exception chain, and the locals of the drop-in's own frames."""
+    texts = error_texts(exc)
+    te: traceback.TracebackException | None = traceback.TracebackException.from_exception(
+        exc, capture_locals=True
+    )
+    frames = 0
+    while te is not None:
+        for frame in te.stack:
+            if "compat" in Path(frame.filename).parts:
+                frames += 1
+                for name, value in (frame.locals or {}).items():
+                    assert "'sign'" not in value, f"a v2 answer with its sign in local {name}"
+                    assert "api_key" not in value, name
+                    texts.append(f"{name} = {value}")
+        te = te.__cause__ or te.__context__
+    assert frames, "the drop-in's frames are in the traceback"
+    return texts
+
+
+def test_no_secret_in_errors_locals_or_events(
     sandbox_state: SandboxState,
     write_config: Callable[..., Path],
     emulator: Emulator,
     front: Front,
 ) -> None:
-    """The api_key and signatures appear in no exception text, cause or event of the drop-in."""
+    """Keys and signatures appear in no exception, traceback local or event of the drop-in."""
     m = sandbox_state.merchants[MCH]
-    pay = compat.WeChatPay(m.appid, m.v2_key, MCH, shim=write_config("v3"))
-    emulator.set_fault("v3", "1757", "http_500")
-    texts: list[str] = []
+    wrong_key = "y" * 32
+    secrets = static_secrets(sandbox_state) | {wrong_key}
+    path = write_config("v3")
+    pay = compat.WeChatPay(m.appid, m.v2_key, MCH, shim=path)
+    stale = compat.WeChatPay(m.appid, wrong_key, MCH, shim=path)
+    derived = compat.WeChatPay(m.appid, m.v2_key, MCH, shim={"routing": {"mode": "v4"}})
+    errors: list[BaseException] = []
     with structlog.testing.capture_logs() as logs:
-        with pytest.raises(WeChatPayException) as exc:
-            pay.coupon.query_stock("98765432")
-        texts += [str(exc.value), repr(exc.value)]
+        errors.append(_caught(lambda: pay.coupon.query_stock("98765432")))
+        emulator.set_fault("v3", "1757", "http_500")
         emulator.set_fault("v2", "1757", "http_500")
-        with pytest.raises(WeChatPayException) as exc:
-            pay.coupon.query_stock("1757")
-        texts += [str(exc.value), repr(exc.value), str(exc.value.__cause__)]
-    texts += [repr(entry) for entry in logs]
+        errors.append(_caught(lambda: pay.coupon.query_stock("1757")))
+        emulator.clear_faults()
+        emulator.set_fault("v3", "1757", "bad_signature")
+        emulator.set_fault("v2", "1757", "bad_signature")
+        errors.append(_caught(lambda: pay.coupon.query_stock("1757")))
+        errors.append(_caught(lambda: stale.coupon.query_stock("1757")))
+        errors.append(_caught(lambda: derived.coupon.query_stock("1757")))
+    assert [type(e).__name__ for e in errors] == [
+        "WeChatPayException",
+        "WeChatPayException",
+        "WeChatPayException",
+        "ConfigError",
+        "ConfigError",
+    ]
     assert logs, "the shim logs its per-call events"
-    blob = "\n".join(texts)
-    assert m.v2_key not in blob
-    assert "sign=" not in blob.lower()
+    texts = [t for e in errors for t in _texts_with_locals(e)] + [repr(e) for e in logs]
+    assert_clean(texts, secrets)
 
 
 def test_import_error_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -62,8 +62,7 @@ import hmac
 import json
 import os
 import threading
-from collections import ChainMap
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -263,6 +262,45 @@ def _fingerprint(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+class _KeyEnv(Mapping[str, str]):
+    """``os.environ`` plus the constructor's api_key under a private name; never shown."""
+
+    def __init__(self, api_key: str) -> None:
+        self._api_key = api_key
+
+    def __getitem__(self, name: str) -> str:
+        return self._api_key if name == _KEY_ENV else os.environ[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield _KEY_ENV
+        yield from os.environ
+
+    def __len__(self) -> int:
+        return len(os.environ) + 1
+
+    def __repr__(self) -> str:
+        return "<environment with the WeChatPay api_key>"
+
+
+def _same_key(configured: Secret, given: Any) -> bool:
+    return hmac.compare_digest(configured.reveal().encode("utf-8"), str(given).encode("utf-8"))
+
+
+def _failure(answer: Mapping[str, str]) -> tuple[str | None, ...] | None:
+    """wechatpy's exception arguments when it would raise for ``answer``, else None."""
+    return_code = answer.get("return_code")
+    result_code = answer.get("result_code")
+    if return_code == "SUCCESS" and result_code == "SUCCESS":
+        return None
+    return (
+        return_code,
+        result_code,
+        answer.get("return_msg"),
+        answer.get("err_code"),
+        answer.get("err_code_des"),
+    )
+
+
 def _text(value: Any) -> Any:
     """wechatpy formats ints into the XML; the shim takes strings."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -403,8 +441,9 @@ class WeChatPay(_WeChatPay):  # type: ignore[misc]
             raise ConfigError("must be a table", source=_DERIVED_SOURCE, key="upstream")
         data["upstream"] = {"v2_base_url": base, "v3_base_url": base, **upstream}
         data["merchants"] = {str(self.mch_id): merchant}
-        env = ChainMap({_KEY_ENV: self.api_key}, os.environ)
-        return parse_config(data, source=_DERIVED_SOURCE, base_dir=Path.cwd(), env=env)
+        return parse_config(
+            data, source=_DERIVED_SOURCE, base_dir=Path.cwd(), env=_KeyEnv(self.api_key)
+        )
 
     def _check_merchant(self, shim: CouponStockShim, mch_id: str) -> None:
         snapshot = shim.config
@@ -418,8 +457,7 @@ class WeChatPay(_WeChatPay):  # type: ignore[misc]
             )
         if self.sandbox:
             return  # signed with the sandbox key
-        given = str(self.api_key).encode("utf-8")
-        if not hmac.compare_digest(merchant.v2_key.reveal().encode("utf-8"), given):
+        if not _same_key(merchant.v2_key, self.api_key):
             raise ConfigError(
                 "differs from the api_key given to WeChatPay (the shim would sign with "
                 "another key than the caller's)",
@@ -449,15 +487,8 @@ class WeChatPay(_WeChatPay):  # type: ignore[misc]
             raise WeChatPayException(None, return_msg=str(err), client=self) from err
         except MappingError as err:
             raise WeChatPayException(None, return_msg=str(err), client=self) from err
-        return_code = answer.get("return_code")
-        result_code = answer.get("result_code")
-        if return_code != "SUCCESS" or result_code != "SUCCESS":
-            raise WeChatPayException(
-                return_code,
-                result_code,
-                answer.get("return_msg"),
-                answer.get("err_code"),
-                answer.get("err_code_des"),
-                client=self,
-            )
+        failure = _failure(answer)
+        if failure is not None:
+            del answer  # no answer signature in this frame's locals
+            raise WeChatPayException(*failure, client=self)
         return dict(answer)
