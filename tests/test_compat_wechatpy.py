@@ -485,7 +485,7 @@ def _texts_with_locals(exc: BaseException) -> list[str]:
             if "compat" in Path(frame.filename).parts:
                 frames += 1
                 for name, value in (frame.locals or {}).items():
-                    assert "'sign'" not in value, f"a v2 answer with its sign in local {name}"
+                    assert "'sign': '" not in value, f"a v2 answer with its sign in local {name}"
                     assert "api_key" not in value, name
                     texts.append(f"{name} = {value}")
         te = te.__cause__ or te.__context__
