@@ -49,6 +49,7 @@ def front(front_server: tuple[RunningServer, Front], emulator: Emulator) -> Iter
     """The front, its log and the emulator's counters reset around each test."""
     f = front_server[1]
     f.log.clear()
+    emulator.reset_counts()
     yield f
     f.log.clear()
 
@@ -83,9 +84,13 @@ def credentials(sandbox_state: SandboxState, monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.fixture
 def write_config(
-    sandbox_state: SandboxState, front_server: tuple[RunningServer, Front], tmp_path: Path
+    sandbox_state: SandboxState,
+    front_server: tuple[RunningServer, Front],
+    emulator: Emulator,
+    tmp_path: Path,
 ) -> Callable[..., Path]:
-    """A shim.toml for the emulator (via the front) in a given mode."""
+    """A shim.toml for the emulator (via the front) in a given mode (counters reset around)."""
+    emulator.reset_counts()
 
     def write(mode: str = "legacy", name: str | None = None, **routing: str) -> Path:
         path = tmp_path / (name or mode) / "shim.toml"
@@ -542,3 +547,56 @@ def test_import_error_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ImportError, match=r"coupon-shim\[wechatpy\]"):
         importlib.import_module("shim.compat.wechatpy")
     monkeypatch.setitem(sys.modules, "shim.compat.wechatpy", compat)
+
+
+def test_drop_in_in_a_forked_child_uses_a_shim_of_its_own(
+    credentials: dict[str, str], write_config: Callable[..., Path], base_url: str
+) -> None:
+    """A pre-fork server pattern: WeChatPay built in the parent, used in a forked worker."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import json, os
+        import wechatpy.pay
+        wechatpy.pay.WeChatPay.API_BASE_URL = os.environ["BASE_URL"]
+        from shim.compat.wechatpy import WeChatPay
+
+        pay = WeChatPay(os.environ["WECHAT_APPID"], os.environ["WECHAT_API_KEY"],
+                        os.environ["WECHAT_MCH_ID"])
+        first = pay.coupon.query_stock("1757")["coupon_stock_id"]
+        parent = pay._coupon_shim()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                answer = pay.coupon.query_stock("1717")["coupon_stock_id"]
+                own = pay._coupon_shim() is not parent
+                os.write(write, json.dumps([answer, own]).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        child = json.loads(os.read(read, 4096).decode())
+        os.waitpid(pid, 0)
+        print("RESULT " + json.dumps([first, child, pay._coupon_shim() is parent]))
+        """
+    )
+    env = {
+        **credentials,
+        "COUPON_SHIM_CONFIG": str(write_config("v3")),
+        "BASE_URL": base_url,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert json.loads(lines[0][len("RESULT ") :]) == ["1757", ["1717", True], True]

@@ -42,8 +42,11 @@ def _fresh_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
 
 
 @pytest.fixture
-def config_path(sandbox_state: SandboxState, server: Any, tmp_path: Path) -> Path:
-    """A shim.toml for the loopback emulator, in legacy mode."""
+def config_path(
+    sandbox_state: SandboxState, server: Any, emulator: Emulator, tmp_path: Path
+) -> Path:
+    """A shim.toml for the loopback emulator, in legacy mode (its counters reset around)."""
+    emulator.reset_counts()
     return sandbox_state.write_config(
         tmp_path / "conf" / "shim.toml", v2_base_url=server.base_url, v3_base_url=server.base_url
     )
