@@ -97,8 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _query(args: argparse.Namespace) -> int:
     from shim.client import CouponStockShim
+    from shim.observe import CallRecord, describe_route
 
+    records: list[CallRecord] = []
     with CouponStockShim.from_file(args.config) as shim:
+        shim.subscribe(records.append)
         fields = {
             "coupon_stock_id": args.coupon_stock_id,
             "mch_id": args.mch_id,
@@ -111,6 +114,8 @@ def _query(args: argparse.Namespace) -> int:
             answer = shim.query_coupon_stock(**fields)
             shim.wait_for_shadows(shim.config.shadow.timeout_s)
     print(json.dumps(answer, ensure_ascii=False, indent=2))
+    if records and args.log_format == "console" and not args.quiet:
+        print(f"coupon-shim: served by {describe_route(records[-1])}", file=sys.stderr)
     return 0
 
 

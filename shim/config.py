@@ -12,6 +12,7 @@ logs why.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -25,7 +26,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from cryptography.hazmat.primitives.serialization import (
@@ -33,7 +33,9 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
+from shim.changes import Reload, config_changes
 from shim.errors import ConfigError, InputError
+from shim.logs import get_logger
 from shim.mapping import load_mapping
 from shim.routing import (
     DEFAULT_ROUTING,
@@ -68,7 +70,7 @@ __all__ = [
 ]
 
 SignType = Literal["MD5", "HMAC-SHA256"]
-_log = structlog.get_logger("shim.config")
+_log = get_logger("shim.config")
 
 DEFAULT_BASE_URL = "https://api.mch.weixin.qq.com"
 
@@ -662,6 +664,23 @@ class LiveConfig:
         self._next_check = clock() + self._config.reload_interval_s
         self.reloads = 0
         self.reload_failures = 0
+        self._listeners: tuple[Callable[[Reload], None], ...] = ()
+
+    def subscribe(self, listener: Callable[[Reload], None]) -> None:
+        """Call ``listener`` with a :class:`~shim.changes.Reload` after every reload attempt
+        (on the thread that ran it; its exceptions are swallowed)."""
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+    def unsubscribe(self, listener: Callable[[Reload], None]) -> None:
+        """Stop calling ``listener``."""
+        with self._lock:
+            self._listeners = tuple(fn for fn in self._listeners if fn != listener)
+
+    def _announce(self, reload: Reload) -> None:
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):  # a listener must never break a reload
+                listener(reload)
 
     @property
     def path(self) -> Path | None:
@@ -692,6 +711,7 @@ class LiveConfig:
             stamp = self._stat() if self._path is not None else None
             if stamp == self._stamp and envprint == self._envprint:
                 return False
+            rejected: Reload | None = None
             try:
                 if self._path is not None:
                     new = load_config(self._path, env=self._env)
@@ -706,12 +726,19 @@ class LiveConfig:
                     error=str(exc),
                     action="kept the last good configuration",
                 )
-                return False
-            self._config = new
-            self._stamp, self._envprint = stamp, envprint
-            self._next_check = self._clock() + new.reload_interval_s
-            self.reloads += 1
-            _log.info("coupon_shim.config_reloaded", mode=new.routing.mode)
-            return True
+                rejected = Reload(False, self._config, self._config, (), str(exc))
+            else:
+                old = self._config
+                self._config = new
+                self._stamp, self._envprint = stamp, envprint
+                self._next_check = self._clock() + new.reload_interval_s
+                self.reloads += 1
+                changed = config_changes(old, new)
+                _log.info(
+                    "coupon_shim.config_reloaded", mode=new.routing.mode, changed=list(changed)
+                )
         finally:
             self._lock.release()
+        # listeners run outside the lock (they may read current())
+        self._announce(rejected or Reload(True, old, new, changed))
+        return rejected is None
