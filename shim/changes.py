@@ -1,7 +1,7 @@
 """Which keys a config reload changed: dotted TOML key names, never values.
 
 Used by :class:`shim.config.LiveConfig` for the ``coupon_shim.config_reloaded`` event's
-``changed`` list, and by the facades to know which consumers to update.
+``changed`` list.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shim.config import MerchantConfig, ShimConfig
 
-__all__ = ["Reload", "config_changes"]
+__all__ = ["config_changes"]
 
 _SECTIONS = (
     ("upstream", "upstream"),
@@ -20,6 +20,8 @@ _SECTIONS = (
     ("breaker", "circuit_breaker"),
     ("routing", "routing"),
     ("shadow", "shadow"),
+    ("cache", "cache"),
+    ("single_flight", "single_flight"),
 )
 _MERCHANT_FIELDS = (
     "appid",
@@ -82,9 +84,13 @@ def config_changes(old: ShimConfig, new: ShimConfig) -> tuple[str, ...]:
     """
     out: list[str] = []
     for attr, prefix in _SECTIONS:
-        out += _section_changes(prefix, getattr(old, attr), getattr(new, attr))
+        a, b = getattr(old, attr, None), getattr(new, attr, None)
+        if a is not None and b is not None and a is not b:
+            out += _section_changes(prefix, a, b)
     if old.mapping_dir != new.mapping_dir:
         out.append("mapping.dir")
+    elif getattr(old, "mapping", None) is not getattr(new, "mapping", None):
+        out.append("mapping")  # the mapping file's content changed
     if old.reload_interval_s != new.reload_interval_s:
         out.append("reload.check_interval_s")
     for mch_id in sorted(old.merchants.keys() | new.merchants.keys()):
@@ -95,22 +101,3 @@ def config_changes(old: ShimConfig, new: ShimConfig) -> tuple[str, ...]:
             out += _merchant_changes(mch_id, a, b)
     return tuple(out)
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reload:
-    """What a :class:`shim.config.LiveConfig` tells its listeners after each reload attempt.
-
-    Attributes:
-        applied: True when the new snapshot is in force; False when it was rejected and the
-            last good one kept.
-        old: the snapshot in force before.
-        new: the snapshot in force now (``old`` itself when rejected).
-        changed: the keys that changed (:func:`config_changes`), empty when rejected.
-        error: why it was rejected (a secret-free message), else None.
-    """
-
-    applied: bool
-    old: ShimConfig
-    new: ShimConfig
-    changed: tuple[str, ...] = ()
-    error: str | None = None

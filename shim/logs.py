@@ -111,6 +111,10 @@ class LibraryLogger:
         """Log ``event`` at ERROR."""
         self.resolve().error(event, **fields)
 
+    def exception(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at ERROR with the exception being handled."""
+        self.resolve().error(event, exc_info=True, **fields)
+
 
 def get_logger(name: str = _ROOT) -> LibraryLogger:
     """The library's logger called ``name`` (``"shim"`` or ``"shim.<part>"``)."""

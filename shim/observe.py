@@ -42,6 +42,8 @@ Event schema of ``coupon_stock.query`` (one event per call; readers such as
 ``mismatch_fields``    fields that differ (list)
 ``shadow_error``       the shadow failure's kind
 ``shadow_latency_ms``  how long the shadow call took
+``coalesced``          true when an identical call in flight answered this one
+``cache``              ``hit`` | ``miss`` when the answer cache is on
 =====================  ==========================================================
 
 plus whatever context the application bound with ``structlog.contextvars``
@@ -106,6 +108,9 @@ class CallRecord:
         served: what served the call, for an answer.
         error: the typed error the caller got, for an error.
         shadow: the shadow comparison's outcome, for a shadowed call.
+        tags: how the call was served when not by its own exchange: ``coalesced`` (an
+            identical call in flight answered it, single-flight), ``cache`` (``hit`` or
+            ``miss``, when the answer cache is on).
     """
 
     mch_id: str
@@ -115,6 +120,7 @@ class CallRecord:
     served: CallOutcome | None = None
     error: ShimError | None = None
     shadow: ShadowOutcome | None = None
+    tags: Mapping[str, Any] | None = None
 
     @property
     def route(self) -> Route:
@@ -246,6 +252,8 @@ def event_fields(record: CallRecord) -> dict[str, Any]:
         fields["error_kind"] = _type_kind(error)
         fields["error_cause"] = error_kind_of(error)
         fields["error"] = str(error)
+    if record.tags:
+        fields.update(record.tags)
     shadow = record.shadow
     if shadow is not None:
         fields["shadow_route"] = d.shadow

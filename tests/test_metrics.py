@@ -52,11 +52,10 @@ def labels(**kv: str) -> tuple[tuple[str, str], ...]:
 def write_config(
     state: SandboxState, path: Path, mode: str, *, canary: float = 0.0, broken: bool = False
 ) -> None:
-    """The emulator's shim.toml in ``mode``, reloading at every call; mtime always moves on."""
+    """The emulator's shim.toml in ``mode``, written atomically (as the README says)."""
     state.write_config(path, v2_base_url=INPROCESS_URL, v3_base_url=INPROCESS_URL, mode=mode)
     text = path.read_text()
     for old, new in (
-        ("check_interval_s = 2.0", "check_interval_s = 0.0"),
         ("canary_percent = 0.0", f"canary_percent = {canary}"),
         ("attempts = 3", "attempts = 2"),
         ("failure_threshold = 5", "failure_threshold = 4"),
@@ -66,10 +65,9 @@ def write_config(
         text = text.replace(old, new)
     if broken:
         text = text.replace("[routing]", "[routing]\nmode_typo = 1")
-    previous = path.stat().st_mtime_ns if path.exists() else 0
-    path.write_text(text)
-    stamp = max(previous + 1_000_000, path.stat().st_mtime_ns)
-    os.utime(path, ns=(stamp, stamp))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # atomic: a reload reads it at once
 
 
 async def test_scripted_cutover_scrape_counts_every_call(
@@ -80,7 +78,7 @@ async def test_scripted_cutover_scrape_counts_every_call(
     registry = CollectorRegistry()
     path = tmp_path / "shim.toml"
     write_config(sandbox_state, path, "legacy")
-    live = LiveConfig(path, env={})
+    live = LiveConfig(path, env={}, watch=False)
     kwargs: dict[str, Any] = {
         "env": {},
         "registry": registry,

@@ -29,16 +29,16 @@ MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
 
 
 class Watched:
-    """A shim.toml on disk, edited key by key; ``apply()`` makes the shim's LiveConfig see it."""
+    """A shim.toml on disk, edited key by key; ``apply()`` makes the shim's LiveConfig see it
+    (the background watcher is off: ``check()`` runs the reload here, deterministically)."""
 
     def __init__(self, state: SandboxState, path: Path, mode: str) -> None:
         self.path = path
         state.write_config(path, v2_base_url=INPROCESS_URL, v3_base_url=INPROCESS_URL, mode=mode)
         self.text = path.read_text()
-        self.set("reload", "check_interval_s", "0.0")
         self.set("retry", "backoff_initial_s", "0.0")
         self.write()
-        self.live = LiveConfig(path, env={})
+        self.live = LiveConfig(path, env={}, watch=False)
 
     def set(self, section: str, key: str, value: str) -> Watched:
         start = self.text.index(f"[{section}]\n")
@@ -55,10 +55,9 @@ class Watched:
         return self
 
     def write(self) -> None:
-        previous = self.path.stat().st_mtime_ns if self.path.exists() else 0
-        self.path.write_text(self.text)
-        stamp = max(previous + 1_000_000, self.path.stat().st_mtime_ns)
-        os.utime(self.path, ns=(stamp, stamp))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(self.text)
+        os.replace(tmp, self.path)  # atomic, so the reload reads it at once
 
     def apply(self) -> None:
         self.write()
