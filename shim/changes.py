@@ -100,4 +100,3 @@ def config_changes(old: ShimConfig, new: ShimConfig) -> tuple[str, ...]:
         elif a is not b:
             out += _merchant_changes(mch_id, a, b)
     return tuple(out)
-
