@@ -269,7 +269,7 @@ def test_one_shim_for_all_threads(
     assert builds == [1]
     assert len({id(s) for s in seen}) == 1
     assert answers == ["1757"] * 8
-    assert emulator.request_counts["v2"] == 8
+    assert 1 <= emulator.request_counts["v2"] <= 8  # identical concurrent calls may coalesce
 
 
 def test_close_then_rebuild(config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
