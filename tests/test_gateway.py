@@ -424,6 +424,9 @@ def test_health_ready_and_metrics(gw: Any, sandbox_state: SandboxState) -> None:
         (("endpoint", "query"), ("kind", "bad_xml"), ("status", "200")),
     )
     assert samples[ok] >= 1 and samples[bad] >= 1
+    # the library's own metrics (shim.metrics), recorded by the gateway's shim, same scrape
+    call = ("coupon_shim_calls_total", (("outcome", "success"), ("route", "legacy")))
+    assert samples[call] >= 1
     assert ("coupon_shim_gateway_in_flight", ()) in samples
 
 

@@ -148,15 +148,17 @@ def test_sigterm_drains_in_flight_calls_and_shadow_jobs(
     )
     gw = Served(cfg)
     served.append(gw)
-    emulator.set_fault("v2", "1757", "delay", delay_s=1.5)
-    emulator.set_fault("v3", "1757", "delay", delay_s=1.0)
+    stocks = ("1717", "1757", "9856000")  # distinct: identical calls would share one flight
+    for stock in stocks:
+        emulator.set_fault("v2", stock, "delay", delay_s=1.5)
+        emulator.set_fault("v3", stock, "delay", delay_s=1.0)
     results: list[httpx.Response] = []
-    body = to_xml(request_fields(sandbox_state, MD5_MCH, "1757"))
 
-    def call() -> None:
+    def call(stock: str) -> None:
+        body = to_xml(request_fields(sandbox_state, MD5_MCH, stock))
         results.append(httpx.post(gw.base_url + QUERY_PATH, content=body, timeout=30))
 
-    callers = [threading.Thread(target=call) for _ in range(3)]
+    callers = [threading.Thread(target=call, args=(stock,)) for stock in stocks]
     for t in callers:
         t.start()
     deadline = time.monotonic() + 10
@@ -210,14 +212,14 @@ def test_two_workers_share_one_port_and_one_metrics_view(
             )
     from prometheus_client.parser import text_string_to_metric_families
 
-    def counted() -> float:
+    def counted(name: str = "coupon_shim_gateway_requests_total") -> float:
         with httpx.Client(timeout=20) as http:  # a new connection: any worker may answer
             text = http.get(gw.base_url + "/metrics").text
         return sum(
             s.value
             for family in text_string_to_metric_families(text)
             for s in family.samples
-            if s.name == "coupon_shim_gateway_requests_total" and s.labels["endpoint"] == "query"
+            if s.name == name and s.labels.get("endpoint", "query") == "query"
         )
 
     # a worker counts a request just after its answer went out: allow it that moment
@@ -227,6 +229,7 @@ def test_two_workers_share_one_port_and_one_metrics_view(
     assert total == calls
     for _ in range(4):
         assert counted() == calls
+        assert counted("coupon_shim_calls_total") == calls  # the library's, aggregated too
     started = {e["pid"] for e in gw.events("coupon_shim.gateway_started")}
     assert len(started) == 2
     assert gw.stop() == 0

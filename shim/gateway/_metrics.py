@@ -4,8 +4,8 @@ With several worker processes every worker writes its samples to files in
 ``PROMETHEUS_MULTIPROC_DIR`` (``coupon-shim serve --workers N`` makes a fresh folder when the
 variable is not set) and ``GET /metrics`` on any worker aggregates them all with
 ``prometheus_client.multiprocess.MultiProcessCollector``. Without the variable the process's
-default registry is served, which also holds any other metrics registered with it (the
-library's own call metrics among them).
+default registry is served, which also holds the library's own call metrics
+(:mod:`shim.metrics`, recorded by the gateway's shim).
 
 ``prometheus_client`` comes with the ``gateway`` extra; this module imports it lazily so that
 ``import shim.gateway`` works without it.
@@ -14,7 +14,6 @@ library's own call metrics among them).
 from __future__ import annotations
 
 import os
-from typing import Any
 
 __all__ = ["ENDPOINTS", "GatewayMetrics", "render_latest"]
 
@@ -69,16 +68,14 @@ class GatewayMetrics:
 
 
 def render_latest() -> tuple[bytes, str]:
-    """The exposition text of every metric (all workers' when multiprocess) and its type."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    """The exposition text of every metric (all workers' when multiprocess) and its type.
 
-    registry: Any = REGISTRY
-    if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import multiprocess
+    The library's own call, shadow, breaker and reload metrics (:mod:`shim.metrics`) and the
+    gateway's series live in the same registry, so one scrape shows both.
+    """
+    from shim.metrics import render_latest as library_render
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return library_render()
 
 
 def mark_worker_dead(pid: int) -> None:
