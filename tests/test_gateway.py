@@ -599,3 +599,34 @@ def test_systemd_unit_runs_serve_and_drains() -> None:
     defaults = GatewaySettings()
     assert int(settings["TimeoutStopSec"]) > defaults.drain_delay_s + defaults.drain_timeout_s + 5
     assert settings["User"] != "root" and settings["NoNewPrivileges"] == "yes"
+
+
+def test_config_reload_applies_without_restart(
+    sandbox_state: SandboxState, server: Any, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Editing shim.toml under a running gateway switches its routing within the reload
+    interval, as in the library; a broken edit keeps the last good config."""
+    from tests.gateway_support import set_key
+
+    cfg = write_config(
+        sandbox_state,
+        tmp_path / "shim.toml",
+        upstream_url=server.base_url,
+        reload={"check_interval_s": 0.1},
+    )
+    body = to_xml(request_fields(sandbox_state, MD5_MCH, "1757"))
+    with running(cfg) as gw:
+        assert httpx.get(gw.base_url + "/readyz").json()["mode"] == "legacy"
+        good = cfg.read_text(encoding="utf-8")
+        cfg.write_text(set_key(good, "routing", "mode", "v3"), encoding="utf-8")
+        deadline = time.monotonic() + 10
+        while httpx.get(gw.base_url + "/readyz").json()["mode"] != "v3":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        before = emulator.request_counts["v3"]
+        assert parse_answer(post(gw, body).content)["result_code"] == "SUCCESS"
+        assert emulator.request_counts["v3"] == before + 1
+        cfg.write_text("[routing]\nmode = 'sideways'\n", encoding="utf-8")
+        time.sleep(0.5)
+        assert httpx.get(gw.base_url + "/readyz").json()["mode"] == "v3"
+        assert parse_answer(post(gw, body).content)["result_code"] == "SUCCESS"

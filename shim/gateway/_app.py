@@ -309,7 +309,8 @@ class GatewayApp:
             answer = await shim.query_coupon_stock(xml=payload)
         except ShimError as err:
             raise refusal_for_error(err) from None
-        if sign_type != shim.config.merchants[mch_id].v2_sign_type:
+        merchant = shim.config.merchants.get(mch_id)  # (a reload may have happened meanwhile)
+        if merchant is None or sign_type != merchant.v2_sign_type:
             answer = resign(answer, key=keys[mch_id], sign_type=sign_type)
         await Response(v2.to_xml(answer), 200, media_type=XML_CONTENT_TYPE)(scope, receive, send)
         code = answer.get("return_code")
