@@ -50,6 +50,14 @@ class _Redacting(logging.Formatter):
         return redact_text(super().format(record))
 
 
+def _whole_lines() -> None:
+    """Write each event with one ``write`` call, so workers sharing stderr never interleave
+    halves of their lines (``print`` writes the text and the newline separately)."""
+    import structlog
+
+    structlog.configure(logger_factory=structlog.WriteLoggerFactory(sys.stderr))
+
+
 def _route_server_logs(level: int) -> None:
     """uvicorn's own messages (start-up, errors) to stderr, through the redactor."""
     handler = logging.StreamHandler(sys.stderr)
@@ -116,6 +124,7 @@ def worker_app() -> GatewayApp:
     """The app of one worker process (uvicorn's factory), built from the parent's settings."""
     fmt, level = _log_settings()
     configure_cli_logging(fmt, level=level)
+    _whole_lines()
     _route_server_logs(level)
     path = os.environ[CONFIG_ENV]
     overrides = json.loads(os.environ.get(OVERRIDES_ENV, "{}"))
@@ -150,6 +159,7 @@ def run(
     check_tls(settings)
     load_config(path)  # the whole file, keys included: fail now, with one line, not in a worker
     configure_cli_logging(log_format, level=log_level)
+    _whole_lines()
     _route_server_logs(log_level)
     sock = _bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
