@@ -12,9 +12,9 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
-from shim.errors import Route, ShimError
+from shim.errors import ShimError
 
 __all__ = ["main"]
 
@@ -49,13 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     q.add_argument("coupon_stock_id")
 
-    c = sub.add_parser("compare", help="run both routes per stock and report field-level diffs")
-    c.add_argument("--config", required=True)
-    c.add_argument("--mch-id", required=True)
-    c.add_argument("--appid")
-    c.add_argument("--ids-file", help="a file with one stock id per line (# comments allowed)")
-    c.add_argument("--json", action="store_true", help="print the report as JSON")
-    c.add_argument("stock_ids", nargs="*")
+    from shim import compare
+
+    compare.register(sub)
 
     s = sub.add_parser("sandbox", help="run the WeChat Pay emulator (v2 and v3) on loopback")
     s.add_argument("--port", type=int, default=8765)
@@ -115,33 +111,9 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from shim.client import CouponStockShim
-    from shim.compare import ProgressPrinter, read_ids_file, render_json, render_table, run_compare
+    from shim.compare import command
 
-    ids = list(args.stock_ids)
-    if args.ids_file:
-        ids += read_ids_file(Path(args.ids_file))
-    if not ids:
-        print("coupon-shim compare: give stock ids or --ids-file", file=sys.stderr)
-        return 2
-    with CouponStockShim.from_file(args.config) as shim:
-
-        def query_via(route: str, stock_id: str) -> dict[str, str]:
-            return shim.query_via(
-                cast(Route, route),
-                coupon_stock_id=stock_id,
-                mch_id=args.mch_id,
-                appid=args.appid,
-            )
-
-        report = run_compare(
-            query_via,
-            ids,
-            ignore=shim.config.shadow.ignore_fields,
-            progress=ProgressPrinter() if len(ids) > 1 else None,
-        )
-    print(render_json(report) if args.json else render_table(report))
-    return 0
+    return command(args)
 
 
 def _sandbox(args: argparse.Namespace) -> int:
