@@ -1,4 +1,4 @@
-"""The ``coupon-shim`` command: demo, query, compare, sandbox, migration-doc.
+"""The ``coupon-shim`` command: demo, query, compare, report, sandbox, migration-doc.
 
 The CLI, unlike the library, configures structlog (JSON or console, always with the secret
 redactor) and sends events to stderr so that stdout carries only answers.
@@ -49,9 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     q.add_argument("coupon_stock_id")
 
-    from shim import compare
+    from shim import compare, report
 
     compare.register(sub)
+    report.register(sub)
 
     s = sub.add_parser("sandbox", help="run the WeChat Pay emulator (v2 and v3) on loopback")
     s.add_argument("--port", type=int, default=8765)
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "query": _query,
         "compare": _compare,
+        "report": _report,
         "sandbox": _sandbox,
         "migration-doc": _migration_doc,
     }
@@ -112,6 +114,12 @@ def _query(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from shim.compare import command
+
+    return command(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from shim.report import command
 
     return command(args)
 
