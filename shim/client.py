@@ -166,8 +166,9 @@ class _ShimCore:
             values = {k: v for k, v in xml.items() if k not in _IGNORED_PAYLOAD_KEYS}
         snapshot = self._live.current()
         mch_id = values.get("mch_id")
-        if not values.get("appid") and isinstance(mch_id, str) and mch_id in snapshot.merchants:
-            values["appid"] = snapshot.merchants[mch_id].appid
+        if not values.get("appid") and isinstance(mch_id, str) and mch_id:
+            # an unknown merchant is named as such (not as a missing appid)
+            values["appid"] = snapshot.merchant(mch_id).appid
         request = v2.validate_request(values)
         merchant = snapshot.merchant(request.mch_id)
         routing = snapshot.routing

@@ -71,11 +71,11 @@ __all__ = [
     "ErrorGroup",
     "RouteError",
     "Verdict",
+    "add_arguments",
     "classify",
     "command",
     "dedupe_ids",
     "read_ids_file",
-    "register",
     "render_json",
     "render_table",
     "run_compare",
@@ -850,28 +850,34 @@ def render_json(report: CompareReport) -> str:
 # -------------------------------------------------------------------------------------- CLI
 
 
-def register(sub: Any) -> None:
-    """Add the ``compare`` subcommand to ``coupon-shim``'s subparsers."""
-    c = sub.add_parser(
-        "compare",
-        help="run both routes per stock, classify each, and give a readiness verdict",
-        description=(
-            "Query every stock on both routes and classify it: match, expected_gap, "
-            "value_differs, not_found_both (excluded from readiness) or error (grouped by "
-            "cause). Exit status: 0 ok, 1 below --fail-under, 2 usage or input error, "
-            "3 config or credentials error."
-        ),
-    )
-    c.add_argument("--config", required=True, help="the shim.toml to use")
-    c.add_argument("--mch-id", required=True)
-    c.add_argument("--appid", help="default: the merchant's configured appid")
+DESCRIPTION: Final = (
+    "Query every stock on both routes (legacy and v3, bypassing routing, with compare's own "
+    "client and circuit breakers) and classify it: match, expected_gap, value_differs, "
+    "not_found_both (excluded from readiness) or error (grouped by cause). The last line is "
+    "the verdict. Exit status: 0 ok, 1 readiness below --fail-under, 2 usage or invalid ids, "
+    "3 config or credentials error (found before the list runs)."
+)
+EPILOG: Final = (
+    "examples:\n"
+    "  coupon-shim compare --config shim.toml --mch-id 10000098 1757 9856000\n"
+    "  coupon-shim compare --config shim.toml --mch-id 10000098 --ids-file stocks.txt \\\n"
+    "      --fail-under 99.5 --concurrency 8 --json > compare.json"
+)
+
+
+def add_arguments(c: argparse.ArgumentParser) -> None:
+    """Add ``compare``'s options to its parser."""
+    c.add_argument("--config", required=True, metavar="FILE", help="the shim.toml to use")
+    c.add_argument("--mch-id", required=True, metavar="MCH_ID", help="the merchant to query as")
+    c.add_argument("--appid", help="the appid to send (default: the merchant's configured appid)")
     c.add_argument(
         "--ids-file",
         action="append",
         default=[],
+        metavar="FILE",
         help="a file with one stock id per line (# comments allowed; '-' is stdin); repeatable",
     )
-    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--json", action="store_true", help="print the report as JSON (with metadata)")
     c.add_argument(
         "--fail-under",
         type=_percent,
@@ -889,7 +895,7 @@ def register(sub: Any) -> None:
         "--problems-only", action="store_true", help="leave matching stocks out of the table"
     )
     c.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    c.add_argument("stock_ids", nargs="*")
+    c.add_argument("stock_ids", nargs="*", metavar="STOCK_ID", help="stock ids to compare")
 
 
 def _percent(text: str) -> float:

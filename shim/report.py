@@ -33,12 +33,12 @@ __all__ = [
     "Aggregate",
     "ReportVerdict",
     "Thresholds",
+    "add_arguments",
     "aggregate",
     "command",
     "judge",
     "percentile",
     "read_inputs",
-    "register",
     "render_summary",
 ]
 
@@ -661,28 +661,67 @@ def _ms(value: Any) -> str:
 # -------------------------------------------------------------------------------------- CLI
 
 
-def register(sub: Any) -> None:
-    """Add the ``report`` subcommand to ``coupon-shim``'s subparsers."""
-    r = sub.add_parser(
-        "report",
-        help="an offline HTML readiness report (charts, verdict) from events and compare runs",
-        description=(
-            "Read JSON-lines events (--log-format json, or an application's structlog JSON; "
-            ".gz accepted) and/or compare --json output, print a one-screen summary and write "
-            "one self-contained HTML file (no network needed to view it). Exit status: 0 "
-            "written (1 with --fail-not-ready when not ready), 2 unreadable input, 3 the "
-            "report extra is missing."
-        ),
+DESCRIPTION: Final = (
+    "Read JSON-lines events (--log-format json, or an application's structlog JSON; many "
+    "files, .gz accepted) and/or compare --json output, print a one-screen summary and write "
+    "one self-contained HTML readiness report (charts and a verdict; nothing is fetched when "
+    "it is viewed). Exit status: 0 written (1 with --fail-not-ready when not ready), 2 an "
+    "input cannot be read or the report extra is missing."
+)
+EPILOG: Final = (
+    "example:\n  coupon-shim report logs/*.jsonl.gz compare.json -o readiness.html --fail-not-ready"
+)
+
+
+def add_arguments(r: argparse.ArgumentParser) -> None:
+    """Add ``report``'s options to its parser."""
+    r.add_argument(
+        "inputs", nargs="+", metavar="FILE", help="JSON-lines event logs or compare --json output"
     )
-    r.add_argument("inputs", nargs="+", metavar="FILE", help="event logs or compare JSON ('-')")
-    r.add_argument("-o", "--output", default="coupon-shim-report.html", help="the HTML file")
+    r.add_argument(
+        "-o",
+        "--output",
+        default="coupon-shim-report.html",
+        metavar="FILE",
+        help="the HTML file to write (default: coupon-shim-report.html)",
+    )
     r.add_argument("--no-html", action="store_true", help="only the terminal summary")
-    r.add_argument("--title", default="coupon-shim readiness report")
-    r.add_argument("--min-match-rate", type=float, default=99.5, metavar="PCT")
-    r.add_argument("--min-comparisons", type=int, default=100, metavar="N")
-    r.add_argument("--max-error-rate", type=float, default=1.0, metavar="PCT")
-    r.add_argument("--max-fallback-rate", type=float, default=1.0, metavar="PCT")
-    r.add_argument("--max-v3-p99-ms", type=float, default=None, metavar="MS")
+    r.add_argument("--title", default="coupon-shim readiness report", help="the report's title")
+    r.add_argument(
+        "--min-match-rate",
+        type=float,
+        default=99.5,
+        metavar="PCT",
+        help="shadow and compare match rate needed to be ready (default 99.5)",
+    )
+    r.add_argument(
+        "--min-comparisons",
+        type=int,
+        default=100,
+        metavar="N",
+        help="comparisons (shadow + compare) needed before judging (default 100)",
+    )
+    r.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=1.0,
+        metavar="PCT",
+        help="highest share of calls that may fail (default 1)",
+    )
+    r.add_argument(
+        "--max-fallback-rate",
+        type=float,
+        default=1.0,
+        metavar="PCT",
+        help="highest share of calls that may fall back to the other route (default 1)",
+    )
+    r.add_argument(
+        "--max-v3-p99-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="highest v3 p99 latency allowed (default: not checked)",
+    )
     r.add_argument(
         "--fail-not-ready", action="store_true", help="exit 1 when the verdict is not ready"
     )
@@ -704,7 +743,7 @@ def command(
             f"coupon-shim report: needs the 'report' extra ({exc.name} is missing): "
             "pip install 'coupon-shim[report]'\n"
         )
-        return 3
+        return 2
     started = time.monotonic()
     try:
         inputs = read_inputs(args.inputs)
