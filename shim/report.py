@@ -15,6 +15,7 @@ into the report, so nothing secret can reach it even from a mis-configured logge
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import io
 import json
@@ -23,7 +24,7 @@ import sys
 import time
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +35,9 @@ __all__ = [
     "ReportVerdict",
     "Thresholds",
     "add_arguments",
+    "add_event",
     "aggregate",
+    "aggregate_paths",
     "command",
     "judge",
     "percentile",
@@ -96,12 +99,19 @@ def _is_compare(doc: Mapping[str, Any]) -> bool:
     return doc.get("format") == COMPARE_FORMAT and isinstance(doc.get("summary"), dict)
 
 
-def read_inputs(paths: Sequence[str]) -> Inputs:
+def read_inputs(
+    paths: Sequence[str], on_event: Callable[[dict[str, Any]], None] | None = None
+) -> Inputs:
     """Read every file (``-`` is stdin; gzip is detected by its magic bytes).
 
-    A file whose first line is a JSON object is read as JSON lines (lines that are not JSON
-    objects are counted as skipped); otherwise the whole file is tried as one ``compare
-    --json`` document, then as JSON lines.
+    A file whose first non-blank line is exactly ``{`` (``compare --json`` output) is read as
+    one document; any other file is streamed as JSON lines (lines that are not JSON objects
+    are counted as skipped), so memory stays flat however large the logs are.
+
+    Args:
+        paths: the files.
+        on_event: called with each event as it is read; then events are not kept in
+            :attr:`Inputs.events` (see :func:`aggregate_paths`).
 
     Raises:
         OSError: a file cannot be opened (the caller names it).
@@ -116,11 +126,9 @@ def read_inputs(paths: Sequence[str]) -> Inputs:
             for first in fh:
                 if first.strip():
                     break
-            head = _json_object(first)
-            if head is not None and not _is_compare(head) and first.strip().endswith("}"):
-                lines: Iterable[str] = _chain(first, fh)
-                doc = None
-            else:
+            doc = None
+            lines: Iterable[str] = _chain(first, fh)
+            if first.strip() == "{":
                 rest = first + fh.read()
                 try:
                     doc = json.loads(rest)
@@ -140,7 +148,10 @@ def read_inputs(paths: Sequence[str]) -> Inputs:
                     got.compares.append(obj)
                     n_compares += 1
                 else:
-                    got.events.append(obj)
+                    if on_event is None:
+                        got.events.append(obj)
+                    else:
+                        on_event(obj)
                     n_events += 1
         got.skipped_lines += n_skipped
         got.files.append(
@@ -172,7 +183,14 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 
 
 def _label(value: Any) -> str:
-    text = " ".join(str(value).split())
+    if isinstance(value, str):
+        return _text_label(value)
+    return _text_label(str(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_label(value: str) -> str:
+    text = " ".join(value.split())
     return text if len(text) <= _MAX_LABEL else text[: _MAX_LABEL - 3] + "..."
 
 
@@ -410,22 +428,41 @@ def _is_breaker_open(name: str, event: Mapping[str, Any]) -> bool:
 
 def aggregate(inputs: Inputs) -> Aggregate:
     """Add up the events and compare documents read by :func:`read_inputs`."""
-    agg = Aggregate(compares=list(inputs.compares), files=list(inputs.files))
-    agg.skipped_lines = inputs.skipped_lines
+    agg = Aggregate()
     for event in inputs.events:
-        name = _name(event)
-        if name != QUERY_EVENT:
-            if name == "coupon_shim.config_reloaded":
-                agg.reloads_applied += 1
-            elif name in ("coupon_shim.config_reload_failed", "coupon_shim.config_reload_rejected"):
-                agg.reloads_rejected += 1
-            elif _is_breaker_open(name, event):
-                agg.breaker_opened += 1
-            if name:
-                agg.other_events.add(name)
-            continue
-        _add_call(agg, event)
+        add_event(agg, event)
+    _finish(agg, inputs)
     return agg
+
+
+def aggregate_paths(paths: Sequence[str]) -> Aggregate:
+    """Read and add up the files in one streaming pass (no event is kept in memory)."""
+    agg = Aggregate()
+    inputs = read_inputs(paths, on_event=lambda event: add_event(agg, event))
+    _finish(agg, inputs)
+    return agg
+
+
+def _finish(agg: Aggregate, inputs: Inputs) -> None:
+    agg.compares = list(inputs.compares)
+    agg.files = list(inputs.files)
+    agg.skipped_lines = inputs.skipped_lines
+
+
+def add_event(agg: Aggregate, event: Mapping[str, Any]) -> None:
+    """Add one event (of any name) to the aggregate."""
+    name = _name(event)
+    if name == QUERY_EVENT:
+        _add_call(agg, event)
+        return
+    if name == "coupon_shim.config_reloaded":
+        agg.reloads_applied += 1
+    elif name in ("coupon_shim.config_reload_failed", "coupon_shim.config_reload_rejected"):
+        agg.reloads_rejected += 1
+    elif _is_breaker_open(name, event):
+        agg.breaker_opened += 1
+    if name:
+        agg.other_events.add(name)
 
 
 def _add_call(agg: Aggregate, event: Mapping[str, Any]) -> None:
@@ -746,14 +783,13 @@ def command(
         return 2
     started = time.monotonic()
     try:
-        inputs = read_inputs(args.inputs)
+        agg = aggregate_paths(args.inputs)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
         name = getattr(exc, "filename", None)
         where = f"{Path(name).name}: " if name else ""
         err.write(f"coupon-shim report: cannot read {where}{reason}\n")
         return 2
-    agg = aggregate(inputs)
     limits = Thresholds(
         min_match_percent=args.min_match_rate,
         min_comparisons=args.min_comparisons,
@@ -773,6 +809,6 @@ def command(
             f"wrote {args.output} ({len(html.encode('utf-8')) / 1e6:.1f} MB, "
             f"{agg.calls:,} calls, {elapsed:.1f} s)\n"
         )
-    if inputs.skipped_lines:
-        err.write(f"coupon-shim report: {inputs.skipped_lines} line(s) were not JSON; skipped\n")
+    if agg.skipped_lines:
+        err.write(f"coupon-shim report: {agg.skipped_lines} line(s) were not JSON; skipped\n")
     return 1 if args.fail_not_ready and not verdict.ready else 0
