@@ -21,8 +21,9 @@ import httpx
 import structlog
 
 from shim import v2
+from shim.cache import AnswerCache, Entry
 from shim.config import LiveConfig, ShimConfig
-from shim.errors import ConfigError, InputError, Route, ShimError, UpstreamError
+from shim.errors import InputError, Route, ShimError, UpstreamError
 from shim.events import EVENT
 from shim.flags import OpenFeatureRouteSource
 from shim.flow import (
@@ -32,6 +33,7 @@ from shim.flow import (
     RouteResult,
     call_flow,
     new_nonce,
+    resign,
     route_flow,
 )
 from shim.mapping import MappingTable, load_mapping
@@ -45,6 +47,7 @@ from shim.shadow import (
     ThreadShadowRunner,
     compare_answers,
 )
+from shim.singleflight import AsyncFlights, ThreadFlights
 from shim.transport import run_async, run_sync
 
 __all__ = ["AsyncCouponStockShim", "CouponStockShim"]
@@ -57,11 +60,13 @@ DEFAULT_LIMITS = httpx.Limits(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Call:
     ctx: CallContext
     decision: Decision
     started: float
+    #: event fields of how the call was served: ``coalesced`` (single-flight), ``cache``
+    tags: dict[str, Any] | None = None
 
 
 def _outcome_of(answer: Mapping[str, str]) -> str:
@@ -99,8 +104,21 @@ class _ShimCore:
         self._log = logger if logger is not None else _log
         self._breakers: dict[tuple[Route, str], CircuitBreaker] = {}
         self._breaker_lock = threading.Lock()
-        self._mapping: tuple[ShimConfig, MappingTable, float] | None = None
+        self._mapping: tuple[ShimConfig, MappingTable] | None = None
         self._stats = ShadowStats()
+        self._cache = AnswerCache(self._live.current().cache.max_entries)
+        self._live.on_reload(self._on_reload)
+
+    def _on_reload(self, old: ShimConfig, new: ShimConfig) -> None:
+        """Follow a swapped snapshot (on the reloading thread): bounded per-merchant state."""
+        with self._breaker_lock:
+            for key in [k for k in self._breakers if k[1] not in new.merchants]:
+                del self._breakers[key]  # a removed merchant's breakers go with it
+            for breaker in self._breakers.values():
+                breaker.cfg = new.breaker  # the others follow the reloaded settings
+        # Cached answers were verified and mapped under the old snapshot: start afresh.
+        self._cache.resize(new.cache.max_entries)
+        self._cache.clear()
 
     @property
     def config(self) -> ShimConfig:
@@ -121,28 +139,14 @@ class _ShimCore:
         return found
 
     def _table(self, snapshot: ShimConfig) -> MappingTable:
-        """The mapping in force; its file is re-checked once per reload interval.
-
-        An edited mapping file applies without a restart; one that no longer validates keeps
-        the last good mapping and logs why.
-        """
+        """The mapping of the snapshot in force (loaded with it; edits arrive by reload)."""
+        table = snapshot.mapping
+        if table is not None:
+            return table
         cached = self._mapping
-        now = self._clock()
-        if cached is not None and cached[0] is snapshot and now < cached[2]:
-            return cached[1]
-        try:
-            table = load_mapping(snapshot.mapping_dir)
-        except ConfigError as exc:
-            if cached is None or cached[0].mapping_dir != snapshot.mapping_dir:
-                raise
-            _log.warning(
-                "coupon_shim.mapping_reload_failed",
-                error=str(exc),
-                action="kept the last good mapping",
-            )
-            table = cached[1]
-        self._mapping = (snapshot, table, now + snapshot.reload_interval_s)
-        return table
+        if cached is None or cached[0] is not snapshot:
+            cached = self._mapping = (snapshot, load_mapping(snapshot.mapping_dir))
+        return cached[1]
 
     def _flag_mode(self, snapshot: ShimConfig, mch_id: str, stock_id: str, bucket_by: str) -> Any:
         if snapshot.routing.flag_source != "openfeature":
@@ -203,6 +207,60 @@ class _ShimCore:
         )
         return _Call(ctx, decision, started)
 
+    # ------------------------------------------------------------------ cache, single-flight
+
+    def _cache_key(self, call: _Call) -> tuple[Any, ...]:
+        """Same merchant, stock, request fields, serving route and upstream."""
+        up, serve = call.ctx.config.upstream, call.decision.serve
+        return (serve, up.v3_base_url if serve == "v3" else up.v2_base_url, call.ctx.request)
+
+    def _flight_key(self, call: _Call) -> tuple[Any, ...]:
+        return (*self._cache_key(call), call.decision.shadow)
+
+    def _from_cache(self, call: _Call) -> tuple[Any, CallOutcome | None]:
+        """(cache key or None when the cache is off, the outcome of a hit or None)."""
+        ttl = call.ctx.config.cache.ttl_s
+        if ttl <= 0:
+            return None, None
+        key = self._cache_key(call)
+        entry: Entry | None = self._cache.get(key, self._clock())
+        call.tags = {"cache": "hit" if entry is not None else "miss"}
+        if entry is None:
+            return key, None
+        route: Route = "v3" if entry.route == "v3" else "legacy"
+        result = RouteResult(resign(call.ctx, entry.fields), route, 0, entry.unmapped)
+        return key, CallOutcome(result, route, False)
+
+    def _remember(self, call: _Call, key: Any, outcome: CallOutcome) -> None:
+        if key is not None and not outcome.fallback:
+            self._cache.put(
+                key,
+                outcome.result.answer,
+                route=outcome.served_by,
+                unmapped=outcome.result.unmapped,
+                expires=self._clock() + call.ctx.config.cache.ttl_s,
+            )
+
+    def _follower(self, call: _Call, outcome: CallOutcome) -> CallOutcome:
+        """A coalesced caller's own copy of the shared outcome: its own nonce and sign."""
+        call.tags = {**(call.tags or {}), "coalesced": True}
+        result = outcome.result
+        return replace(outcome, result=replace(result, answer=resign(call.ctx, result.answer)))
+
+    def _fresh(self, call: _Call) -> Callable[[CallOutcome], bool]:
+        """Whether a shared outcome was produced during this call (its reply came after)."""
+        return lambda outcome: outcome.result.received_at >= call.started
+
+    def _remaining(self, call: _Call) -> Callable[[], float]:
+        return lambda: call.ctx.deadline - self._clock()
+
+    def _expired(self, call: _Call) -> Callable[[], ShimError]:
+        return lambda: UpstreamError(
+            "the call's time budget ran out waiting for an identical call in flight",
+            route=call.decision.serve,
+            kind="budget",
+        )
+
     def _flow(self, call: _Call) -> Flow[CallOutcome]:
         merchant = call.ctx.merchant
         return call_flow(
@@ -256,6 +314,8 @@ class _ShimCore:
             fields["fallback"] = isinstance(error.__cause__, ShimError)
             fields["error_kind"] = _kind_of(error)
             fields["error"] = str(error)
+        if call.tags:
+            fields.update(call.tags)
         if shadow is not None:
             fields["shadow_route"] = d.shadow
             fields["shadow"] = shadow.kind
@@ -275,8 +335,17 @@ class _ShimCore:
         return self._prepare(values, xml, route=route)
 
     def _served(self, call: _Call, outcome: CallOutcome) -> dict[str, str]:
-        """After serving: hand the other side to the shadow runner, or log the call's event."""
-        if call.decision.shadow is None or outcome.fallback:
+        """After serving: hand the other side to the shadow runner, or log the call's event.
+
+        A coalesced or cached answer is not compared again (its exchange was, or was not,
+        compared when it was made).
+        """
+        tags = call.tags
+        if (
+            call.decision.shadow is None
+            or outcome.fallback
+            or (tags and (tags.get("coalesced") or tags.get("cache") == "hit"))
+        ):
             self._event(call, outcome=outcome)
         else:
             latency_ms = (self._clock() - call.started) * 1000.0
@@ -376,6 +445,7 @@ class CouponStockShim(_ShimCore):
         )
         self._runner: ThreadShadowRunner | None = None
         self._runner_lock = threading.Lock()
+        self._flights: ThreadFlights[CallOutcome] = ThreadFlights()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> CouponStockShim:
@@ -409,11 +479,43 @@ class CouponStockShim(_ShimCore):
         values = _values(coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
         call = self._prepare(values, xml)
         try:
-            outcome = run_sync(self._flow(call), self._client, self._clock)
+            outcome = self._serve(call)
         except ShimError as err:
             self._event(call, error=err)
             raise
         return self._served(call, outcome)
+
+    def _serve(self, call: _Call) -> CallOutcome:
+        """The cache, then single-flight, then the call's own flow."""
+        key, hit = self._from_cache(call)
+        if hit is not None:
+            return hit
+        ran = False
+
+        def run() -> CallOutcome:
+            nonlocal ran
+            ran = True
+            return run_sync(self._flow(call), self._client, self._clock)
+
+        if not call.ctx.config.single_flight.enabled:
+            outcome = run()
+        else:
+            try:
+                outcome, coalesced = self._flights.run(
+                    self._flight_key(call),
+                    run,
+                    fresh=self._fresh(call),
+                    remaining=self._remaining(call),
+                    expired=self._expired(call),
+                )
+            except ShimError:
+                if not ran:
+                    call.tags = {**(call.tags or {}), "coalesced": True}
+                raise
+            if coalesced:
+                return self._follower(call, outcome)
+        self._remember(call, key, outcome)
+        return outcome
 
     def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
         """Query one route directly (no routing, fallback or shadow); used by ``compare``."""
@@ -489,6 +591,7 @@ class AsyncCouponStockShim(_ShimCore):
             transport=transport, limits=DEFAULT_LIMITS, follow_redirects=False
         )
         self._runner: AsyncShadowRunner | None = None
+        self._flights: AsyncFlights[CallOutcome] = AsyncFlights()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> AsyncCouponStockShim:
@@ -511,11 +614,43 @@ class AsyncCouponStockShim(_ShimCore):
         values = _values(coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
         call = self._prepare(values, xml)
         try:
-            outcome = await run_async(self._flow(call), self._client, self._clock)
+            outcome = await self._serve(call)
         except ShimError as err:
             self._event(call, error=err)
             raise
         return self._served(call, outcome)
+
+    async def _serve(self, call: _Call) -> CallOutcome:
+        """The cache, then single-flight, then the call's own flow."""
+        key, hit = self._from_cache(call)
+        if hit is not None:
+            return hit
+        ran = False
+
+        async def run() -> CallOutcome:
+            nonlocal ran
+            ran = True
+            return await run_async(self._flow(call), self._client, self._clock)
+
+        if not call.ctx.config.single_flight.enabled:
+            outcome = await run()
+        else:
+            try:
+                outcome, coalesced = await self._flights.run(
+                    self._flight_key(call),
+                    run,
+                    fresh=self._fresh(call),
+                    remaining=self._remaining(call),
+                    expired=self._expired(call),
+                )
+            except ShimError:
+                if not ran:
+                    call.tags = {**(call.tags or {}), "coalesced": True}
+                raise
+            if coalesced:
+                return self._follower(call, outcome)
+        self._remember(call, key, outcome)
+        return outcome
 
     async def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
         """Query one route directly (no routing, fallback or shadow)."""
