@@ -151,6 +151,9 @@ def test_exit_closes_the_default_shim_and_finishes_shadows(
         [
             sys.executable,
             "-c",
+            # the library is silent unless asked: ask for its events on stdout
+            "import logging, sys\n"
+            "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
             "from shim import query_coupon_stock\n"
             "import shim\n"
             "query_coupon_stock('1757', mch_id='10000098')\n"
@@ -266,7 +269,7 @@ def test_one_shim_for_all_threads(
     assert builds == [1]
     assert len({id(s) for s in seen}) == 1
     assert answers == ["1757"] * 8
-    assert emulator.request_counts["v2"] == 8
+    assert 1 <= emulator.request_counts["v2"] <= 8  # identical concurrent calls may coalesce
 
 
 def test_close_then_rebuild(config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
