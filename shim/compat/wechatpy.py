@@ -447,23 +447,22 @@ class WeChatPay(_WeChatPay):  # type: ignore[misc]
 
     def _check_merchant(self, shim: CouponStockShim, mch_id: str) -> None:
         snapshot = shim.config
-        source = str(snapshot.source) if snapshot.source is not None else "the shim config"
         merchant = snapshot.merchants.get(mch_id)
+        if merchant is not None and (self.sandbox or _same_key(merchant.v2_key, self.api_key)):
+            return  # (in the sandbox, calls are signed with the sandbox key)
+        source = str(snapshot.source) if snapshot.source is not None else "the shim config"
         if merchant is None:
             raise ConfigError(
                 f'no merchant {mch_id} in the shim config: add a [merchants."{mch_id}"] '
                 "table (appid, v2_key, v3 credentials)",
                 source=source,
             )
-        if self.sandbox:
-            return  # signed with the sandbox key
-        if not _same_key(merchant.v2_key, self.api_key):
-            raise ConfigError(
-                "differs from the api_key given to WeChatPay (the shim would sign with "
-                "another key than the caller's)",
-                source=source,
-                key=f'merchants."{mch_id}".v2_key',
-            )
+        raise ConfigError(
+            "differs from the api_key given to WeChatPay (the shim would sign with "
+            "another key than the caller's)",
+            source=source,
+            key=f'merchants."{mch_id}".v2_key',
+        )
 
     def _shim_query_stock(self, stock_id: Any, op_user_id: Any, device_info: Any) -> dict[str, str]:
         shim = self._coupon_shim()
