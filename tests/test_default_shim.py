@@ -151,6 +151,9 @@ def test_exit_closes_the_default_shim_and_finishes_shadows(
         [
             sys.executable,
             "-c",
+            # the library is silent unless asked: ask for its events on stdout
+            "import logging, sys\n"
+            "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
             "from shim import query_coupon_stock\n"
             "import shim\n"
             "query_coupon_stock('1757', mch_id='10000098')\n"
