@@ -427,21 +427,21 @@ class WeChatPay(_WeChatPay):  # type: ignore[misc]
         )
 
         def derived() -> CouponStockShim:
-            cfg = self._derived_config(base, source.settings)
+            cfg = self._derived_config(base, source)
             if transform is None:
                 return CouponStockShim(cfg)
             return CouponStockShim(_Overlay(LiveConfig(config=cfg), transform))
 
         return REGISTRY.sync(key, derived)
 
-    def _derived_config(self, base: str, settings: Mapping[str, Any]) -> ShimConfig:
+    def _derived_config(self, base: str, source: _Derived) -> ShimConfig:
         if not isinstance(self.api_key, str) or not self.api_key:
             raise ConfigError("api_key must be a non-empty string", source=_DERIVED_SOURCE)
-        if not isinstance(settings.get("upstream", {}), Mapping):
+        if not isinstance(source.settings.get("upstream", {}), Mapping):
             raise ConfigError("must be a table", source=_DERIVED_SOURCE, key="upstream")
         # The data is passed, not kept in a local: settings may hold literal secrets.
         return parse_config(
-            self._derived_data(base, settings),
+            self._derived_data(base, source.settings),
             source=_DERIVED_SOURCE,
             base_dir=Path.cwd(),
             env=_KeyEnv(self.api_key),
