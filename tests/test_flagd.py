@@ -83,9 +83,7 @@ def flagd_says(key: str) -> str:
 def flag_shim(
     twin_kind: str, make_config: Callable[..., ShimConfig], emulator: Emulator
 ) -> Iterator[tuple[Twin, list[CallRecord]]]:
-    config = make_config(
-        "legacy", routing={"flag_source": "openfeature", "openfeature_flag": FLAG}
-    )
+    config = make_config("legacy", routing={"flag_source": "openfeature", "openfeature_flag": FLAG})
     source = OpenFeatureRouteSource(flag_key=FLAG, domain=DOMAIN)
     kwargs: dict[str, Any] = {
         "env": {},
@@ -162,3 +160,34 @@ async def test_targeting_a_merchant_by_attribute(
         assert set((await routes(twin, records, STOCKS[:5])).values()) == {"v3"}
     finally:
         await twin.close()
+
+
+def test_the_readme_flag_definition_works(tmp_path: Path) -> None:
+    """The flagd definition shown in the README loads in flagd's engine and does what it says:
+    merchant 10000099 stays on legacy, about 10 % of the other keys go to v3."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**With flagd**") :]
+    block = section[
+        section.index("```json\n") + 8 : section.index("\n```", section.index("```json"))
+    ]
+    path = tmp_path / "readme-flags.json"
+    path.write_text(block)
+    provider = FlagdProvider(
+        resolver_type=ResolverType.FILE, offline_flag_source_path=str(path), deadline_ms=100
+    )
+    api.set_provider_and_wait(provider, domain=DOMAIN)
+    try:
+        client = api.get_client(domain=DOMAIN)
+
+        def mode(mch: str, stock: str) -> str:
+            ctx = EvaluationContext(targeting_key=f"{mch}:{stock}", attributes={"mch_id": mch})
+            details = client.get_string_details(FLAG, "", ctx)
+            assert details.error_code is None, details
+            return details.value
+
+        assert {mode("10000099", str(n)) for n in range(200)} == {"legacy"}
+        on_v3 = sum(mode("10000098", str(n)) == "v3" for n in range(1000))
+        assert 50 < on_v3 < 150, on_v3
+    finally:
+        provider.shutdown()
+        api.clear_providers()
