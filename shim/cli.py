@@ -31,6 +31,7 @@ COMMANDS: tuple[str, ...] = (
     "shim.commands.query",
     "shim.commands.compare",
     "shim.commands.report",
+    "shim.commands.check",
     "shim.commands.sandbox",
     "shim.commands.migration_doc",
 )
