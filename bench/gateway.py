@@ -305,13 +305,13 @@ def table(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer calls (about two minutes; the full run about six)")
     parser.add_argument("--out", type=Path, default=HERE / "gateway_results.json")
     parser.add_argument("--workers", default="1,2", help="worker counts to measure")
     parser.add_argument("--modes", default="legacy,v3", help="routing modes to measure")
     p = parser.parse_args(argv)
-    p.warmup, p.rounds, p.per_round = (50, 4, 100) if p.quick else (200, 8, 250)
-    p.tp_rounds, p.tp_calls = (2, 1000) if p.quick else (4, 3000)
+    p.warmup, p.rounds, p.per_round = (50, 4, 100) if p.quick else (100, 6, 200)
+    p.tp_rounds, p.tp_calls = (2, 1000) if p.quick else (2, 2000)
     results: dict[str, Any] = {
         "machine": machine(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
