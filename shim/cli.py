@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +47,7 @@ exit codes:
   4   unavailable: WeChat Pay or the emulator gave no usable answer, or the port is in use
   70  internal error (a bug: --traceback shows it)
   130 interrupted (Ctrl+C)
+  141 stdout closed early (piped into head)
 """
 
 
@@ -81,7 +83,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--verbose",
         action="store_true",
         default=default(False),
-        help="debug events too; the demo prints each event as it happens",
+        help="debug events too; the demo adds each answer and its events",
     )
     g.add_argument(
         "--traceback",
@@ -174,6 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"coupon-shim: {type(exc).__name__}: {exc}", ExitCode.UNAVAILABLE)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly, and keep Python's exit-time flush quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return int(ExitCode.PIPE_CLOSED)
     except Exception as exc:
         if args.traceback:
             raise

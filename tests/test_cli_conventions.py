@@ -201,3 +201,23 @@ def test_findings_exit_1(tmp_path: Path) -> None:
 def test_command_error_is_one_line_naming_the_command(config_path: Path) -> None:
     proc = coupon_shim("compare", "--config", str(config_path), "--mch-id", MD5_MCH)
     assert_one_line_error(proc, ExitCode.USAGE, "coupon-shim compare:", "stock ids")
+
+
+def test_stdout_closed_early_is_quiet_exit_141() -> None:
+    """`coupon-shim demo | head -1`: no traceback, no "internal error", exit 141."""
+    cmd = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "shim.cli"]
+    proc = subprocess.Popen(
+        [*cmd, "demo", "--verbose"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith("Starting the WeChat Pay emulator")
+    proc.stdout.close()  # the reader goes away, as `head -1` does
+    code = proc.wait(120)
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert code == ExitCode.PIPE_CLOSED, err
+    assert err == ""
