@@ -221,3 +221,22 @@ def test_stdout_closed_early_is_quiet_exit_141() -> None:
     proc.stderr.close()
     assert code == ExitCode.PIPE_CLOSED, err
     assert err == ""
+
+
+def test_readme_command_table_matches_the_commands() -> None:
+    """Every registered command has a row in the README's command table, and every option a
+    row names is one the command accepts (the table cannot drift from the parser)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The command line", 1)[1].split("\n### ", 1)[0]
+    rows = {
+        m.group(1): m.group(0)
+        for m in re.finditer(r"^\| `coupon-shim ([a-z-]+)[^|]*(?:\\\|[^|]*)*\|.*$", section, re.M)
+    }
+    parsers = dict(_all_parsers())
+    commands = {name.split(" ", 1)[1] for name in parsers if " " in name}
+    assert set(rows) == commands
+    for name, row in rows.items():
+        usage = row.split("` |", 1)[0]
+        options = {o for a in parsers[f"coupon-shim {name}"]._actions for o in a.option_strings}
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", usage))
+        assert named <= options, (name, named - options)
