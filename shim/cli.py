@@ -18,7 +18,9 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 from shim import __version__
 from shim.commands import Command, CommandError, ExitCode
@@ -146,6 +148,18 @@ def _fail(message: str, code: ExitCode) -> int:
     return int(code)
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Python warnings (e.g. a literal secret in the config) as one line, without source."""
+    print(_one_line(f"coupon-shim: warning: {category.__name__}: {message}"), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``coupon-shim`` console script.
 
@@ -165,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_cli_logging(args.log_format, level=level)
     command: Command = args._command
     try:
-        return int(command.run(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(command.run(args))
     except CommandError as exc:
         return _fail(f"coupon-shim {command.name}: {exc}", exc.exit_code)
     except ConfigError as exc:

@@ -240,3 +240,24 @@ def test_readme_command_table_matches_the_commands() -> None:
         options = {o for a in parsers[f"coupon-shim {name}"]._actions for o in a.option_strings}
         named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", usage))
         assert named <= options, (name, named - options)
+
+
+def test_python_warnings_are_one_line_without_the_secret(
+    config_path: Path, sandbox_state: SandboxState
+) -> None:
+    """A literal key in the config: the LiteralSecretWarning is one line naming file and key
+    (no source path, no code line, no key), and the command still works."""
+    key = sandbox_state.merchants[MD5_MCH].v2_key
+    text = re.sub(
+        r'v2_key = "file:[^"]*v2_key_10000098"', f'v2_key = "{key}"', config_path.read_text()
+    )
+    config_path.write_text(text)
+    proc = coupon_shim("--quiet", "query", "--config", str(config_path), "--mch-id", MD5_MCH,
+                       "1757")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"coupon-shim: warning: LiteralSecretWarning: {config_path}: "
+        f'merchants."{MD5_MCH}".v2_key: a literal secret in the config file; prefer '
+        '"env:NAME" or "file:PATH"'
+    ]
+    assert key not in proc.stderr
