@@ -55,6 +55,8 @@ __all__ = ["AsyncCouponStockShim", "CouponStockShim"]
 _log = structlog.get_logger("shim")
 _IGNORED_PAYLOAD_KEYS = frozenset({"nonce_str", "sign", "sign_type"})
 _NO_V3 = "no_v3_credentials"
+_REQUEST_FIELD_SET = frozenset(v2.REQUEST_FIELDS)
+_MEMO_SIZE = 4096
 DEFAULT_LIMITS = httpx.Limits(
     max_connections=100, max_keepalive_connections=32, keepalive_expiry=30
 )
@@ -107,6 +109,10 @@ class _ShimCore:
         self._mapping: tuple[ShimConfig, MappingTable] | None = None
         self._stats = ShadowStats()
         self._cache = AnswerCache(self._live.current().cache.max_entries)
+        # validated arguments -> (request, its fields); shared, never mutated
+        self._valid: dict[tuple[Any, ...], tuple[v2.V2Request, dict[str, str]]] = {}
+        self._log_key: tuple[Any, ...] | None = None
+        self._log_concrete: Any = None
         self._live.on_reload(self._on_reload)
 
     def _on_reload(self, old: ShimConfig, new: ShimConfig) -> None:
@@ -158,6 +164,24 @@ class _ShimCore:
             self._owns_flag_source = True
         return source.mode_for(mch_id, stock_id, routing_key(bucket_by, mch_id, stock_id))
 
+    def _validated(self, values: dict[str, Any]) -> tuple[v2.V2Request, dict[str, str]]:
+        """The validated request and its fields, memoised for plain-string arguments.
+
+        Validation is a pure function of the arguments, and hot traffic repeats them; the memo
+        is bounded (cleared when full) and never holds a rejected argument.
+        """
+        key = tuple([values.get(name) for name in v2.REQUEST_FIELDS])
+        if values.keys() <= _REQUEST_FIELD_SET and all(type(v) is str or v is None for v in key):
+            hit = self._valid.get(key)
+            if hit is None:
+                request = v2.validate_request(values)
+                if len(self._valid) >= _MEMO_SIZE:
+                    self._valid.clear()
+                hit = self._valid[key] = (request, request._asdict())
+            return hit
+        request = v2.validate_request(values)
+        return request, request._asdict()
+
     def _prepare(
         self, values: dict[str, Any], xml: Mapping[str, Any] | None, *, route: Route | None = None
     ) -> _Call:
@@ -173,7 +197,7 @@ class _ShimCore:
         if not values.get("appid") and isinstance(mch_id, str) and mch_id:
             # an unknown merchant is named as such (not as a missing appid)
             values["appid"] = snapshot.merchant(mch_id).appid
-        request = v2.validate_request(values)
+        request, request_fields = self._validated(values)
         merchant = snapshot.merchant(request.mch_id)
         routing = snapshot.routing
         if route is not None:
@@ -197,7 +221,7 @@ class _ShimCore:
             merchant=merchant,
             mapping=self._table(snapshot),
             request=request,
-            request_fields=request._asdict(),
+            request_fields=request_fields,
             breakers=self.breaker,
             deadline=started + snapshot.upstream.budget_s,
             attempts=snapshot.retry.attempts,
@@ -280,7 +304,7 @@ class _ShimCore:
         shadow: ShadowOutcome | None = None,
         latency_ms: float | None = None,
     ) -> None:
-        log = _concrete(self._log)
+        log = self._concrete_logger()
         enabled = getattr(log, "is_enabled_for", None)
         if enabled is not None and not enabled(logging.INFO):
             return  # filtered out (e.g. an app at WARNING): build nothing
@@ -326,6 +350,20 @@ class _ShimCore:
             if shadow.latency_ms is not None:
                 fields["shadow_latency_ms"] = round(shadow.latency_ms, 3)
         log.info(EVENT, **fields)
+
+    def _concrete_logger(self) -> Any:
+        """The concrete logger for this event; built once per structlog configuration.
+
+        (Resolving structlog's lazy proxy builds a bound logger each time; the library's own
+        logger carries no bound context, so one per configuration serves every event.)
+        """
+        if self._log is not _log:
+            return _concrete(self._log)
+        key = _config_key()
+        if key != self._log_key:
+            self._log_concrete = _concrete(_log)
+            self._log_key = key
+        return self._log_concrete
 
     def _prepare_via(self, route: Route, fields: dict[str, Any]) -> _Call:
         xml = fields.pop("xml", None)
@@ -378,6 +416,17 @@ class _ShimCore:
             ignore=call.ctx.config.shadow.ignore_fields,
             latency_ms=latency_ms,
         )
+
+
+def _config_key() -> tuple[Any, ...]:
+    cfg = structlog.get_config()
+    return (
+        cfg["wrapper_class"],
+        cfg["logger_factory"],
+        id(cfg["processors"]),
+        cfg["context_class"],
+        cfg["cache_logger_on_first_use"],
+    )
 
 
 def _concrete(logger: Any) -> Any:

@@ -9,6 +9,7 @@ circuit breaking and fallback — lives here; ``shim.transport`` holds the two s
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -231,7 +232,18 @@ def _plain_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     """
     if type(headers) is dict:
         return headers
+    items = getattr(headers, "_list", None)  # httpx.Headers: (raw, lower-case, value) bytes
+    if type(items) is list and items and type(items[0]) is tuple and len(items[0]) == 3:
+        try:
+            return {lower.decode("ascii"): value.decode("ascii") for _, lower, value in items}
+        except (UnicodeDecodeError, AttributeError):
+            pass  # not plain ASCII: decode as httpx does
     return {k.lower(): v for k, v in headers.items()}
+
+
+#: ``v3.stock_path`` is pure and the same few stocks recur: memoised (ids are at most 20
+#: characters, and a refused id raises, so it is never kept).
+_stock_path = functools.lru_cache(maxsize=4096)(v3.stock_path)
 
 
 def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
@@ -244,7 +256,7 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
             key=f'merchants."{m.mch_id}"',
         )
     stock_id = ctx.request.coupon_stock_id
-    path = v3.stock_path(stock_id, m.creator_for(stock_id))
+    path = _stock_path(stock_id, m.creator_for(stock_id))
     nonce = ctx.nonce()
     auth = v3.authorization(
         creds,
