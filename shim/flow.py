@@ -19,6 +19,7 @@ from typing import Literal, TypeVar
 from shim import v2, v3
 from shim.config import MerchantConfig, ShimConfig
 from shim.errors import ConfigError, Route, ShimError, UpstreamError
+from shim.flatxml import read_flat
 from shim.mapping import MappingTable, map_error, map_success
 from shim.policy import CircuitBreaker, backoff_delay, should_retry
 from shim.routing import Decision, fallback_route
@@ -220,7 +221,11 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
             kind="protocol",
             status=reply.status,
         )
-    answer = v2.parse_xml(reply.body, max_bytes=ctx.config.upstream.max_body_bytes)
+    body, cap = reply.body, ctx.config.upstream.max_body_bytes
+    # The common flat shape is read fast; anything else goes to the full, strict parser.
+    answer = read_flat(body) if len(body) <= cap else None
+    if answer is None:
+        answer = v2.parse_xml(body, max_bytes=cap)
     v2.verify_answer(answer, key=key, sign_type=m.v2_sign_type)
     return RouteResult(answer, "legacy", 1, status=reply.status, received_at=received)
 
