@@ -8,23 +8,20 @@ the driver they run it with and the shadow runner they hand comparisons to.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import structlog
 
 from shim import v2
 from shim.cache import AnswerCache, Entry
 from shim.config import LiveConfig, ShimConfig
 from shim.errors import InputError, Route, ShimError, UpstreamError
-from shim.events import EVENT
 from shim.flags import OpenFeatureRouteSource
 from shim.flow import (
     CallContext,
@@ -37,7 +34,9 @@ from shim.flow import (
     route_flow,
 )
 from shim.mapping import MappingTable, load_mapping
-from shim.policy import CircuitBreaker
+from shim.metrics import ShimMetrics, metrics_for
+from shim.observe import CallRecord, EventSink
+from shim.policy import BreakerTransition, CircuitBreaker
 from shim.routing import Decision, decide, kill_switch_on, routing_key
 from shim.shadow import (
     AsyncShadowRunner,
@@ -50,9 +49,12 @@ from shim.shadow import (
 from shim.singleflight import AsyncFlights, ThreadFlights
 from shim.transport import run_async, run_sync
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 __all__ = ["AsyncCouponStockShim", "CouponStockShim"]
 
-_log = structlog.get_logger("shim")
+CallObserver = Callable[[CallRecord], None]
 _IGNORED_PAYLOAD_KEYS = frozenset({"nonce_str", "sign", "sign_type"})
 _NO_V3 = "no_v3_credentials"
 _REQUEST_FIELD_SET = frozenset(v2.REQUEST_FIELDS)
@@ -71,14 +73,6 @@ class _Call:
     tags: dict[str, Any] | None = None
 
 
-def _outcome_of(answer: Mapping[str, str]) -> str:
-    if answer.get("return_code") != "SUCCESS":
-        return "fail"
-    if answer.get("result_code") != "SUCCESS" or answer.get("err_code"):
-        return "business_error"
-    return "success"
-
-
 class _ShimCore:
     """What the two twins share: config, routing, breakers, shadow totals, events."""
 
@@ -92,6 +86,7 @@ class _ShimCore:
         wall: Callable[[], float] = time.time,
         nonce: Callable[[], str] = new_nonce,
         logger: Any = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._env = os.environ if env is None else env
         if isinstance(config, LiveConfig):
@@ -103,28 +98,36 @@ class _ShimCore:
         self._flag_source = flag_source
         self._owns_flag_source = False
         self._clock, self._wall, self._nonce = clock, wall, nonce
-        self._log = logger if logger is not None else _log
         self._breakers: dict[tuple[Route, str], CircuitBreaker] = {}
         self._breaker_lock = threading.Lock()
         self._mapping: tuple[ShimConfig, MappingTable] | None = None
         self._stats = ShadowStats()
+        # Observers of call records and breaker changes: events always, metrics when
+        # prometheus_client is installed (see shim.observe, shim.metrics).
+        self._events = EventSink(logger)
+        self._metrics: ShimMetrics | None = metrics_for(registry)
+        self._observers: tuple[CallObserver, ...] = ()
         self._cache = AnswerCache(self._live.current().cache.max_entries)
         # validated arguments -> (request, its fields); shared, never mutated
         self._valid: dict[tuple[Any, ...], tuple[v2.V2Request, dict[str, str]]] = {}
-        self._log_key: tuple[Any, ...] | None = None
-        self._log_concrete: Any = None
         self._live.on_reload(self._on_reload)
+        self._live.on_reload_failed(self._on_reload_failed)
 
-    def _on_reload(self, old: ShimConfig, new: ShimConfig) -> None:
-        """Follow a swapped snapshot (on the reloading thread): bounded per-merchant state."""
-        with self._breaker_lock:
-            for key in [k for k in self._breakers if k[1] not in new.merchants]:
-                del self._breakers[key]  # a removed merchant's breakers go with it
-            for breaker in self._breakers.values():
-                breaker.cfg = new.breaker  # the others follow the reloaded settings
-        # Cached answers were verified and mapped under the old snapshot: start afresh.
-        self._cache.resize(new.cache.max_entries)
-        self._cache.clear()
+    def subscribe(self, observer: Callable[[CallRecord], None]) -> None:
+        """Call ``observer`` with the :class:`~shim.observe.CallRecord` of every finished call.
+
+        It runs on the thread (or task) that finished the call; its exceptions are swallowed.
+        """
+        self._observers = (*self._observers, observer)
+
+    def unsubscribe(self, observer: Callable[[CallRecord], None]) -> None:
+        """Stop calling ``observer``."""
+        self._observers = tuple(o for o in self._observers if o != observer)
+
+    @property
+    def metrics(self) -> ShimMetrics | None:
+        """The metrics this shim records into (None without ``prometheus_client``)."""
+        return self._metrics
 
     @property
     def config(self) -> ShimConfig:
@@ -141,8 +144,49 @@ class _ShimCore:
         found = self._breakers.get(key)
         if found is None:
             with self._breaker_lock:
-                found = self._breakers.setdefault(key, CircuitBreaker(self._live.current().breaker))
+                found = self._breakers.get(key)
+                if found is None:
+                    found = self._breakers[key] = CircuitBreaker(
+                        self._live.current().breaker,
+                        listener=lambda change: self._breaker_changed(route, mch_id, change),
+                    )
+                    if self._metrics is not None:
+                        self._metrics.breakers_known([key])
         return found
+
+    def _breaker_changed(self, route: Route, mch_id: str, change: BreakerTransition) -> None:
+        self._events.breaker(route, mch_id, change)
+        if self._metrics is not None:
+            self._metrics.breaker(route, mch_id, change)
+
+    def _on_reload(self, old: ShimConfig, new: ShimConfig) -> None:
+        """Consumers of the config follow a swapped snapshot (on the reloading thread).
+
+        Breakers of removed merchants go (with their metric series), the others and the
+        shadow runner take the new settings; cached answers are dropped. Routing, retry,
+        upstream, merchants and mapping are read from each call's snapshot.
+        """
+        with self._breaker_lock:
+            gone = [k for k in self._breakers if k[1] not in new.merchants]
+            for key in gone:
+                del self._breakers[key]  # a removed merchant's breakers go with it
+            kept = list(self._breakers.values())
+        for breaker in kept:
+            breaker.reconfigure(new.breaker)  # the others follow the reloaded settings
+        runner = getattr(self, "_runner", None)
+        if runner is not None:
+            runner.reconfigure(new.shadow)
+        # Cached answers were verified and mapped under the old snapshot: start afresh.
+        self._cache.resize(new.cache.max_entries)
+        self._cache.clear()
+        if self._metrics is not None:
+            self._metrics.reload(applied=True)
+            for route, mch_id in gone:
+                self._metrics.breaker_forgotten(route, mch_id)
+
+    def _on_reload_failed(self, why: str) -> None:
+        if self._metrics is not None:
+            self._metrics.reload(applied=False)
 
     def _table(self, snapshot: ShimConfig) -> MappingTable:
         """The mapping of the snapshot in force (loaded with it; edits arrive by reload)."""
@@ -295,7 +339,7 @@ class _ShimCore:
         snap = call.ctx.config
         return replace(call.ctx, deadline=self._clock() + snap.shadow.timeout_s, attempts=1)
 
-    def _event(
+    def _record(
         self,
         call: _Call,
         *,
@@ -304,66 +348,26 @@ class _ShimCore:
         shadow: ShadowOutcome | None = None,
         latency_ms: float | None = None,
     ) -> None:
-        log = self._concrete_logger()
-        enabled = getattr(log, "is_enabled_for", None)
-        if enabled is not None and not enabled(logging.INFO):
-            return  # filtered out (e.g. an app at WARNING): build nothing
-        d, req = call.decision, call.ctx.request
-        fields: dict[str, Any] = {
-            "mch_id": req.mch_id,
-            "coupon_stock_id": req.coupon_stock_id,
-            "route": outcome.served_by if outcome else d.serve,
-            "reason": d.reason,
-            "bucket": d.bucket,
-            "latency_ms": round(
-                latency_ms if latency_ms is not None else (self._clock() - call.started) * 1000.0, 3
-            ),
-        }
-        if outcome is not None:
-            result = outcome.result
-            fields["outcome"] = _outcome_of(result.answer)
-            fields["fallback"] = outcome.fallback
-            fields["attempts"] = result.attempts
-            if outcome.fallback_error is not None:
-                fields["fallback_from"] = d.serve
-                fields["fallback_cause"] = _kind_of(outcome.fallback_error)
-            if result.unmapped:
-                fields["unmapped"] = list(result.unmapped)
-            if "err_code" in result.answer:
-                fields["err_code"] = result.answer["err_code"]
-        if error is not None:
-            if isinstance(error, UpstreamError):
-                fields["route"] = error.route  # the side that failed last
-            fields["outcome"] = "error"
-            fields["fallback"] = isinstance(error.__cause__, ShimError)
-            fields["error_kind"] = _kind_of(error)
-            fields["error"] = str(error)
-        if call.tags:
-            fields.update(call.tags)
-        if shadow is not None:
-            fields["shadow_route"] = d.shadow
-            fields["shadow"] = shadow.kind
-            if shadow.diffs:
-                fields["mismatch_fields"] = [diff.field for diff in shadow.diffs]
-            if shadow.error_kind:
-                fields["shadow_error"] = shadow.error_kind
-            if shadow.latency_ms is not None:
-                fields["shadow_latency_ms"] = round(shadow.latency_ms, 3)
-        log.info(EVENT, **fields)
-
-    def _concrete_logger(self) -> Any:
-        """The concrete logger for this event; built once per structlog configuration.
-
-        (Resolving structlog's lazy proxy builds a bound logger each time; the library's own
-        logger carries no bound context, so one per configuration serves every event.)
-        """
-        if self._log is not _log:
-            return _concrete(self._log)
-        key = _config_key()
-        if key != self._log_key:
-            self._log_concrete = _concrete(_log)
-            self._log_key = key
-        return self._log_concrete
+        """Build the call's one record and hand it to every observer."""
+        req = call.ctx.request
+        record = CallRecord(
+            req.mch_id,
+            req.coupon_stock_id,
+            call.decision,
+            latency_ms if latency_ms is not None else (self._clock() - call.started) * 1000.0,
+            outcome,
+            error,
+            shadow,
+            call.tags,
+        )
+        self._events.call(record)
+        if self._metrics is not None:
+            self._metrics.call(record)
+        for observer in self._observers:
+            try:
+                observer(record)
+            except Exception:  # noqa: S112 - an observer must never break a call
+                continue
 
     def _prepare_via(self, route: Route, fields: dict[str, Any]) -> _Call:
         xml = fields.pop("xml", None)
@@ -373,7 +377,7 @@ class _ShimCore:
         return self._prepare(values, xml, route=route)
 
     def _served(self, call: _Call, outcome: CallOutcome) -> dict[str, str]:
-        """After serving: hand the other side to the shadow runner, or log the call's event.
+        """After serving: hand the other side to the shadow runner, or record the call.
 
         A coalesced or cached answer is not compared again (its exchange was, or was not,
         compared when it was made).
@@ -384,13 +388,18 @@ class _ShimCore:
             or outcome.fallback
             or (tags and (tags.get("coalesced") or tags.get("cache") == "hit"))
         ):
-            self._event(call, outcome=outcome)
+            self._record(call, outcome=outcome)
         else:
             latency_ms = (self._clock() - call.started) * 1000.0
+            metrics = self._metrics
 
             def done(shadow: ShadowOutcome) -> None:
-                self._event(call, outcome=outcome, shadow=shadow, latency_ms=latency_ms)
+                if metrics is not None:
+                    metrics.shadow_in_flight(-1)
+                self._record(call, outcome=outcome, shadow=shadow, latency_ms=latency_ms)
 
+            if metrics is not None:
+                metrics.shadow_in_flight(1)
             self._submit_shadow(call, outcome, done)
         return outcome.result.answer
 
@@ -416,29 +425,6 @@ class _ShimCore:
             ignore=call.ctx.config.shadow.ignore_fields,
             latency_ms=latency_ms,
         )
-
-
-def _config_key() -> tuple[Any, ...]:
-    cfg = structlog.get_config()
-    return (
-        cfg["wrapper_class"],
-        cfg["logger_factory"],
-        id(cfg["processors"]),
-        cfg["context_class"],
-        cfg["cache_logger_on_first_use"],
-    )
-
-
-def _concrete(logger: Any) -> Any:
-    """The concrete logger behind structlog's lazy proxy, resolved once per event."""
-    bind = getattr(logger, "bind", None)
-    return logger if bind is None else bind()
-
-
-def _kind_of(error: ShimError) -> str:
-    kind = getattr(error, "kind", None)
-    name = type(error).__name__
-    return f"{name}:{kind}" if kind else name
 
 
 def _values(
@@ -530,7 +516,7 @@ class CouponStockShim(_ShimCore):
         try:
             outcome = self._serve(call)
         except ShimError as err:
-            self._event(call, error=err)
+            self._record(call, error=err)
             raise
         return self._served(call, outcome)
 
@@ -567,9 +553,17 @@ class CouponStockShim(_ShimCore):
         return outcome
 
     def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
-        """Query one route directly (no routing, fallback or shadow); used by ``compare``."""
+        """Query one route directly (no routing, fallback or shadow); used by ``compare``.
+
+        The call is recorded like any other (event, metrics) with reason ``explicit``.
+        """
         call = self._prepare_via(route, fields)
-        result: RouteResult = run_sync(route_flow(call.ctx, route), self._client, self._clock)
+        try:
+            result: RouteResult = run_sync(route_flow(call.ctx, route), self._client, self._clock)
+        except ShimError as err:
+            self._record(call, error=err)
+            raise
+        self._record(call, outcome=CallOutcome(result, route, False))
         return result.answer
 
     def _submit_shadow(
@@ -665,7 +659,7 @@ class AsyncCouponStockShim(_ShimCore):
         try:
             outcome = await self._serve(call)
         except ShimError as err:
-            self._event(call, error=err)
+            self._record(call, error=err)
             raise
         return self._served(call, outcome)
 
@@ -702,11 +696,16 @@ class AsyncCouponStockShim(_ShimCore):
         return outcome
 
     async def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
-        """Query one route directly (no routing, fallback or shadow)."""
+        """Query one route directly (no routing, fallback or shadow); recorded as ``explicit``."""
         call = self._prepare_via(route, fields)
-        result: RouteResult = await run_async(
-            route_flow(call.ctx, route), self._client, self._clock
-        )
+        try:
+            result: RouteResult = await run_async(
+                route_flow(call.ctx, route), self._client, self._clock
+            )
+        except ShimError as err:
+            self._record(call, error=err)
+            raise
+        self._record(call, outcome=CallOutcome(result, route, False))
         return result.answer
 
     def _submit_shadow(

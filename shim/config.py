@@ -12,6 +12,7 @@ logs why.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import math
@@ -28,7 +29,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -39,7 +39,9 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
+from shim.changes import config_changes
 from shim.errors import ConfigError, InputError
+from shim.logs import get_logger
 from shim.mapping import MappingTable, load_mapping
 from shim.routing import (
     DEFAULT_ROUTING,
@@ -76,7 +78,7 @@ __all__ = [
 ]
 
 SignType = Literal["MD5", "HMAC-SHA256"]
-_log = structlog.get_logger("shim.config")
+_log = get_logger("shim.config")
 
 DEFAULT_BASE_URL = "https://api.mch.weixin.qq.com"
 
@@ -881,6 +883,7 @@ class LiveConfig:
         self._base_routing = self._config.routing
         self._next_check = clock() + self._config.reload_interval_s
         self._listeners: list[Callable[[], Callable[[ShimConfig, ShimConfig], None] | None]] = []
+        self._refusal_listeners: list[Callable[[], Callable[[str], None] | None]] = []
         self.reloads = 0
         self.reload_failures = 0
         self._watched = watch
@@ -905,6 +908,13 @@ class LiveConfig:
             self._listeners.append(weakref.WeakMethod(listener))
         else:
             self._listeners.append(lambda: listener)
+
+    def on_reload_failed(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(why)`` when a reload is refused (held like :meth:`on_reload`'s)."""
+        if inspect.ismethod(listener):
+            self._refusal_listeners.append(weakref.WeakMethod(listener))
+        else:
+            self._refusal_listeners.append(lambda: listener)
 
     def close(self) -> None:
         """Stop watching (the snapshot in force stays readable)."""
@@ -931,6 +941,11 @@ class LiveConfig:
             action="kept the last good configuration",
             **fields,
         )
+        for ref in list(self._refusal_listeners):
+            listener = ref()
+            if listener is not None:
+                with contextlib.suppress(Exception):  # an observer never breaks a reload
+                    listener(why)
         return False
 
     def _read_settled(self, stamp: tuple[int, int, int]) -> bytes:
@@ -1048,7 +1063,11 @@ class LiveConfig:
                     listener(old, new)
                 except Exception:
                     _log.exception("coupon_shim.config_reload_listener_failed")
-            _log.info("coupon_shim.config_reloaded", mode=new.routing.mode)
+            _log.info(
+                "coupon_shim.config_reloaded",
+                mode=new.routing.mode,
+                changed=list(config_changes(old, new)),  # dotted keys, never values
+            )
             return True
         finally:
             self._lock.release()

@@ -369,7 +369,7 @@ def route_flow(
             result = yield from attempt_fn(ctx, deadline)
         except UpstreamError as err:
             if err.transient:
-                breaker.record_failure(ctx.clock())
+                breaker.record_failure(ctx.clock(), err.kind)
             else:
                 breaker.record_success()  # it answered; the answer was bad, not the link
             if should_retry(err, attempt=attempt, attempts=ctx.attempts):
@@ -387,7 +387,7 @@ def route_flow(
             # half-open probe, re-open: a probe left outstanding would keep the breaker open
             # for good.
             if breaker.state == "half_open":
-                breaker.record_failure(ctx.clock())
+                breaker.record_failure(ctx.clock(), "abandoned")
             raise
         breaker.record_success()
         return result if result.attempts == attempt else replace(result, attempts=attempt)

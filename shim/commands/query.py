@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from shim.commands import Command, ExitCode
 
@@ -23,8 +24,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from shim.client import CouponStockShim
+    from shim.observe import CallRecord, describe_route
 
+    records: list[CallRecord] = []
     with CouponStockShim.from_file(args.config) as shim:
+        shim.subscribe(records.append)  # to say which route served and why
         fields = {
             "coupon_stock_id": args.coupon_stock_id,
             "mch_id": args.mch_id,
@@ -37,6 +41,8 @@ def _run(args: argparse.Namespace) -> int:
             answer = shim.query_coupon_stock(**fields)
             shim.wait_for_shadows(shim.config.shadow.timeout_s)
     print(json.dumps(answer, ensure_ascii=False, indent=2))
+    if records and args.log_format == "console" and not args.quiet:
+        print(f"coupon-shim: served by {describe_route(records[-1])}", file=sys.stderr)
     return ExitCode.OK
 
 
@@ -46,7 +52,8 @@ COMMAND = Command(
     description=(
         "Query one coupon stock through the shim, routed as the config says (or by --route), "
         "and print the v2 answer dict as JSON on stdout. Business errors "
-        "(result_code=FAIL) are answers and exit 0."
+        "(result_code=FAIL) are answers and exit 0. The call's coupon_stock.query event (and, "
+        "in console format, a last line on stderr) says which route served and why."
     ),
     epilog="example:\n  coupon-shim query --config shim.toml --mch-id 10000098 1757",
     add_arguments=_add_arguments,
