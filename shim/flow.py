@@ -226,7 +226,7 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     answer = read_flat(body) if len(body) <= cap else None
     if answer is None:
         answer = v2.parse_xml(body, max_bytes=cap)
-    v2.verify_answer(answer, key=key, sign_type=m.v2_sign_type)
+    v2.verify_answer(answer, key=key, sign_type=m.v2_sign_type, mch_id=m.mch_id)
     return RouteResult(answer, "legacy", 1, status=reply.status, received_at=received)
 
 
