@@ -1149,6 +1149,64 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The README's rows: (target key, label, how the latest run's figure is shown).
+README_ROWS = (
+    ("a_http", "shim / floor, sync v3, HTTP"),
+    ("a_https", "shim / floor, sync v3, HTTPS"),
+    ("b_https", "`wechatpayv3` SDK / shim, HTTPS"),
+    ("c_64", "async shim / async floor, successful calls/s, concurrency 64"),
+    ("c_256", "same, concurrency 256"),
+    ("c_1024", "same, concurrency 1,024"),
+    ("threads_64", "sync shim / sync floor, successful calls/s, 64 threads"),
+    ("e_v3", "own CPU per call, v3, events filtered (µs)"),
+    ("e_legacy", "own CPU per call, legacy, events filtered (µs)"),
+    ("e_v3_events", "own CPU per call, v3, every event rendered (µs)"),
+    ("e_legacy_events", "own CPU per call, legacy, every event rendered (µs)"),
+    ("hot_sf", "hot keys (64 callers, 10 stocks), single-flight on / floor"),
+    ("hot_cache", "hot keys, 1 s cache / floor"),
+    ("g_load_1000", "config load, 1,000 merchants (s)"),
+    ("g_load_per_1000", "config load, 10,000 merchants, per 1,000 (s)"),
+    ("g_stall", "worst call stall during a 1,000-merchant reload (ms)"),
+)
+TODAY = {
+    "a_http": "1.10–1.20",
+    "a_https": "1.10–1.20",
+    "b_https": "1.70–1.99",
+    "c_64": "0.66–1.0",
+    "c_256": "breaker opens",
+    "c_1024": "0 %",
+    "threads_64": "—",
+    "e_v3": "138–183",
+    "e_legacy": "138–183",
+    "e_v3_events": "282",
+    "e_legacy_events": "256",
+    "hot_sf": "—",
+    "hot_cache": "—",
+    "g_load_1000": "50",
+    "g_load_per_1000": "50",
+    "g_stall": "53,000",
+}
+
+
+def readme_table(paths: list[Path]) -> str:
+    """The README's performance table: the first file's figures, the spread of all files."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    latest = runs[0]
+    lines = [
+        "| what | before | target | measured | runs |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in README_ROWS:
+        v = latest["verdicts"][key]
+        spread = " · ".join(f"{r['verdicts'][key]['value']:g}" for r in runs)
+        mark = "" if v["met"] else " (missed)"
+        lines.append(
+            f"| {label} | {TODAY[key]} | {v['target'].replace('<=', '≤').replace('>=', '≥')} "
+            f"| **{v['value']:g}**{mark} | {spread} |"
+        )
+    return "\n".join(lines)
+
+
 def default_out() -> Path:
     """Where results go unless ``--write``: a folder outside the repository."""
     folder = Path(tempfile.gettempdir()) / "coupon-shim-bench"
@@ -1166,7 +1224,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default="", help="comma-separated sections (a,c,t,h,d,e,g,f); default all"
     )
+    parser.add_argument(
+        "--table",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS",
+        help="print the README's table from result files (latest first) and exit",
+    )
     p = parser.parse_args(argv)
+    if p.table:
+        print(readme_table(p.table))
+        return 0
     q = p.quick
     scale = 0.4 if q else 1.0
     p.rounds = 3 if q else 8
@@ -1178,8 +1246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.async_big_rounds = 1 if q else 3
     p.async_calls = 128 if q else 384
     p.async_per_task = 1 if q else 2
-    p.thread_calls = 256 if q else 768
-    p.hot_calls = 1024 if q else 4096
+    p.thread_calls = 192 if q else 768
+    p.hot_calls = 384 if q else 2048
     p.cpu_calls = 500 if q else 2000
     p.cpu_batches = 5 if q else 9
     p.mem_calls = 1000 if q else 10_000
