@@ -13,9 +13,12 @@ The answer is the v2 dict (every value a string), whichever upstream served it.
 from shim.client import AsyncCouponStockShim, CouponStockShim
 from shim.config import LiveConfig, ShimConfig, load_config
 from shim.errors import (
+    ClosedError,
     ConfigError,
     InputError,
+    LocalError,
     MappingError,
+    OverloadError,
     ShimError,
     SignatureError,
     UpstreamError,
@@ -27,11 +30,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncCouponStockShim",
+    "ClosedError",
     "ConfigError",
     "CouponStockShim",
     "InputError",
     "LiveConfig",
+    "LocalError",
     "MappingError",
+    "OverloadError",
     "ShadowTotals",
     "ShimConfig",
     "ShimError",

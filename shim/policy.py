@@ -74,6 +74,12 @@ class CircuitBreaker:
             self._opened_at = None
             self._probing = False
 
+    def abandon_probe(self) -> None:
+        """The request let through never reached the upstream (local congestion, closing):
+        no success, no failure; if it was the half-open probe, the next call may probe."""
+        with self._lock:
+            self._probing = False
+
     def record_failure(self, now: float) -> None:
         """A transient failure happened."""
         with self._lock:
