@@ -164,8 +164,9 @@ class HostileServer:
     """A loopback TCP server that answers every request with ``script``.
 
     After the script returns, the connection is closed unless ``keep_alive`` is set (then
-    the next request on it goes to the script again). ``requests`` records what arrived;
-    ``connections`` counts accepted connections.
+    the next request on it goes to the script again). ``requests`` records what arrived,
+    ``by_connection`` the same per accepted connection (numbered from 1); ``connections``
+    counts accepted connections.
     """
 
     script: Script
@@ -173,6 +174,7 @@ class HostileServer:
     backlog: int = 64
     accept: bool = True
     requests: list[Request] = field(default_factory=list)
+    by_connection: dict[int, list[Request]] = field(default_factory=dict)
     connections: int = 0
     host: str = "127.0.0.1"
     port: int = 0
@@ -219,10 +221,11 @@ class HostileServer:
             conn = Conn(client, self._stopping)
             with self._lock:
                 self.connections += 1
+                number = self.connections
                 self._conns.append(conn)
-            self._spawn(self._serve, conn)
+            self._spawn(self._serve, conn, number)
 
-    def _serve(self, conn: Conn) -> None:
+    def _serve(self, conn: Conn, number: int) -> None:
         try:
             while not conn.closed:
                 req = conn.read_request()
@@ -230,6 +233,7 @@ class HostileServer:
                     break
                 with self._lock:
                     self.requests.append(req)
+                    self.by_connection.setdefault(number, []).append(req)
                 self.script(conn, req)
                 if not self.keep_alive:
                     break
