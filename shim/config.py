@@ -114,7 +114,7 @@ class UpstreamConfig:
     max_body_bytes: int = 1_048_576
     #: HTTP exchanges one shim runs at once (both routes, shadow jobs included); beyond it a
     #: call waits within its budget, then fails with OverloadError.
-    max_in_flight: int = 100
+    max_in_flight: int = 32
 
 
 @dataclass(frozen=True, kw_only=True)

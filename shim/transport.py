@@ -229,6 +229,14 @@ class Admission:
         self.busy = 0
         self._cond = threading.Condition(threading.Lock())
 
+    def try_acquire(self) -> bool:
+        """Take a free slot without waiting, if there is one."""
+        with self._cond:
+            if self.busy < self.limit:
+                self.busy += 1
+                return True
+            return False
+
     def acquire(self, timeout: float) -> bool:
         """Take a slot, waiting at most ``timeout`` seconds; False if none came free."""
         with self._cond:
@@ -549,6 +557,19 @@ class DeadlineTransport(httpx.HTTPTransport):
 # -- the drivers ---------------------------------------------------------------------------
 
 
+def _queued_out(reply: TransportFailure, req: HttpRequest, left: float) -> TransportFailure:
+    """A deadline cut after waiting for admission, with less than one attempt's timeout
+    left, is local congestion (the shim's own queue ate the budget), not the upstream's
+    failure: it must not count against a breaker."""
+    if reply.kind == "budget" and left < req.timeout_s:
+        return TransportFailure(
+            "overload",
+            "the call's budget ran out after waiting for an admission slot "
+            "([upstream] max_in_flight)",
+        )
+    return reply
+
+
 def _finish(
     resp: httpx.Response, reader: _BodyReader, failure: TransportFailure | None
 ) -> HttpResponse | TransportFailure:
@@ -609,7 +630,8 @@ def _send_sync(
         return _exchange_sync(client, req, clock, remaining)
     if gate.closed:
         return _CLOSED
-    if not gate.acquire(remaining):
+    waited = not gate.try_acquire()
+    if waited and not gate.acquire(remaining):
         return _CLOSED if gate.closed else _OVERLOAD
     try:
         remaining = req.deadline - clock()
@@ -621,7 +643,12 @@ def _send_sync(
             if client.is_closed:  # httpx: "the client has been closed"
                 return _CLOSED
             raise
-        return _CLOSED if gate.closed and isinstance(reply, TransportFailure) else reply
+        if isinstance(reply, TransportFailure):
+            if gate.closed:
+                return _CLOSED
+            if waited:
+                return _queued_out(reply, req, remaining)
+        return reply
     finally:
         gate.release()
 
@@ -662,12 +689,14 @@ async def _send_async(
     if remaining <= 0:
         return _BUDGET
     admitted = gate is None
+    waited = False
     if gate is not None:
         if gate.closed:
             return _CLOSED
         if gate.try_acquire():
             admitted = True
         else:
+            waited = True
             try:
                 async with _scope(remaining):  # waiting for a slot counts against the budget
                     await gate.acquire()
@@ -719,8 +748,11 @@ async def _send_async(
     finally:
         if admitted and gate is not None:
             gate.release()
-    if gate is not None and gate.closed and isinstance(reply, TransportFailure):
-        return _CLOSED
+    if gate is not None and isinstance(reply, TransportFailure):
+        if gate.closed:
+            return _CLOSED
+        if waited:
+            return _queued_out(reply, req, remaining)
     return reply
 
 

@@ -255,9 +255,7 @@ def test_a_caller_supplied_client_is_left_to_the_caller(
     import httpx
 
     client = httpx.Client()
-    shim = CouponStockShim(
-        _config(sandbox_state, tmp_path, server.base_url), client=client, env={}
-    )
+    shim = CouponStockShim(_config(sandbox_state, tmp_path, server.base_url), client=client, env={})
     try:
 
         def child() -> Any:
@@ -269,4 +267,3 @@ def test_a_caller_supplied_client_is_left_to_the_caller(
     finally:
         shim.close()
         client.close()
-
