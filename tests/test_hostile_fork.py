@@ -43,7 +43,11 @@ def _config(sandbox_state: SandboxState, tmp_path: Path, url: str) -> Any:
         sandbox_state,
         tmp_path,
         url,
-        {"upstream": {"budget_s": 5.0, "timeout_s": 2.0}, "routing": {"mode": "legacy"}},
+        {
+            "upstream": {"budget_s": 5.0, "timeout_s": 2.0},
+            "routing": {"mode": "legacy"},
+            "single_flight": {"enabled": False},  # every call its own exchange
+        },
     )
 
 

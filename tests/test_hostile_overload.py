@@ -36,7 +36,12 @@ SLACK = 0.5
 
 def config(sandbox_state: SandboxState, tmp_path: Path, url: str, **tables: Any) -> ShimConfig:
     """The emulator's config at ``url`` with ``tables`` merged in."""
-    base: dict[str, Any] = {"routing": {"mode": "legacy"}, "retry": {"attempts": 1}}
+    base: dict[str, Any] = {
+        "routing": {"mode": "legacy"},
+        "retry": {"attempts": 1},
+        # every call its own exchange: identical concurrent calls would share one otherwise
+        "single_flight": {"enabled": False},
+    }
     for name, table in tables.items():
         base.setdefault(name, {}).update(table)
     return parse_emulator_config(sandbox_state, tmp_path, url, base)
