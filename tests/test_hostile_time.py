@@ -173,6 +173,7 @@ async def test_a_dripping_phase_ends_within_the_budget(
     with HostileServer(PHASES[phase]) as server:
         twin = make_twin(server.url, mode, routing={"fallback_to_legacy": False})
         elapsed, result = await timed(twin)
+    print(f"BOUND {phase} {mode}: {elapsed:.3f} s vs budget {BUDGET} s -> {result!r}")
     assert isinstance(result, UpstreamError), result
     assert result.kind in ("budget", "timeout"), result
     assert elapsed <= BUDGET + SLACK, f"{phase}: {elapsed:.2f} s against a {BUDGET} s budget"
@@ -206,6 +207,7 @@ async def test_a_connect_that_hangs_ends_within_the_budget(
     the budget, so only the deadline ends it."""
     twin = make_twin(unaccepting)
     elapsed, result = await timed(twin)
+    print(f"BOUND connect: {elapsed:.3f} s vs budget {BUDGET} s -> {result!r}")
     assert isinstance(result, UpstreamError), result
     assert result.kind in ("budget", "timeout", "connection"), result
     assert elapsed <= BUDGET + SLACK, f"connect: {elapsed:.2f} s"
@@ -246,6 +248,7 @@ async def test_a_tls_handshake_that_drips_ends_within_the_budget(
         stop.set()
         listener.close()
         await worker
+    print(f"BOUND tls: {elapsed:.3f} s vs budget {BUDGET} s -> {result!r}")
     assert isinstance(result, UpstreamError), result
     assert elapsed <= BUDGET + SLACK, f"tls: {elapsed:.2f} s"
 
