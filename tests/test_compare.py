@@ -516,3 +516,30 @@ def test_no_secret_in_the_output(
     assert merchant.v2_key not in text
     assert "BEGIN" not in text and "WECHATPAY2-SHA256" not in text
     assert '"sign"' not in json.dumps(data["rows"])
+
+
+def test_progress_on_a_terminal_shows_count_rate_and_eta(
+    make_config: Callable[..., ShimConfig], emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal (forced here), stderr gets rich's bar with done/total, rate and ETA; off
+    a terminal, one closing line."""
+    import io
+
+    from shim.compare import _progress
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    err = io.StringIO()
+    with _progress(err, 3, enabled=True) as tick:
+        assert tick is not None
+        for n in (1, 2, 3):
+            tick(n, 3)
+    text = err.getvalue()
+    assert "stocks/s" in text and "ETA" in text and "3/3" in text
+    assert "compared 3 stocks in " in text.rstrip().splitlines()[-1]  # after the bar is erased
+    monkeypatch.delenv("FORCE_COLOR")
+    monkeypatch.setenv("TERM", "dumb")
+    plain = io.StringIO()
+    with _progress(plain, 3, enabled=True) as tick:
+        assert tick is not None
+        tick(3, 3)
+    assert plain.getvalue().startswith("compared 3 stocks in ") and "ETA" not in plain.getvalue()
