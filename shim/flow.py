@@ -220,7 +220,7 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
             status=reply.status,
         )
     answer = v2.parse_xml(reply.body, max_bytes=ctx.config.upstream.max_body_bytes)
-    v2.verify_answer(answer, key=key, sign_type=m.v2_sign_type)
+    v2.verify_answer(answer, key=key, sign_type=m.v2_sign_type, mch_id=m.mch_id)
     return RouteResult(answer, "legacy", 1, status=reply.status, received_at=received)
 
 
