@@ -36,6 +36,7 @@ COMMANDS: tuple[str, ...] = (
     "shim.commands.report",
     "shim.commands.check",
     "shim.commands.sandbox",
+    "shim.gateway.cli",
     "shim.commands.migration_doc",
 )
 

@@ -625,6 +625,7 @@ _TOP_LEVEL = {
     "merchants",
     "cache",
     "single_flight",
+    "gateway",  # read by shim.gateway (coupon-shim serve); the library ignores it
 }
 
 
