@@ -543,3 +543,21 @@ def test_progress_on_a_terminal_shows_count_rate_and_eta(
         assert tick is not None
         tick(3, 3)
     assert plain.getvalue().startswith("compared 3 stocks in ") and "ETA" not in plain.getvalue()
+
+
+def test_problems_only_and_ids_from_stdin(
+    config_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """--ids-file - reads standard input; --problems-only leaves matching stocks out."""
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"1757\n{DIVERGENT_STOCK_ID}\n404404\n"))
+    code, out, _ = run(
+        capsys, "--quiet", "compare", "--problems-only", "--config", str(config_path),
+        "--mch-id", MD5_MCH, "--ids-file", "-",
+    )  # fmt: skip
+    assert code == 0
+    firsts = {line.split()[0] for line in out.splitlines()[2:] if line.strip()}
+    assert DIVERGENT_STOCK_ID in firsts and "1757" not in firsts and "404404" not in firsts
+    assert "Compared 3 stock(s): 1 match, 0 expected_gap, 1 value_differs, 1 not_found_both" in out
