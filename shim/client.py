@@ -117,6 +117,7 @@ class _ShimCore:
         nonce: Callable[[], str] = new_nonce,
         logger: Any = None,
         registry: CollectorRegistry | None = None,
+        metrics: bool = True,
     ) -> None:
         self._env = os.environ if env is None else env
         if isinstance(config, LiveConfig):
@@ -135,7 +136,7 @@ class _ShimCore:
         # Observers of call records and breaker changes: events always, metrics when
         # prometheus_client is installed (see shim.observe, shim.metrics).
         self._events = EventSink(logger)
-        self._metrics: ShimMetrics | None = metrics_for(registry)
+        self._metrics: ShimMetrics | None = metrics_for(registry) if metrics else None
         self._observers: tuple[CallObserver, ...] = ()
         self._cache = AnswerCache(self._live.current().cache.max_entries)
         # validated arguments -> (request, its fields); shared, never mutated
@@ -501,6 +502,9 @@ class CouponStockShim(_ShimCore):
             in-process ``MockTransport``).
         flag_source: an OpenFeature route source (``routing.flag_source = "openfeature"``).
         env: environment for the kill switch and overrides (default ``os.environ``).
+        registry: the ``prometheus_client.CollectorRegistry`` to record metrics into
+            (default: ``prometheus_client.REGISTRY`` when the package is installed).
+        metrics: False to record no metrics at all.
 
     Example:
         >>> shim = CouponStockShim.from_file("shim.toml")  # doctest: +SKIP
