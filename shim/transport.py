@@ -404,7 +404,9 @@ class _DeadlineStream(httpcore.NetworkStream):
         if isinstance(self._sock, ssl.SSLSocket):
             # TLS to the upstream inside a tunnel through an https:// proxy.
             self._backend._streams.discard(self)
-            return _TunnelTLSStream(self._sock, ssl_context, server_hostname, self._backend)
+            return _TunnelTLSStream(
+                self._sock, ssl_context, server_hostname, timeout, self._backend
+            )
         try:
             self._sock.settimeout(_left(timeout, httpcore.ConnectTimeout))
             # The handshake as a whole is bounded by the socket timeout (CPython keeps one
@@ -452,6 +454,7 @@ class _TunnelTLSStream(httpcore.NetworkStream):
         sock: ssl.SSLSocket,
         ssl_context: ssl.SSLContext,
         server_hostname: str | None,
+        timeout: float | None,
         backend: DeadlineBackend,
     ) -> None:
         self._sock = sock
@@ -463,7 +466,9 @@ class _TunnelTLSStream(httpcore.NetworkStream):
         )
         backend._streams.add(self)
         try:
-            self._io(self._tls.do_handshake, None, httpcore.ConnectTimeout, httpcore.ConnectError)
+            self._io(
+                self._tls.do_handshake, timeout, httpcore.ConnectTimeout, httpcore.ConnectError
+            )
         except BaseException:
             self.close()
             raise
