@@ -37,6 +37,9 @@ answer fields; never stock ids):
 ``coupon_shim_circuit_breaker_transitions_total``           every state change, labelled
 ``{route,mch_id,state}``                                    ``open`` | ``half_open`` | ``closed``
 ``coupon_shim_config_reloads_total{result}``                ``applied`` | ``rejected``
+``coupon_shim_coalesced_calls_total{route}``                calls answered by an identical call's
+                                                            upstream exchange (single-flight)
+``coupon_shim_answer_cache_total{result}``                  ``hit`` | ``miss`` (cache on only)
 ==========================================================  =====================================
 
 Multi-process servers (gunicorn, uvicorn ``--workers``): set ``PROMETHEUS_MULTIPROC_DIR`` to an
@@ -146,6 +149,8 @@ METRIC_NAMES: Final = (
     "coupon_shim_circuit_breaker_open",
     "coupon_shim_circuit_breaker_transitions_total",
     "coupon_shim_config_reloads_total",
+    "coupon_shim_coalesced_calls_total",
+    "coupon_shim_answer_cache_total",
 )
 
 
@@ -260,6 +265,18 @@ class ShimMetrics:
             ["result"],
             registry=r,
         )
+        self.coalesced = Counter(
+            "coupon_shim_coalesced_calls",
+            "Calls answered by an identical call's upstream exchange (single-flight)",
+            ["route"],
+            registry=r,
+        )
+        self.cache = Counter(
+            "coupon_shim_answer_cache",
+            "Answer cache lookups by result",
+            ["result"],
+            registry=r,
+        )
         self._lock = threading.Lock()
         self._calls_children: dict[tuple[str, str], Any] = {}
 
@@ -286,6 +303,13 @@ class ShimMetrics:
         if record.served is not None:
             for name in record.served.result.unmapped:
                 self.unmapped.labels(_field(name)).inc()
+        tags = record.tags
+        if tags:
+            if tags.get("coalesced"):
+                self.coalesced.labels(route).inc()
+            looked = tags.get("cache")
+            if looked in ("hit", "miss"):
+                self.cache.labels(looked).inc()
         shadow = record.shadow
         if shadow is not None:
             self.shadow.labels(shadow.kind).inc()
