@@ -404,3 +404,58 @@ async def test_upstream_max_body_bytes(watched: Callable[..., Any]) -> None:
     with pytest.raises(UpstreamError) as info:
         await twin.query("9856030", mch_id=MD5_MCH)
     assert info.value.kind == "protocol" and "cap" in str(info.value)
+
+
+async def test_retry_backoff(
+    watched: Callable[..., Any], emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[retry] backoff_initial_s / backoff_max_s: 0 → 0.2 s makes the retries wait, capped."""
+    import asyncio
+    import time
+
+    import shim.transport as transport
+
+    waits: list[float] = []
+    real_sleep, real_asleep = time.sleep, asyncio.sleep
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        real_sleep(0)
+
+    async def asleep(seconds: float) -> None:
+        waits.append(seconds)
+        await real_asleep(0)
+
+    # the drivers call time.sleep / asyncio.sleep through their modules: record what the
+    # flow asked for and do not wait
+    monkeypatch.setattr(transport.time, "sleep", sleep)
+    monkeypatch.setattr(transport.asyncio, "sleep", asleep)
+    w, twin = watched("v3")
+    w.set("routing", "fallback_to_legacy", "false").apply()
+    emulator.set_fault("v3", "1757", "http_500")
+    with pytest.raises(UpstreamError):
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert emulator.request_counts["v3"] == 3
+    assert all(s == 0 for s in waits), waits  # backoff_initial_s = 0: no wait
+    waits.clear()
+    w.set("retry", "backoff_initial_s", "0.2").set("retry", "backoff_max_s", "0.2").apply()
+    with pytest.raises(UpstreamError):
+        await twin.query("1757", mch_id=MD5_MCH)
+    backoffs = [s for s in waits if s > 0]
+    assert len(backoffs) == 2, waits  # one wait before each of the two retries
+    assert all(0 < s <= 0.2 for s in backoffs), waits  # full jitter under the new cap
+
+
+def test_reload_check_interval(sandbox_state: SandboxState, tmp_path: Path) -> None:
+    """[reload] check_interval_s: 2 → 30 s spaces the next look at the file 30 s out."""
+    now = [1000.0]
+    w = Watched(sandbox_state, tmp_path / "shim.toml", "legacy")
+    live = LiveConfig(w.path, env={}, watch=False, clock=lambda: now[0])
+    assert live.current().reload_interval_s == 2.0
+    w.set("reload", "check_interval_s", "30.0").write()
+    assert live.check()
+    assert live.current().reload_interval_s == 30.0
+    # _due_in is what the watcher thread sleeps on; reading it here keeps the test clockless
+    assert live._due_in() == pytest.approx(30.0)
+    now[0] += 29.0
+    assert live._due_in() == pytest.approx(1.0)
