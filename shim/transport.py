@@ -14,6 +14,7 @@ from collections.abc import Callable
 import httpx
 
 from shim.flow import Flow, HttpRequest, HttpResponse, Sleep, T, TransportFailure
+from shim.wire import parse_uint
 
 __all__ = ["run_async", "run_sync"]
 
@@ -56,7 +57,10 @@ class _BodyReader:
 
     def check_length(self, headers: httpx.Headers) -> TransportFailure | None:
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.req.max_body_bytes:
+        length = parse_uint(declared) if declared else 0
+        if length is None:
+            return TransportFailure("protocol", "answer's Content-Length is not ASCII digits")
+        if length > self.req.max_body_bytes:
             return TransportFailure(
                 "protocol",
                 f"answer declares {declared} bytes, over the {self.req.max_body_bytes}-byte cap",
