@@ -36,6 +36,7 @@ from shim.flow import (
 )
 from shim.mapping import MappingTable, load_mapping
 from shim.policy import CircuitBreaker
+from shim.redaction import scrubs_locals, scrubs_locals_async
 from shim.routing import Decision, decide, kill_switch_on, routing_key
 from shim.shadow import (
     AsyncShadowRunner,
@@ -75,6 +76,7 @@ def _outcome_of(answer: Mapping[str, str]) -> str:
 class _ShimCore:
     """What the two twins share: config, routing, breakers, shadow totals, events."""
 
+    @scrubs_locals
     def __init__(
         self,
         config: ShimConfig | LiveConfig | str | os.PathLike[str],
@@ -166,8 +168,10 @@ class _ShimCore:
             values = {k: v for k, v in xml.items() if k not in _IGNORED_PAYLOAD_KEYS}
         snapshot = self._live.current()
         mch_id = values.get("mch_id")
-        if not values.get("appid") and isinstance(mch_id, str) and mch_id in snapshot.merchants:
-            values["appid"] = snapshot.merchants[mch_id].appid
+        appid = values.get("appid")
+        if (appid is None or (isinstance(appid, str) and not appid)) and v2.is_plausible_id(mch_id):
+            # left out: the merchant's own (an unknown merchant says so, not "appid required")
+            values["appid"] = snapshot.merchant(mch_id).appid
         request = v2.validate_request(values)
         merchant = snapshot.merchant(request.mch_id)
         routing = snapshot.routing
@@ -267,6 +271,9 @@ class _ShimCore:
         log.info(EVENT, **fields)
 
     def _prepare_via(self, route: Route, fields: dict[str, Any]) -> _Call:
+        if route not in ("legacy", "v3"):
+            shown = repr(route) if isinstance(route, str) else type(route).__name__
+            raise InputError(f"must be 'legacy' or 'v3', got {shown[:24]}", field="route")
         xml = fields.pop("xml", None)
         values = _values(*(fields.pop(k, None) for k in v2.REQUEST_FIELDS))
         if fields:
@@ -381,6 +388,7 @@ class CouponStockShim(_ShimCore):
         """Build a shim from a TOML config file (watched for changes)."""
         return cls(Path(path), **kwargs)  # watched, with the shim's own env
 
+    @scrubs_locals
     def query_coupon_stock(
         self,
         coupon_stock_id: str | None = None,
@@ -414,6 +422,7 @@ class CouponStockShim(_ShimCore):
             raise
         return self._served(call, outcome)
 
+    @scrubs_locals
     def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
         """Query one route directly (no routing, fallback or shadow); used by ``compare``."""
         call = self._prepare_via(route, fields)
@@ -494,6 +503,7 @@ class AsyncCouponStockShim(_ShimCore):
         """Build a shim from a TOML config file (watched for changes)."""
         return cls(Path(path), **kwargs)  # watched, with the shim's own env
 
+    @scrubs_locals_async
     async def query_coupon_stock(
         self,
         coupon_stock_id: str | None = None,
@@ -516,6 +526,7 @@ class AsyncCouponStockShim(_ShimCore):
             raise
         return self._served(call, outcome)
 
+    @scrubs_locals_async
     async def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
         """Query one route directly (no routing, fallback or shadow)."""
         call = self._prepare_via(route, fields)

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from shim.errors import ConfigError, InputError
 from shim.mapping import load_mapping
+from shim.redaction import scrubs_locals
 from shim.routing import (
     DEFAULT_ROUTING,
     DEFAULT_SHADOW,
@@ -484,6 +485,7 @@ _TOP_LEVEL = {
 }
 
 
+@scrubs_locals
 def parse_config(
     data: Mapping[str, Any],
     *,
@@ -595,6 +597,7 @@ def parse_config(
     )
 
 
+@scrubs_locals
 def load_config(
     path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
 ) -> ShimConfig:
@@ -636,6 +639,7 @@ class LiveConfig:
     ``coupon_shim.config_reload_failed`` with the reason.
     """
 
+    @scrubs_locals
     def __init__(
         self,
         path: str | os.PathLike[str] | None = None,

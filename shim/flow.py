@@ -205,8 +205,12 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
             kind="protocol",
             status=reply.status,
         )
-    answer = v2.parse_xml(reply.body, max_bytes=ctx.config.upstream.max_body_bytes)
-    v2.verify_answer(answer, key=key, sign_type=m.v2_sign_type)
+    answer = v2.checked_answer(
+        v2.parse_xml(reply.body, max_bytes=ctx.config.upstream.max_body_bytes),
+        ctx.request,
+        key=key,
+        sign_type=m.v2_sign_type,
+    )
     return RouteResult(answer, "legacy", 1, status=reply.status)
 
 
@@ -230,7 +234,8 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
             key=f'merchants."{m.mch_id}"',
         )
     stock_id = ctx.request.coupon_stock_id
-    path = v3.stock_path(stock_id, m.creator_for(stock_id))
+    creator = m.creator_for(stock_id)
+    path = v3.stock_path(stock_id, creator)
     nonce = ctx.nonce()
     auth = v3.authorization(
         creds,
@@ -251,7 +256,7 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     url = ctx.config.upstream.v3_base_url + path
     reply = _answer((yield _request(ctx, deadline, "v3", "GET", url, headers, b"")), "v3")
     answer_headers = _plain_headers(reply.headers)
-    status, rid = reply.status, answer_headers.get("request-id")
+    status, rid = reply.status, v3.request_id_of(answer_headers)
     if 200 <= status < 300:
         v3.verify_answer(creds, answer_headers, reply.body, now=ctx.wall(), status=status)
         ctype = _media_type(answer_headers)
@@ -264,9 +269,10 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
                 request_id=rid,
             )
         body = v3.parse_json_object(reply.body, status=status, request_id=rid)
-        if body.get("stock_id") != stock_id:
+        if body.get("stock_id") != stock_id or body.get("stock_creator_mchid", creator) != creator:
             raise UpstreamError(
-                "v3 answered for another stock than the one asked for",
+                "v3 answered for another stock or creator merchant than the one asked for; "
+                "refused (a mixed-up or replayed answer)",
                 route="v3",
                 kind="protocol",
                 status=status,
