@@ -23,7 +23,7 @@ import structlog
 from shim import v2
 from shim.config import LiveConfig, ShimConfig
 from shim.errors import ConfigError, InputError, Route, ShimError, UpstreamError
-from shim.events import EVENT
+from shim.events import CREDENTIALS_REFUSED_EVENT, EVENT
 from shim.flags import OpenFeatureRouteSource
 from shim.flow import (
     CallContext,
@@ -35,7 +35,7 @@ from shim.flow import (
     route_flow,
 )
 from shim.mapping import MappingTable, load_mapping
-from shim.policy import CircuitBreaker
+from shim.policy import CircuitBreaker, credentials_refused
 from shim.redaction import scrubs_locals, scrubs_locals_async
 from shim.routing import Decision, decide, kill_switch_on, routing_key
 from shim.shadow import (
@@ -247,7 +247,11 @@ class _ShimCore:
             fields["attempts"] = result.attempts
             if outcome.fallback_error is not None:
                 fields["fallback_from"] = d.serve
-                fields["fallback_cause"] = _kind_of(outcome.fallback_error)
+                fields["fallback_cause"] = (
+                    outcome.fallback_cause
+                    if outcome.fallback_cause == "credentials_refused"
+                    else _kind_of(outcome.fallback_error)
+                )
             if result.unmapped:
                 fields["unmapped"] = list(result.unmapped)
             if "err_code" in result.answer:
@@ -280,8 +284,35 @@ class _ShimCore:
             raise InputError("is not a field of query_coupon_stock", field=sorted(fields)[0])
         return self._prepare(values, xml, route=route)
 
+    def _credentials_refused(
+        self, call: _Call, error: ShimError | None, served_by: Route | None
+    ) -> None:
+        """The loud event: v3 refused the shim's own credentials (whoever served the call)."""
+        status = getattr(error, "status", None) or 401
+        code = getattr(error, "code", None)
+        _concrete(self._log).warning(
+            CREDENTIALS_REFUSED_EVENT,
+            mch_id=call.ctx.request.mch_id,
+            coupon_stock_id=call.ctx.request.coupon_stock_id,
+            route="v3",
+            status=status,
+            code=code,
+            request_id=getattr(error, "request_id", None),
+            served_by=served_by,
+            action=(
+                "served by legacy (fallback_to_legacy)"
+                if served_by == "legacy"
+                else "not served by legacy: fallback_to_legacy is off or not possible"
+            ),
+            hint="check the merchant's v3_private_key, v3_cert_serial and the host clock",
+        )
+
     def _served(self, call: _Call, outcome: CallOutcome) -> dict[str, str]:
         """After serving: hand the other side to the shadow runner, or log the call's event."""
+        if outcome.fallback_cause == "credentials_refused":
+            self._credentials_refused(call, outcome.fallback_error, outcome.served_by)
+        elif outcome.result.credentials_refused:
+            self._credentials_refused(call, None, outcome.served_by)
         if call.decision.shadow is None or outcome.fallback:
             self._event(call, outcome=outcome)
         else:
@@ -418,6 +449,8 @@ class CouponStockShim(_ShimCore):
         try:
             outcome = run_sync(self._flow(call), self._client, self._clock)
         except ShimError as err:
+            if credentials_refused(err):
+                self._credentials_refused(call, err, None)
             self._event(call, error=err)
             raise
         return self._served(call, outcome)
@@ -522,6 +555,8 @@ class AsyncCouponStockShim(_ShimCore):
         try:
             outcome = await run_async(self._flow(call), self._client, self._clock)
         except ShimError as err:
+            if credentials_refused(err):
+                self._credentials_refused(call, err, None)
             self._event(call, error=err)
             raise
         return self._served(call, outcome)

@@ -19,9 +19,17 @@ import structlog
 
 from shim.redaction import REDACTED, is_secret_name, redact_text, redact_value
 
-__all__ = ["EVENT", "configure_cli_logging", "redact_secrets", "redact_text"]
+__all__ = [
+    "CREDENTIALS_REFUSED_EVENT",
+    "EVENT",
+    "configure_cli_logging",
+    "redact_secrets",
+    "redact_text",
+]
 
 EVENT = "coupon_stock.query"
+#: WARNING: v3 refused the shim's own credentials (HTTP 401 / SIGN_ERROR) for a merchant.
+CREDENTIALS_REFUSED_EVENT = "coupon_shim.v3_credentials_refused"
 
 
 def redact_secrets(
