@@ -338,19 +338,21 @@ def test_non_numeric_stock_id_is_not_valid(client: httpx.Client, state: SandboxS
     assert answer["err_code"] == "COUPON_STOCK_ID_NOT_VALID"
 
 
-def test_missing_mch_id_is_unsigned_mch_id_empty(client: httpx.Client) -> None:
-    """No mch_id gives MCH_ID_EMPTY, unsigned (no merchant key is known)."""
+def test_missing_mch_id_is_unsigned_return_fail(client: httpx.Client) -> None:
+    """No mch_id gives an unsigned return_code=FAIL naming MCH_ID_EMPTY (no key to sign with;
+    v2 signs every return_code=SUCCESS answer)."""
     answer = post(client, render_xml({"appid": "wx5edab3bdfba3dc1c", "nonce_str": "x"}))
-    assert answer["err_code"] == "MCH_ID_EMPTY"
-    assert "sign" not in answer
+    assert answer == {"return_code": "FAIL", "return_msg": answer["return_msg"]}
+    assert answer["return_msg"].startswith("MCH_ID_EMPTY")
 
 
-def test_unknown_mch_id_is_code_2_id_err(client: httpx.Client) -> None:
-    """An unknown mch_id gives CODE_2_ID_ERR, unsigned."""
+def test_unknown_mch_id_is_unsigned_return_fail(client: httpx.Client) -> None:
+    """An unknown mch_id gives an unsigned return_code=FAIL naming CODE_2_ID_ERR, never an
+    unsigned return_code=SUCCESS."""
     body = render_xml({"appid": "wx1", "mch_id": "19999999", "nonce_str": "x", "sign": "A" * 32})
     answer = post(client, body)
-    assert answer["err_code"] == "CODE_2_ID_ERR"
-    assert "sign" not in answer
+    assert answer == {"return_code": "FAIL", "return_msg": answer["return_msg"]}
+    assert answer["return_msg"].startswith("CODE_2_ID_ERR")
 
 
 def test_appid_of_another_merchant_is_code_2_id_err(
