@@ -7,9 +7,22 @@ Change one import::
     resp = shim.query_coupon_stock(coupon_stock_id="1757", appid="wx5edab3bdfba3dc1c",
                                    mch_id="10000098")
 
-The answer is the v2 dict (every value a string), whichever upstream served it.
+The answer is the v2 dict (every value a string), whichever upstream served it. Code that
+had its own helper can call the process-wide default shim, configured from the file named by
+``COUPON_SHIM_CONFIG`` (else ``./shim.toml``)::
+
+    from shim import query_coupon_stock
+    resp = query_coupon_stock("1757", mch_id="10000098")
+
+wechatpy users change only their import: ``from shim.compat.wechatpy import WeChatPay``.
 """
 
+from shim._default import (
+    aquery_coupon_stock,
+    close_default_shims,
+    default_shim,
+    query_coupon_stock,
+)
 from shim.client import AsyncCouponStockShim, CouponStockShim
 from shim.config import LiveConfig, ShimConfig, load_config
 from shim.errors import (
@@ -38,6 +51,10 @@ __all__ = [
     "SignatureError",
     "UpstreamError",
     "__version__",
+    "aquery_coupon_stock",
+    "close_default_shims",
+    "default_shim",
     "load_config",
+    "query_coupon_stock",
     "redact_secrets",
 ]

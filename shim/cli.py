@@ -1,246 +1,186 @@
-"""The ``coupon-shim`` command: demo, query, compare, sandbox, migration-doc.
+"""The ``coupon-shim`` command: the parser, the global options, exit codes and error lines.
+
+Each subcommand lives in its own module under :mod:`shim.commands` and defines a
+:class:`~shim.commands.Command` named ``COMMAND``; adding one is a module plus one line in
+:data:`COMMANDS`. The global options (:func:`add_global_options`) are added to every
+subcommand's parser too, so ``coupon-shim --quiet query …`` and ``coupon-shim query … --quiet``
+mean the same.
 
 The CLI, unlike the library, configures structlog (JSON or console, always with the secret
-redactor) and sends events to stderr so that stdout carries only answers.
+redactor) and sends events to stderr so that stdout carries only answers. Errors are one line
+on stderr (``coupon-shim: ConfigError: shim.toml: merchants."M".v2_key: …``), never a
+traceback, and the exit code says what kind of failure it was (:class:`~shim.commands.ExitCode`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, TextIO, cast
 
-from shim.errors import Route, ShimError
+from shim import __version__
+from shim.commands import Command, CommandError, ExitCode
+from shim.errors import ConfigError, InputError, ShimError
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "add_global_options", "build_parser", "load_commands", "main"]
 
-DEFAULT_STATE_DIR = ".coupon-shim-sandbox"
+#: The subcommand modules, in ``coupon-shim --help`` order. Each defines ``COMMAND``.
+COMMANDS: tuple[str, ...] = (
+    "shim.commands.demo",
+    "shim.commands.query",
+    "shim.commands.compare",
+    "shim.commands.sandbox",
+    "shim.commands.migration_doc",
+)
+
+_EPILOG = """\
+global options (--log-format, --quiet, --verbose, --traceback) go before or after the command.
+
+exit codes:
+  0   ok
+  1   findings: the command ran and found what it was asked to flag (e.g. --check)
+  2   usage: a bad option or argument
+  3   config: a config, mapping or state file is missing or wrong (the message names file and key)
+  4   unavailable: WeChat Pay or the emulator gave no usable answer, or the port is in use
+  70  internal error (a bug: --traceback shows it)
+  130 interrupted (Ctrl+C)
+"""
 
 
-def _parser() -> argparse.ArgumentParser:
+def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Add the options every command accepts.
+
+    Args:
+        parser: the parser to add them to.
+        top: True for the main parser (which holds the defaults); False for a subcommand's,
+            whose options default to "not given" so they never undo one given before the
+            subcommand.
+    """
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    g = parser.add_argument_group("global options (before or after the command)")
+    g.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default=default("console"),
+        help="how events are written to stderr (default: console)",
+    )
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help="only warnings and errors on stderr (no per-call events)",
+    )
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="debug events too; the demo prints each event as it happens",
+    )
+    g.add_argument(
+        "--traceback",
+        action="store_true",
+        default=default(False),
+        help="on an unexpected error, show the Python traceback (for bug reports)",
+    )
+    g.add_argument(
+        "--version",
+        action="version",
+        version=f"coupon-shim {__version__}",
+        help="print the version and exit",
+    )
+
+
+def load_commands() -> list[Command]:
+    """The registered commands, imported from :data:`COMMANDS`."""
+    commands: list[Command] = []
+    for module_name in COMMANDS:
+        command = importlib.import_module(module_name).COMMAND
+        if not isinstance(command, Command):  # pragma: no cover - a registration bug
+            raise TypeError(f"{module_name}.COMMAND is not a shim.commands.Command")
+        commands.append(command)
+    return commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``coupon-shim`` parser (every registered command)."""
     p = argparse.ArgumentParser(
         prog="coupon-shim",
         description="Keep WeChat Pay v2 query_coupon_stock callers working while moving to v3.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--log-format",
-        choices=("console", "json"),
-        default="console",
-        help="how events are written to stderr (default: console)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no per-call events on stderr")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    sub.add_parser("demo", help="run the shim against its embedded WeChat Pay emulator")
-
-    q = sub.add_parser("query", help="query one stock through the shim; prints the v2 dict as JSON")
-    q.add_argument("--config", required=True, help="the shim.toml to use")
-    q.add_argument("--mch-id", required=True)
-    q.add_argument("--appid", help="default: the merchant's configured appid")
-    q.add_argument("--device-info")
-    q.add_argument(
-        "--route",
-        choices=("legacy", "v3"),
-        help="query this route directly, bypassing routing (default: route as configured)",
-    )
-    q.add_argument("coupon_stock_id")
-
-    c = sub.add_parser("compare", help="run both routes per stock and report field-level diffs")
-    c.add_argument("--config", required=True)
-    c.add_argument("--mch-id", required=True)
-    c.add_argument("--appid")
-    c.add_argument("--ids-file", help="a file with one stock id per line (# comments allowed)")
-    c.add_argument("--json", action="store_true", help="print the report as JSON")
-    c.add_argument("stock_ids", nargs="*")
-
-    s = sub.add_parser("sandbox", help="run the WeChat Pay emulator (v2 and v3) on loopback")
-    s.add_argument("--port", type=int, default=8765)
-    s.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
-    s.add_argument(
-        "--state-dir",
-        default=DEFAULT_STATE_DIR,
-        help=f"where keys and shim.toml are created or reused (default: {DEFAULT_STATE_DIR})",
-    )
-
-    m = sub.add_parser("migration-doc", help="regenerate MIGRATION.md's tables from the mapping")
-    m.add_argument("--check", action="store_true", help="fail if MIGRATION.md is out of date")
-    m.add_argument("--file", default="MIGRATION.md")
-    m.add_argument("--mappings", help="a mappings folder (default: the packaged one)")
+    add_global_options(p, top=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    for command in load_commands():
+        s = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description or command.help,
+            epilog=command.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_arguments(s)
+        add_global_options(s, top=False)
+        s.set_defaults(_command=command)
     return p
 
 
+_parser = build_parser  # older name, kept for callers of the private helper
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _fail(message: str, code: ExitCode) -> int:
+    print(_one_line(message), file=sys.stderr)
+    return int(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``coupon-shim`` console script."""
-    from shim.events import configure_cli_logging
+    """Entry point of the ``coupon-shim`` console script.
 
-    args = _parser().parse_args(argv)
-    configure_cli_logging(args.log_format, level=40 if args.quiet else 20)
-    handlers = {
-        "demo": _demo,
-        "query": _query,
-        "compare": _compare,
-        "sandbox": _sandbox,
-        "migration-doc": _migration_doc,
-    }
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code (:class:`~shim.commands.ExitCode`).
+    """
+    from shim.events import configure_cli_logging, redact_text
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet and args.verbose:
+        parser.error("--quiet and --verbose cannot be used together")
+    level = 30 if args.quiet else 10 if args.verbose else 20
+    configure_cli_logging(args.log_format, level=level)
+    command: Command = args._command
     try:
-        return handlers[args.command](args)
+        return int(command.run(args))
+    except CommandError as exc:
+        return _fail(f"coupon-shim {command.name}: {exc}", exc.exit_code)
+    except ConfigError as exc:
+        return _fail(f"coupon-shim: ConfigError: {exc}", ExitCode.CONFIG)
+    except InputError as exc:
+        return _fail(f"coupon-shim: InputError: {exc}", ExitCode.USAGE)
     except ShimError as exc:
-        print(f"coupon-shim: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"coupon-shim: {type(exc).__name__}: {exc}", ExitCode.UNAVAILABLE)
     except KeyboardInterrupt:
-        return 130
-
-
-def _query(args: argparse.Namespace) -> int:
-    from shim.client import CouponStockShim
-
-    with CouponStockShim.from_file(args.config) as shim:
-        fields = {
-            "coupon_stock_id": args.coupon_stock_id,
-            "mch_id": args.mch_id,
-            "appid": args.appid,
-            "device_info": args.device_info,
-        }
-        if args.route:
-            answer = shim.query_via(args.route, **fields)
-        else:
-            answer = shim.query_coupon_stock(**fields)
-            shim.wait_for_shadows(shim.config.shadow.timeout_s)
-    print(json.dumps(answer, ensure_ascii=False, indent=2))
-    return 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from shim.client import CouponStockShim
-    from shim.compare import ProgressPrinter, read_ids_file, render_json, render_table, run_compare
-
-    ids = list(args.stock_ids)
-    if args.ids_file:
-        ids += read_ids_file(Path(args.ids_file))
-    if not ids:
-        print("coupon-shim compare: give stock ids or --ids-file", file=sys.stderr)
-        return 2
-    with CouponStockShim.from_file(args.config) as shim:
-
-        def query_via(route: str, stock_id: str) -> dict[str, str]:
-            return shim.query_via(
-                cast(Route, route),
-                coupon_stock_id=stock_id,
-                mch_id=args.mch_id,
-                appid=args.appid,
-            )
-
-        report = run_compare(
-            query_via,
-            ids,
-            ignore=shim.config.shadow.ignore_fields,
-            progress=ProgressPrinter() if len(ids) > 1 else None,
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        if args.traceback:
+            raise
+        return _fail(
+            f"coupon-shim: internal error: {type(exc).__name__}: {redact_text(str(exc))} "
+            "(a bug in coupon-shim; run again with --traceback and report it)",
+            ExitCode.INTERNAL,
         )
-    print(render_json(report) if args.json else render_table(report))
-    return 0
-
-
-def _sandbox(args: argparse.Namespace) -> int:
-    from shim.sandbox import run_forever
-
-    run_forever(Path(args.state_dir), host=args.host, port=args.port, print_fn=print)
-    return 0
-
-
-def _migration_doc(args: argparse.Namespace) -> int:
-    from shim.migration_doc import main as doc_main
-
-    argv = ["--file", args.file]
-    if args.check:
-        argv.append("--check")
-    if args.mappings:
-        argv += ["--mappings", args.mappings]
-    return doc_main(argv)
-
-
-# ----------------------------------------------------------------------------------- demo
-
-_DEMO_CALLS: tuple[tuple[str, str, str, str], ...] = (
-    # (title, mode, mch_id, coupon_stock_id)
-    ("legacy route, MD5 merchant", "legacy", "10000098", "1757"),
-    ("legacy route, HMAC-SHA256 merchant", "legacy", "10000099", "9856099"),
-    ("legacy route, business error (unknown stock)", "legacy", "10000098", "404404"),
-    ("v3 route, mapped onto the v2 dict and re-signed", "v3", "10000098", "1757"),
-    (
-        "v3 route, stock without fixed_normal_coupon (unmapped keys left out)",
-        "v3",
-        "10000098",
-        "9856010",
-    ),
-    ("v3 route, v3 404 mapped to the v2 err_code", "v3", "10000098", "404404"),
-    (
-        "shadow mode, the divergent stock (legacy serves, v3 compared)",
-        "shadow",
-        "10000098",
-        "9000000001",
-    ),
-)
-
-
-def _print_answer(title: str, answer: dict[str, str], out: TextIO) -> None:
-    out.write(f"\n== {title}\n")
-    width = max((len(k) for k in answer), default=0)
-    for k, v in answer.items():
-        shown = "<signature>" if k == "sign" else v
-        out.write(f"   {k:<{width}}  {shown}\n")
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from shim.client import CouponStockShim
-    from shim.sandbox import Emulator, SandboxState, describe_stocks, serve
-    from shim.v2 import verify_answer
-
-    out = sys.stdout
-    with tempfile.TemporaryDirectory(prefix="coupon-shim-demo-") as tmp:
-        state = SandboxState.load_or_create(Path(tmp) / "state")
-        emulator = Emulator(state)
-        with serve(emulator) as server:
-            out.write(f"WeChat Pay emulator listening on {server.base_url} (v2 and v3)\n")
-            out.write("Seeded stocks:\n")
-            for line in describe_stocks():
-                out.write(f"   {line}\n")
-            shims: dict[str, CouponStockShim] = {}
-            try:
-                for title, mode, mch_id, stock_id in _DEMO_CALLS:
-                    shim = shims.get(mode)
-                    if shim is None:
-                        path = state.write_config(
-                            Path(tmp) / f"shim-{mode}.toml",
-                            v2_base_url=server.base_url,
-                            v3_base_url=server.base_url,
-                            mode=mode,
-                        )
-                        shim = shims[mode] = CouponStockShim.from_file(path)
-                    answer = shim.query_coupon_stock(coupon_stock_id=stock_id, mch_id=mch_id)
-                    merchant = shim.config.merchant(mch_id)
-                    verify_answer(
-                        answer, key=merchant.v2_key.reveal(), sign_type=merchant.v2_sign_type
-                    )
-                    _print_answer(f"{title}  [sign verified with the v2 key]", answer, out)
-                    if mode == "shadow":
-                        shim.wait_for_shadows(5.0)
-                        totals = shim.shadow_totals()
-                        out.write(f"   shadow totals: {_short(totals.as_dict())}\n")
-            finally:
-                for shim in shims.values():
-                    shim.close()
-    out.write(
-        "\nDone: every answer above is a v2 dict whose sign verifies with the merchant's v2 key.\n"
-    )
-    return 0
-
-
-def _short(d: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in d.items() if v not in (0, {}, None))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,22 +8,20 @@ the driver they run it with and the shadow runner they hand comparisons to.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import structlog
 
 from shim import v2
+from shim.cache import AnswerCache, Entry
 from shim.config import LiveConfig, ShimConfig
-from shim.errors import ConfigError, InputError, Route, ShimError, UpstreamError
-from shim.events import CREDENTIALS_REFUSED_EVENT, EVENT
+from shim.errors import InputError, Route, ShimError, UpstreamError
 from shim.flags import OpenFeatureRouteSource
 from shim.flow import (
     CallContext,
@@ -32,10 +30,13 @@ from shim.flow import (
     RouteResult,
     call_flow,
     new_nonce,
+    resign,
     route_flow,
 )
 from shim.mapping import MappingTable, load_mapping
-from shim.policy import CircuitBreaker, credentials_refused
+from shim.metrics import ShimMetrics, metrics_for
+from shim.observe import CallRecord, EventSink
+from shim.policy import BreakerTransition, CircuitBreaker
 from shim.redaction import scrubs_locals, scrubs_locals_async
 from shim.routing import Decision, decide, kill_switch_on, routing_key
 from shim.shadow import (
@@ -46,11 +47,15 @@ from shim.shadow import (
     ThreadShadowRunner,
     compare_answers,
 )
+from shim.singleflight import AsyncFlights, ThreadFlights
 from shim.transport import run_async, run_sync
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["AsyncCouponStockShim", "CouponStockShim"]
 
-_log = structlog.get_logger("shim")
+CallObserver = Callable[[CallRecord], None]
 _IGNORED_PAYLOAD_KEYS = frozenset({"nonce_str", "sign", "sign_type"})
 _NO_V3 = "no_v3_credentials"
 DEFAULT_LIMITS = httpx.Limits(
@@ -58,19 +63,13 @@ DEFAULT_LIMITS = httpx.Limits(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Call:
     ctx: CallContext
     decision: Decision
     started: float
-
-
-def _outcome_of(answer: Mapping[str, str]) -> str:
-    if answer.get("return_code") != "SUCCESS":
-        return "fail"
-    if answer.get("result_code") != "SUCCESS" or answer.get("err_code"):
-        return "business_error"
-    return "success"
+    #: event fields of how the call was served: ``coalesced`` (single-flight), ``cache``
+    tags: dict[str, Any] | None = None
 
 
 class _ShimCore:
@@ -87,6 +86,7 @@ class _ShimCore:
         wall: Callable[[], float] = time.time,
         nonce: Callable[[], str] = new_nonce,
         logger: Any = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._env = os.environ if env is None else env
         if isinstance(config, LiveConfig):
@@ -98,11 +98,34 @@ class _ShimCore:
         self._flag_source = flag_source
         self._owns_flag_source = False
         self._clock, self._wall, self._nonce = clock, wall, nonce
-        self._log = logger if logger is not None else _log
         self._breakers: dict[tuple[Route, str], CircuitBreaker] = {}
         self._breaker_lock = threading.Lock()
-        self._mapping: tuple[ShimConfig, MappingTable, float] | None = None
+        self._mapping: tuple[ShimConfig, MappingTable] | None = None
         self._stats = ShadowStats()
+        # Observers of call records and breaker changes: events always, metrics when
+        # prometheus_client is installed (see shim.observe, shim.metrics).
+        self._events = EventSink(logger)
+        self._metrics: ShimMetrics | None = metrics_for(registry)
+        self._observers: tuple[CallObserver, ...] = ()
+        self._cache = AnswerCache(self._live.current().cache.max_entries)
+        self._live.on_reload(self._on_reload)
+        self._live.on_reload_failed(self._on_reload_failed)
+
+    def subscribe(self, observer: Callable[[CallRecord], None]) -> None:
+        """Call ``observer`` with the :class:`~shim.observe.CallRecord` of every finished call.
+
+        It runs on the thread (or task) that finished the call; its exceptions are swallowed.
+        """
+        self._observers = (*self._observers, observer)
+
+    def unsubscribe(self, observer: Callable[[CallRecord], None]) -> None:
+        """Stop calling ``observer``."""
+        self._observers = tuple(o for o in self._observers if o != observer)
+
+    @property
+    def metrics(self) -> ShimMetrics | None:
+        """The metrics this shim records into (None without ``prometheus_client``)."""
+        return self._metrics
 
     @property
     def config(self) -> ShimConfig:
@@ -119,32 +142,59 @@ class _ShimCore:
         found = self._breakers.get(key)
         if found is None:
             with self._breaker_lock:
-                found = self._breakers.setdefault(key, CircuitBreaker(self._live.current().breaker))
+                found = self._breakers.get(key)
+                if found is None:
+                    found = self._breakers[key] = CircuitBreaker(
+                        self._live.current().breaker,
+                        listener=lambda change: self._breaker_changed(route, mch_id, change),
+                    )
+                    if self._metrics is not None:
+                        self._metrics.breakers_known([key])
         return found
 
-    def _table(self, snapshot: ShimConfig) -> MappingTable:
-        """The mapping in force; its file is re-checked once per reload interval.
+    def _breaker_changed(self, route: Route, mch_id: str, change: BreakerTransition) -> None:
+        self._events.breaker(route, mch_id, change)
+        if self._metrics is not None:
+            self._metrics.breaker(route, mch_id, change)
 
-        An edited mapping file applies without a restart; one that no longer validates keeps
-        the last good mapping and logs why.
+    def _on_reload(self, old: ShimConfig, new: ShimConfig) -> None:
+        """Consumers of the config follow a swapped snapshot (on the reloading thread).
+
+        Breakers of removed merchants go (with their metric series), the others and the
+        shadow runner take the new settings; cached answers are dropped. Routing, retry,
+        upstream, merchants and mapping are read from each call's snapshot.
         """
+        with self._breaker_lock:
+            gone = [k for k in self._breakers if k[1] not in new.merchants]
+            for key in gone:
+                del self._breakers[key]  # a removed merchant's breakers go with it
+            kept = list(self._breakers.values())
+        for breaker in kept:
+            breaker.reconfigure(new.breaker)  # the others follow the reloaded settings
+        runner = getattr(self, "_runner", None)
+        if runner is not None:
+            runner.reconfigure(new.shadow)
+        # Cached answers were verified and mapped under the old snapshot: start afresh.
+        self._cache.resize(new.cache.max_entries)
+        self._cache.clear()
+        if self._metrics is not None:
+            self._metrics.reload(applied=True)
+            for route, mch_id in gone:
+                self._metrics.breaker_forgotten(route, mch_id)
+
+    def _on_reload_failed(self, why: str) -> None:
+        if self._metrics is not None:
+            self._metrics.reload(applied=False)
+
+    def _table(self, snapshot: ShimConfig) -> MappingTable:
+        """The mapping of the snapshot in force (loaded with it; edits arrive by reload)."""
+        table = snapshot.mapping
+        if table is not None:
+            return table
         cached = self._mapping
-        now = self._clock()
-        if cached is not None and cached[0] is snapshot and now < cached[2]:
-            return cached[1]
-        try:
-            table = load_mapping(snapshot.mapping_dir)
-        except ConfigError as exc:
-            if cached is None or cached[0].mapping_dir != snapshot.mapping_dir:
-                raise
-            _log.warning(
-                "coupon_shim.mapping_reload_failed",
-                error=str(exc),
-                action="kept the last good mapping",
-            )
-            table = cached[1]
-        self._mapping = (snapshot, table, now + snapshot.reload_interval_s)
-        return table
+        if cached is None or cached[0] is not snapshot:
+            cached = self._mapping = (snapshot, load_mapping(snapshot.mapping_dir))
+        return cached[1]
 
     def _flag_mode(self, snapshot: ShimConfig, mch_id: str, stock_id: str, bucket_by: str) -> Any:
         if snapshot.routing.flag_source != "openfeature":
@@ -170,7 +220,8 @@ class _ShimCore:
         mch_id = values.get("mch_id")
         appid = values.get("appid")
         if (appid is None or (isinstance(appid, str) and not appid)) and v2.is_plausible_id(mch_id):
-            # left out: the merchant's own (an unknown merchant says so, not "appid required")
+            # left out: the merchant's own (an unknown merchant is named as such, not as a
+            # missing appid); a falsy non-string appid is the caller's error, not "left out"
             values["appid"] = snapshot.merchant(mch_id).appid
         request = v2.validate_request(values)
         merchant = snapshot.merchant(request.mch_id)
@@ -206,6 +257,60 @@ class _ShimCore:
         )
         return _Call(ctx, decision, started)
 
+    # ------------------------------------------------------------------ cache, single-flight
+
+    def _cache_key(self, call: _Call) -> tuple[Any, ...]:
+        """Same merchant, stock, request fields, serving route and upstream."""
+        up, serve = call.ctx.config.upstream, call.decision.serve
+        return (serve, up.v3_base_url if serve == "v3" else up.v2_base_url, call.ctx.request)
+
+    def _flight_key(self, call: _Call) -> tuple[Any, ...]:
+        return (*self._cache_key(call), call.decision.shadow)
+
+    def _from_cache(self, call: _Call) -> tuple[Any, CallOutcome | None]:
+        """(cache key or None when the cache is off, the outcome of a hit or None)."""
+        ttl = call.ctx.config.cache.ttl_s
+        if ttl <= 0:
+            return None, None
+        key = self._cache_key(call)
+        entry: Entry | None = self._cache.get(key, self._clock())
+        call.tags = {"cache": "hit" if entry is not None else "miss"}
+        if entry is None:
+            return key, None
+        route: Route = "v3" if entry.route == "v3" else "legacy"
+        result = RouteResult(resign(call.ctx, entry.fields), route, 0, entry.unmapped)
+        return key, CallOutcome(result, route, False)
+
+    def _remember(self, call: _Call, key: Any, outcome: CallOutcome) -> None:
+        if key is not None and not outcome.fallback:
+            self._cache.put(
+                key,
+                outcome.result.answer,
+                route=outcome.served_by,
+                unmapped=outcome.result.unmapped,
+                expires=self._clock() + call.ctx.config.cache.ttl_s,
+            )
+
+    def _follower(self, call: _Call, outcome: CallOutcome) -> CallOutcome:
+        """A coalesced caller's own copy of the shared outcome: its own nonce and sign."""
+        call.tags = {**(call.tags or {}), "coalesced": True}
+        result = outcome.result
+        return replace(outcome, result=replace(result, answer=resign(call.ctx, result.answer)))
+
+    def _fresh(self, call: _Call) -> Callable[[CallOutcome], bool]:
+        """Whether a shared outcome was produced during this call (its reply came after)."""
+        return lambda outcome: outcome.result.received_at >= call.started
+
+    def _remaining(self, call: _Call) -> Callable[[], float]:
+        return lambda: call.ctx.deadline - self._clock()
+
+    def _expired(self, call: _Call) -> Callable[[], ShimError]:
+        return lambda: UpstreamError(
+            "the call's time budget ran out waiting for an identical call in flight",
+            route=call.decision.serve,
+            kind="budget",
+        )
+
     def _flow(self, call: _Call) -> Flow[CallOutcome]:
         merchant = call.ctx.merchant
         return call_flow(
@@ -216,7 +321,7 @@ class _ShimCore:
         snap = call.ctx.config
         return replace(call.ctx, deadline=self._clock() + snap.shadow.timeout_s, attempts=1)
 
-    def _event(
+    def _record(
         self,
         call: _Call,
         *,
@@ -225,54 +330,26 @@ class _ShimCore:
         shadow: ShadowOutcome | None = None,
         latency_ms: float | None = None,
     ) -> None:
-        log = _concrete(self._log)
-        enabled = getattr(log, "is_enabled_for", None)
-        if enabled is not None and not enabled(logging.INFO):
-            return  # filtered out (e.g. an app at WARNING): build nothing
-        d, req = call.decision, call.ctx.request
-        fields: dict[str, Any] = {
-            "mch_id": req.mch_id,
-            "coupon_stock_id": req.coupon_stock_id,
-            "route": outcome.served_by if outcome else d.serve,
-            "reason": d.reason,
-            "bucket": d.bucket,
-            "latency_ms": round(
-                latency_ms if latency_ms is not None else (self._clock() - call.started) * 1000.0, 3
-            ),
-        }
-        if outcome is not None:
-            result = outcome.result
-            fields["outcome"] = _outcome_of(result.answer)
-            fields["fallback"] = outcome.fallback
-            fields["attempts"] = result.attempts
-            if outcome.fallback_error is not None:
-                fields["fallback_from"] = d.serve
-                fields["fallback_cause"] = (
-                    outcome.fallback_cause
-                    if outcome.fallback_cause == "credentials_refused"
-                    else _kind_of(outcome.fallback_error)
-                )
-            if result.unmapped:
-                fields["unmapped"] = list(result.unmapped)
-            if "err_code" in result.answer:
-                fields["err_code"] = result.answer["err_code"]
-        if error is not None:
-            if isinstance(error, UpstreamError):
-                fields["route"] = error.route  # the side that failed last
-            fields["outcome"] = "error"
-            fields["fallback"] = isinstance(error.__cause__, ShimError)
-            fields["error_kind"] = _kind_of(error)
-            fields["error"] = str(error)
-        if shadow is not None:
-            fields["shadow_route"] = d.shadow
-            fields["shadow"] = shadow.kind
-            if shadow.diffs:
-                fields["mismatch_fields"] = [diff.field for diff in shadow.diffs]
-            if shadow.error_kind:
-                fields["shadow_error"] = shadow.error_kind
-            if shadow.latency_ms is not None:
-                fields["shadow_latency_ms"] = round(shadow.latency_ms, 3)
-        log.info(EVENT, **fields)
+        """Build the call's one record and hand it to every observer."""
+        req = call.ctx.request
+        record = CallRecord(
+            req.mch_id,
+            req.coupon_stock_id,
+            call.decision,
+            latency_ms if latency_ms is not None else (self._clock() - call.started) * 1000.0,
+            outcome,
+            error,
+            shadow,
+            call.tags,
+        )
+        self._events.call(record)
+        if self._metrics is not None:
+            self._metrics.call(record)
+        for observer in self._observers:
+            try:
+                observer(record)
+            except Exception:  # noqa: S112 - an observer must never break a call
+                continue
 
     def _prepare_via(self, route: Route, fields: dict[str, Any]) -> _Call:
         if route not in ("legacy", "v3"):
@@ -284,43 +361,30 @@ class _ShimCore:
             raise InputError("is not a field of query_coupon_stock", field=sorted(fields)[0])
         return self._prepare(values, xml, route=route)
 
-    def _credentials_refused(
-        self, call: _Call, error: ShimError | None, served_by: Route | None
-    ) -> None:
-        """The loud event: v3 refused the shim's own credentials (whoever served the call)."""
-        status = getattr(error, "status", None) or 401
-        code = getattr(error, "code", None)
-        _concrete(self._log).warning(
-            CREDENTIALS_REFUSED_EVENT,
-            mch_id=call.ctx.request.mch_id,
-            coupon_stock_id=call.ctx.request.coupon_stock_id,
-            route="v3",
-            status=status,
-            code=code,
-            request_id=getattr(error, "request_id", None),
-            served_by=served_by,
-            action=(
-                "served by legacy (fallback_to_legacy)"
-                if served_by == "legacy"
-                else "not served by legacy: fallback_to_legacy is off or not possible"
-            ),
-            hint="check the merchant's v3_private_key, v3_cert_serial and the host clock",
-        )
-
     def _served(self, call: _Call, outcome: CallOutcome) -> dict[str, str]:
-        """After serving: hand the other side to the shadow runner, or log the call's event."""
-        if outcome.fallback_cause == "credentials_refused":
-            self._credentials_refused(call, outcome.fallback_error, outcome.served_by)
-        elif outcome.result.credentials_refused:
-            self._credentials_refused(call, None, outcome.served_by)
-        if call.decision.shadow is None or outcome.fallback:
-            self._event(call, outcome=outcome)
+        """After serving: hand the other side to the shadow runner, or record the call.
+
+        A coalesced or cached answer is not compared again (its exchange was, or was not,
+        compared when it was made).
+        """
+        tags = call.tags
+        if (
+            call.decision.shadow is None
+            or outcome.fallback
+            or (tags and (tags.get("coalesced") or tags.get("cache") == "hit"))
+        ):
+            self._record(call, outcome=outcome)
         else:
             latency_ms = (self._clock() - call.started) * 1000.0
+            metrics = self._metrics
 
             def done(shadow: ShadowOutcome) -> None:
-                self._event(call, outcome=outcome, shadow=shadow, latency_ms=latency_ms)
+                if metrics is not None:
+                    metrics.shadow_in_flight(-1)
+                self._record(call, outcome=outcome, shadow=shadow, latency_ms=latency_ms)
 
+            if metrics is not None:
+                metrics.shadow_in_flight(1)
             self._submit_shadow(call, outcome, done)
         return outcome.result.answer
 
@@ -346,18 +410,6 @@ class _ShimCore:
             ignore=call.ctx.config.shadow.ignore_fields,
             latency_ms=latency_ms,
         )
-
-
-def _concrete(logger: Any) -> Any:
-    """The concrete logger behind structlog's lazy proxy, resolved once per event."""
-    bind = getattr(logger, "bind", None)
-    return logger if bind is None else bind()
-
-
-def _kind_of(error: ShimError) -> str:
-    kind = getattr(error, "kind", None)
-    name = type(error).__name__
-    return f"{name}:{kind}" if kind else name
 
 
 def _values(
@@ -413,6 +465,7 @@ class CouponStockShim(_ShimCore):
         )
         self._runner: ThreadShadowRunner | None = None
         self._runner_lock = threading.Lock()
+        self._flights: ThreadFlights[CallOutcome] = ThreadFlights()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> CouponStockShim:
@@ -447,19 +500,57 @@ class CouponStockShim(_ShimCore):
         values = _values(coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
         call = self._prepare(values, xml)
         try:
-            outcome = run_sync(self._flow(call), self._client, self._clock)
+            outcome = self._serve(call)
         except ShimError as err:
-            if credentials_refused(err):
-                self._credentials_refused(call, err, None)
-            self._event(call, error=err)
+            self._record(call, error=err)
             raise
         return self._served(call, outcome)
 
+    def _serve(self, call: _Call) -> CallOutcome:
+        """The cache, then single-flight, then the call's own flow."""
+        key, hit = self._from_cache(call)
+        if hit is not None:
+            return hit
+        ran = False
+
+        def run() -> CallOutcome:
+            nonlocal ran
+            ran = True
+            return run_sync(self._flow(call), self._client, self._clock)
+
+        if not call.ctx.config.single_flight.enabled:
+            outcome = run()
+        else:
+            try:
+                outcome, coalesced = self._flights.run(
+                    self._flight_key(call),
+                    run,
+                    fresh=self._fresh(call),
+                    remaining=self._remaining(call),
+                    expired=self._expired(call),
+                )
+            except ShimError:
+                if not ran:
+                    call.tags = {**(call.tags or {}), "coalesced": True}
+                raise
+            if coalesced:
+                return self._follower(call, outcome)
+        self._remember(call, key, outcome)
+        return outcome
+
     @scrubs_locals
     def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
-        """Query one route directly (no routing, fallback or shadow); used by ``compare``."""
+        """Query one route directly (no routing, fallback or shadow); used by ``compare``.
+
+        The call is recorded like any other (event, metrics) with reason ``explicit``.
+        """
         call = self._prepare_via(route, fields)
-        result: RouteResult = run_sync(route_flow(call.ctx, route), self._client, self._clock)
+        try:
+            result: RouteResult = run_sync(route_flow(call.ctx, route), self._client, self._clock)
+        except ShimError as err:
+            self._record(call, error=err)
+            raise
+        self._record(call, outcome=CallOutcome(result, route, False))
         return result.answer
 
     def _submit_shadow(
@@ -530,6 +621,7 @@ class AsyncCouponStockShim(_ShimCore):
             transport=transport, limits=DEFAULT_LIMITS, follow_redirects=False
         )
         self._runner: AsyncShadowRunner | None = None
+        self._flights: AsyncFlights[CallOutcome] = AsyncFlights()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> AsyncCouponStockShim:
@@ -553,21 +645,56 @@ class AsyncCouponStockShim(_ShimCore):
         values = _values(coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
         call = self._prepare(values, xml)
         try:
-            outcome = await run_async(self._flow(call), self._client, self._clock)
+            outcome = await self._serve(call)
         except ShimError as err:
-            if credentials_refused(err):
-                self._credentials_refused(call, err, None)
-            self._event(call, error=err)
+            self._record(call, error=err)
             raise
         return self._served(call, outcome)
 
+    async def _serve(self, call: _Call) -> CallOutcome:
+        """The cache, then single-flight, then the call's own flow."""
+        key, hit = self._from_cache(call)
+        if hit is not None:
+            return hit
+        ran = False
+
+        async def run() -> CallOutcome:
+            nonlocal ran
+            ran = True
+            return await run_async(self._flow(call), self._client, self._clock)
+
+        if not call.ctx.config.single_flight.enabled:
+            outcome = await run()
+        else:
+            try:
+                outcome, coalesced = await self._flights.run(
+                    self._flight_key(call),
+                    run,
+                    fresh=self._fresh(call),
+                    remaining=self._remaining(call),
+                    expired=self._expired(call),
+                )
+            except ShimError:
+                if not ran:
+                    call.tags = {**(call.tags or {}), "coalesced": True}
+                raise
+            if coalesced:
+                return self._follower(call, outcome)
+        self._remember(call, key, outcome)
+        return outcome
+
     @scrubs_locals_async
     async def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
-        """Query one route directly (no routing, fallback or shadow)."""
+        """Query one route directly (no routing, fallback or shadow); recorded as ``explicit``."""
         call = self._prepare_via(route, fields)
-        result: RouteResult = await run_async(
-            route_flow(call.ctx, route), self._client, self._clock
-        )
+        try:
+            result: RouteResult = await run_async(
+                route_flow(call.ctx, route), self._client, self._clock
+            )
+        except ShimError as err:
+            self._record(call, error=err)
+            raise
+        self._record(call, outcome=CallOutcome(result, route, False))
         return result.answer
 
     def _submit_shadow(

@@ -12,29 +12,37 @@ logs why.
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import hashlib
+import inspect
 import math
 import os
 import sys
 import threading
 import time
 import warnings
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-import structlog
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_pem_public_key,
 )
 
+from shim.changes import config_changes
 from shim.errors import ConfigError, InputError
-from shim.mapping import load_mapping
+from shim.logs import get_logger
+from shim.mapping import MappingTable, load_mapping
 from shim.redaction import scrubs_locals
 from shim.routing import (
     DEFAULT_ROUTING,
@@ -56,12 +64,14 @@ __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_UPSTREAM",
     "BreakerConfig",
+    "CacheConfig",
     "LiveConfig",
     "MerchantConfig",
     "RetryConfig",
     "Secret",
     "ShimConfig",
     "SignType",
+    "SingleFlightConfig",
     "UpstreamConfig",
     "V3Credentials",
     "load_config",
@@ -69,7 +79,7 @@ __all__ = [
 ]
 
 SignType = Literal["MD5", "HMAC-SHA256"]
-_log = structlog.get_logger("shim.config")
+_log = get_logger("shim.config")
 
 DEFAULT_BASE_URL = "https://api.mch.weixin.qq.com"
 
@@ -132,9 +142,30 @@ class BreakerConfig:
     reset_after_s: float = 30.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class CacheConfig:
+    """The opt-in answer cache: verified success and not-found answers, per merchant and stock.
+
+    ``ttl_s = 0`` (the default) turns it off. An answer served from the cache may be up to
+    ``ttl_s`` old (``is_send_num`` may lag by that much).
+    """
+
+    ttl_s: float = 0.0
+    max_entries: int = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class SingleFlightConfig:
+    """Identical concurrent queries share one upstream exchange (on by default)."""
+
+    enabled: bool = True
+
+
 DEFAULT_UPSTREAM = UpstreamConfig()
 DEFAULT_RETRY = RetryConfig()
 DEFAULT_BREAKER = BreakerConfig()
+DEFAULT_CACHE = CacheConfig()
+DEFAULT_SINGLE_FLIGHT = SingleFlightConfig()
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -192,6 +223,11 @@ class ShimConfig:
     reload_interval_s: float = 2.0
     merchants: Mapping[str, MerchantConfig] = field(default_factory=lambda: MappingProxyType({}))
     source: Path | None = None
+    cache: CacheConfig = DEFAULT_CACHE
+    single_flight: SingleFlightConfig = DEFAULT_SINGLE_FLIGHT
+    #: The validated mapping of ``mapping_dir``, loaded with the snapshot (``None``: the
+    #: facade loads it on first use).
+    mapping: MappingTable | None = field(default=None, compare=False, repr=False)
 
     def merchant(self, mch_id: str) -> MerchantConfig:
         """Return the merchant entry for ``mch_id``.
@@ -313,17 +349,82 @@ def _resolve_ref(
     return ref, "literal", True
 
 
-@functools.lru_cache(maxsize=64)
-def _parse_private_key(pem: bytes) -> Any:
-    # RSA key validation costs tens of milliseconds; a reload that did not change the key file
-    # must not pay it again on the calling thread.
-    return load_pem_private_key(pem, password=None)
+class _ParsedCache:
+    """Parsed keys and certificates by the SHA-256 of their PEM, shared by every config.
+
+    Parsing and checking a private key is the costly part of loading a config; keyed by the
+    PEM's hash, each distinct key is parsed once per process however many merchants use it
+    and however often the file is reloaded. Bounded (least recently used dropped) so that a
+    long-lived process rotating keys does not grow without limit.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._items: OrderedDict[tuple[str, bytes], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, kind: str, pem: bytes, parse: Callable[[bytes], Any]) -> Any:
+        key = (kind, hashlib.sha256(pem).digest())
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        value = parse(pem)  # outside the lock: parsing one key must not hold up the others
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._limit:
+                self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+#: Room for far more distinct keys than a config holds; what is bounded is a process that
+#: keeps rotating keys.
+_PARSED = _ParsedCache(limit=65_536)
+_PROBE = b"coupon-shim key check"
+
+
+def _check_private_key(pem: bytes) -> RSAPrivateKey:
+    """Load an RSA private key and prove it signs correctly, in about a millisecond.
+
+    OpenSSL's own validation re-proves both primes (50-120 ms per key, holding the GIL, so
+    every call in the process would stall behind it). The key file is trusted (see the
+    threat model); what must hold is that the key is one consistent RSA key that produces
+    signatures its public half verifies. That is checked here: the CRT parameters agree with
+    ``n``, ``e`` and ``d``, and a probe signature verifies.
+    """
+    loaded = load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
+    if not isinstance(loaded, RSAPrivateKey):
+        return loaded  # type: ignore[return-value]  # refused by the caller
+    numbers = loaded.private_numbers()
+    pub = numbers.public_numbers
+    p, q, d = numbers.p, numbers.q, numbers.d
+    if (
+        p * q != pub.n
+        or p < 3
+        or q < 3
+        or numbers.dmp1 != d % (p - 1)
+        or numbers.dmq1 != d % (q - 1)
+        or (numbers.iqmp * q) % p != 1
+        or (pub.e * d) % ((p - 1) * (q - 1) // math.gcd(p - 1, q - 1)) != 1
+    ):
+        raise ValueError("inconsistent RSA key parameters")
+    signature = loaded.sign(_PROBE, padding.PKCS1v15(), hashes.SHA256())
+    try:
+        loaded.public_key().verify(signature, _PROBE, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        raise ValueError("the key does not produce valid signatures") from None
+    return loaded
 
 
 def _load_private_key(pem: str, *, source: str, key: str) -> RSAPrivateKey:
     try:
-        loaded = _parse_private_key(pem.strip().encode())
-    except (ValueError, TypeError) as exc:
+        loaded = _PARSED.get("private", pem.strip().encode(), _check_private_key)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ConfigError(
             f"is not a PEM private key without password ({type(exc).__name__})",
             source=source,
@@ -338,8 +439,8 @@ def _load_private_key(pem: str, *, source: str, key: str) -> RSAPrivateKey:
 
 def _load_public_key(pem: str, *, source: str, key: str) -> RSAPublicKey:
     try:
-        loaded = load_pem_public_key(pem.strip().encode())
-    except (ValueError, TypeError) as exc:
+        loaded = _PARSED.get("public", pem.strip().encode(), load_pem_public_key)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ConfigError(
             f"is not a PEM public key ({type(exc).__name__})", source=source, key=key
         ) from None
@@ -354,8 +455,8 @@ def _load_platform_certs(folder: Path, *, source: str, key: str) -> dict[str, RS
     found: dict[str, RSAPublicKey] = {}
     for pem in sorted(folder.glob("*.pem")):
         try:
-            cert = x509.load_pem_x509_certificate(pem.read_bytes())
-        except ValueError:
+            cert = _PARSED.get("cert", pem.read_bytes(), x509.load_pem_x509_certificate)
+        except (OSError, ValueError):
             raise ConfigError(
                 f"{pem.name} is not a PEM certificate", source=source, key=key
             ) from None
@@ -482,6 +583,8 @@ _TOP_LEVEL = {
     "mapping",
     "reload",
     "merchants",
+    "cache",
+    "single_flight",
 }
 
 
@@ -569,11 +672,23 @@ def parse_config(
             )
     # A config whose mapping does not validate is refused as a whole (so a reload keeps the
     # last good one); the error names the mapping file and entry. Loads are cached.
-    load_mapping(mapping_dir)
+    mapping = load_mapping(mapping_dir)
 
     rl = _Reader(_table(data, "reload", source), "reload", source)
     reload_interval = rl.number("check_interval_s", 2.0, minimum=0, positive=False)
     rl.finish()
+
+    ca = _Reader(_table(data, "cache", source), "cache", source)
+    cache = CacheConfig(
+        ttl_s=ca.number("ttl_s", DEFAULT_CACHE.ttl_s, minimum=0, positive=False),
+        max_entries=ca.integer("max_entries", DEFAULT_CACHE.max_entries, minimum=1),
+    )
+    ca.finish()
+    sf = _Reader(_table(data, "single_flight", source), "single_flight", source)
+    single_flight = SingleFlightConfig(
+        enabled=sf.get("enabled", bool, DEFAULT_SINGLE_FLIGHT.enabled),
+    )
+    sf.finish()
 
     merchants_raw = _table(data, "merchants", source)
     merchants: dict[str, MerchantConfig] = {}
@@ -594,6 +709,9 @@ def parse_config(
         reload_interval_s=reload_interval,
         merchants=MappingProxyType(merchants),
         source=path,
+        cache=cache,
+        single_flight=single_flight,
+        mapping=mapping,
     )
 
 
@@ -630,13 +748,102 @@ def _env_fingerprint(env: Mapping[str, str]) -> tuple[str | None, str | None]:
     return env.get("COUPON_SHIM_MODE"), env.get("COUPON_SHIM_CANARY_PERCENT")
 
 
-class LiveConfig:
-    """The current :class:`ShimConfig` of a file, reloaded when the file or the env changes.
+#: A changed file is read only once its modification time is this old, so that a file being
+#: written in place (truncated, then written in pieces) is not read half-way.
+SETTLE_S = 0.25
+_MIN_SLEEP_S = 0.01
 
-    :meth:`current` is on the hot path: it compares a monotonic clock reading with the next
-    check time and returns the snapshot; only once per ``check_interval_s`` does it ``stat``
-    the file. A reload that fails keeps the last good snapshot and logs
-    ``coupon_shim.config_reload_failed`` with the reason.
+
+class _NotYet(Exception):
+    """The file is still changing; look again shortly (internal)."""
+
+
+class _Watcher:
+    """One daemon thread for the process that checks every :class:`LiveConfig` when due.
+
+    Reloads (stat, read, parse, key checks) happen here, never on a caller's thread or an
+    event loop; callers only ever read the snapshot attribute. Live configs are held weakly,
+    so a shim that is dropped stops being watched. After ``fork`` the child starts its own
+    thread on the next registration or check.
+    """
+
+    def __init__(self) -> None:
+        self._lives: weakref.WeakSet[LiveConfig] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, live: LiveConfig) -> None:
+        with self._lock:
+            self._lives.add(live)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="coupon-shim-config-watcher", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def discard(self, live: LiveConfig) -> None:
+        with self._lock:
+            self._lives.discard(live)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+        if len(self._lives):
+            self.add(next(iter(self._lives)))
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                lives = list(self._lives)
+                if not lives:
+                    self._thread = None
+                    return
+            sleep = 1.0
+            for live in lives:
+                try:
+                    sleep = min(sleep, live._due_in())
+                    if sleep <= 0:
+                        live.check()
+                        sleep = min(1.0, live._due_in())
+                except Exception:  # never let one config's surprise stop the others' reloads
+                    _log.exception("coupon_shim.config_watcher_error")
+            del lives
+            self._wake.wait(max(_MIN_SLEEP_S, sleep))
+            self._wake.clear()
+
+
+_WATCHER = _Watcher()
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_WATCHER._after_fork)
+
+
+class LiveConfig:
+    """The current :class:`ShimConfig` of a file, reloaded in the background when it changes.
+
+    :meth:`current` is on the hot path and only returns the snapshot in force. A background
+    thread looks for changes every ``[reload] check_interval_s`` (the file's modification
+    time and size, the environment overrides and the mapping file), builds the new snapshot
+    off the call path (keys already seen are not parsed again) and swaps it in with one
+    assignment, so no call waits on a reload.
+
+    A reload is refused, and the last good snapshot kept with a
+    ``coupon_shim.config_reload_failed`` warning that says why, when the new file does not
+    validate, is empty, would drop every merchant, or is still being written (it changed
+    while it was read). A file is read only once it has not changed for ``SETTLE_S``; write
+    it atomically (a temporary file, then ``os.replace``) to have it picked up at once.
+
+    Args:
+        path: the TOML file to watch (or ``config`` for a fixed snapshot whose environment
+            overrides and mapping file are still watched).
+        config: a ready snapshot.
+        env: environment for ``env:`` references and the overrides (default ``os.environ``).
+        clock: the monotonic clock the check interval is measured on.
+        wall: the clock file modification times are compared with.
+        watch: check in the background thread (default); with ``False`` nothing reloads
+            unless :meth:`check` is called (tests, or an application with its own loop).
     """
 
     @scrubs_locals
@@ -647,75 +854,214 @@ class LiveConfig:
         config: ShimConfig | None = None,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        watch: bool = True,
     ) -> None:
         if (path is None) == (config is None):
             raise TypeError("give exactly one of path or config")
         self._env = os.environ if env is None else env
         self._clock = clock
+        self._wall = wall
         self._lock = threading.Lock()
         self._path = Path(path) if path is not None else None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._envprint = _env_fingerprint(self._env)
         if self._path is not None:
             self._stamp = self._stat()
             self._config = load_config(self._path, env=self._env)
         else:
             assert config is not None
+            if config.mapping is None:
+                config = replace(config, mapping=load_mapping(config.mapping_dir))
             self._config = config
         self._base_routing = self._config.routing
         self._next_check = clock() + self._config.reload_interval_s
+        self._listeners: list[Callable[[], Callable[[ShimConfig, ShimConfig], None] | None]] = []
+        self._refusal_listeners: list[Callable[[], Callable[[str], None] | None]] = []
         self.reloads = 0
         self.reload_failures = 0
+        self._watched = watch
+        if watch:
+            _WATCHER.add(self)
 
     @property
     def path(self) -> Path | None:
         """The watched file, if any."""
         return self._path
 
-    def _stat(self) -> tuple[int, int] | None:
+    def current(self) -> ShimConfig:
+        """The snapshot in force (never blocks, never does I/O)."""
+        return self._config
+
+    def on_reload(self, listener: Callable[[ShimConfig, ShimConfig], None]) -> None:
+        """Call ``listener(old, new)`` after each swap (on the reloading thread; keep it short).
+
+        A bound method is held weakly, so a listening shim can still be garbage collected.
+        """
+        if inspect.ismethod(listener):
+            self._listeners.append(weakref.WeakMethod(listener))
+        else:
+            self._listeners.append(lambda: listener)
+
+    def on_reload_failed(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(why)`` when a reload is refused (held like :meth:`on_reload`'s)."""
+        if inspect.ismethod(listener):
+            self._refusal_listeners.append(weakref.WeakMethod(listener))
+        else:
+            self._refusal_listeners.append(lambda: listener)
+
+    def close(self) -> None:
+        """Stop watching (the snapshot in force stays readable)."""
+        if self._watched:
+            self._watched = False
+            _WATCHER.discard(self)
+
+    def _due_in(self) -> float:
+        return self._next_check - self._clock()
+
+    def _stat(self) -> tuple[int, int, int] | None:
         assert self._path is not None
         try:
             st = self._path.stat()
         except OSError:
             return None
-        return st.st_mtime_ns, st.st_size
+        return st.st_mtime_ns, st.st_size, st.st_ino
 
-    def current(self) -> ShimConfig:
-        """The snapshot in force (checks for changes at most once per interval)."""
-        if self._clock() >= self._next_check:
-            self.check()
-        return self._config
+    def _refuse(self, why: str, **fields: Any) -> bool:
+        self.reload_failures += 1
+        _log.warning(
+            "coupon_shim.config_reload_failed",
+            error=why,
+            action="kept the last good configuration",
+            **fields,
+        )
+        for ref in list(self._refusal_listeners):
+            listener = ref()
+            if listener is not None:
+                with contextlib.suppress(Exception):  # an observer never breaks a reload
+                    listener(why)
+        return False
+
+    def _read_settled(self, stamp: tuple[int, int, int]) -> bytes:
+        """The file's bytes, once it has stopped changing; raises :class:`_NotYet` if not.
+
+        A file replaced by another (a new inode: ``os.replace``) is whole and read at once;
+        one edited in place is read once it is ``SETTLE_S`` old, and must not change while
+        it is read.
+        """
+        assert self._path is not None
+        age = self._wall() - stamp[0] / 1e9
+        replaced = self._stamp is None or stamp[2] != self._stamp[2]
+        if not replaced and 0 <= age < SETTLE_S:
+            raise _NotYet(SETTLE_S - age)
+        try:
+            raw = self._path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"config file cannot be read ({type(exc).__name__})", source=str(self._path)
+            ) from None
+        if self._stat() != stamp or len(raw) != stamp[1]:
+            raise _NotYet(SETTLE_S)
+        return raw
+
+    def _load(self, stamp: tuple[int, int, int]) -> ShimConfig:
+        assert self._path is not None
+        raw = self._read_settled(stamp)
+        source = str(self._path)
+        if not raw.strip():
+            raise ConfigError("the file is empty (a write in progress?)", source=source)
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"not valid TOML: {exc}", source=source) from None
+        return parse_config(
+            data,
+            source=source,
+            base_dir=self._path.resolve().parent,
+            env=self._env,
+            path=self._path,
+        )
+
+    def _fresh_mapping(self, config: ShimConfig) -> ShimConfig:
+        """``config`` with its mapping file re-read if that file changed (cached otherwise)."""
+        if config.mapping is None:
+            return config
+        try:
+            table = load_mapping(config.mapping_dir)
+        except ConfigError as exc:
+            _log.warning(
+                "coupon_shim.mapping_reload_failed",
+                error=str(exc),
+                action="kept the last good mapping",
+            )
+            return config
+        if table is config.mapping or table == config.mapping:
+            return config
+        return replace(config, mapping=table)
 
     def check(self) -> bool:
-        """Look for a changed file or environment now; reload if so. Returns True on reload."""
+        """Look for a changed file, environment or mapping now; reload if so.
+
+        Runs on the watcher thread (or the caller's, when called directly). Returns True when
+        a new snapshot was swapped in.
+        """
         if not self._lock.acquire(blocking=False):
             return False  # another thread is checking; keep serving the current snapshot
         try:
             self._next_check = self._clock() + self._config.reload_interval_s
+            old = self._config
             envprint = _env_fingerprint(self._env)
             stamp = self._stat() if self._path is not None else None
-            if stamp == self._stamp and envprint == self._envprint:
-                return False
             try:
-                if self._path is not None:
-                    new = load_config(self._path, env=self._env)
+                if self._path is not None and stamp != self._stamp:
+                    if stamp is None:
+                        self._stamp = stamp
+                        return self._refuse("the config file is missing or unreadable")
+                    new = self._load(stamp)
+                    if old.merchants and not new.merchants:
+                        self._stamp, self._envprint = stamp, envprint
+                        return self._refuse(
+                            "the new file has no merchants (a partial write?); every call "
+                            "would fail"
+                        )
+                elif envprint != self._envprint:
+                    if self._path is not None:
+                        assert stamp is not None
+                        new = self._load(stamp)
+                    else:
+                        new = replace(
+                            old, routing=apply_env_overrides(self._base_routing, self._env)
+                        )
                 else:
-                    routing = apply_env_overrides(self._base_routing, self._env)
-                    new = replace(self._config, routing=routing)
+                    new = old
+            except _NotYet as wait:
+                # still being written: look again once it has settled; nothing is swapped
+                self._next_check = self._clock() + max(_MIN_SLEEP_S, float(wait.args[0]))
+                return False
             except ConfigError as exc:
-                self.reload_failures += 1
-                self._stamp, self._envprint = stamp, envprint  # do not retry until it changes again
-                _log.warning(
-                    "coupon_shim.config_reload_failed",
-                    error=str(exc),
-                    action="kept the last good configuration",
-                )
+                self._stamp, self._envprint = stamp, envprint  # not retried until it changes
+                return self._refuse(str(exc))
+            self._stamp, self._envprint = stamp, envprint
+            new = self._fresh_mapping(new)
+            if new is old:
                 return False
             self._config = new
-            self._stamp, self._envprint = stamp, envprint
             self._next_check = self._clock() + new.reload_interval_s
             self.reloads += 1
-            _log.info("coupon_shim.config_reloaded", mode=new.routing.mode)
+            for ref in list(self._listeners):
+                listener = ref()
+                if listener is None:
+                    self._listeners.remove(ref)
+                    continue
+                try:
+                    listener(old, new)
+                except Exception:
+                    _log.exception("coupon_shim.config_reload_listener_failed")
+            _log.info(
+                "coupon_shim.config_reloaded",
+                mode=new.routing.mode,
+                changed=list(config_changes(old, new)),  # dotted keys, never values
+            )
             return True
         finally:
             self._lock.release()

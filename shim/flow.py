@@ -41,11 +41,13 @@ __all__ = [
     "TransportFailure",
     "call_flow",
     "new_nonce",
+    "resign",
     "route_flow",
 ]
 
 USER_AGENT = "coupon-shim/0.1"
 _XML_TYPES = ("text/xml", "application/xml", "text/plain")
+_UNSIGNED = frozenset({"nonce_str", "sign"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,8 @@ class RouteResult:
     attempts: int
     unmapped: tuple[str, ...] = ()
     status: int | None = None
+    #: when the upstream's reply arrived (the call's monotonic clock); 0 for a cached answer
+    received_at: float = 0.0
     #: a signed v3 answer refusing the shim's own credentials (401 / ``SIGN_ERROR``), mapped
     credentials_refused: bool = False
 
@@ -192,6 +196,15 @@ def _signed_v2_answer(ctx: CallContext, fields: Mapping[str, str]) -> dict[str, 
     return answer
 
 
+def resign(ctx: CallContext, answer: Mapping[str, str]) -> dict[str, str]:
+    """A verified v2 answer for this call: the same fields, a fresh nonce, the merchant's sign.
+
+    Used for answers shared by coalesced calls and for cache hits, so every caller gets an
+    answer of its own.
+    """
+    return _signed_v2_answer(ctx, {k: v for k, v in answer.items() if k not in _UNSIGNED})
+
+
 def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     """One signed POST to the retired v2 endpoint; the answer is verified, fail closed."""
     m = ctx.merchant
@@ -209,6 +222,7 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
         v2.to_xml(fields),
     )
     reply = _answer(sent, "legacy")
+    received = ctx.clock()
     if reply.status != 200:
         raise UpstreamError(
             f"v2 endpoint answered HTTP {reply.status}",
@@ -230,7 +244,7 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
         key=key,
         sign_type=m.v2_sign_type,
     )
-    return RouteResult(answer, "legacy", 1, status=reply.status)
+    return RouteResult(answer, "legacy", 1, status=reply.status, received_at=received)
 
 
 def _plain_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
@@ -274,6 +288,7 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
         headers += (("Wechatpay-Serial", creds.public_key_id),)
     url = ctx.config.upstream.v3_base_url + path
     reply = _answer((yield _request(ctx, deadline, "v3", "GET", url, headers, b"")), "v3")
+    received = ctx.clock()
     answer_headers = _plain_headers(reply.headers)
     status, rid = reply.status, v3.request_id_of(answer_headers)
     if 200 <= status < 300:
@@ -299,7 +314,9 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
             )
         mapped = map_success(ctx.mapping, body, ctx.request_fields)
         unmapped = tuple(u.v2_key for u in mapped.unmapped)
-        return RouteResult(_signed_v2_answer(ctx, mapped.fields), "v3", 1, unmapped, status)
+        return RouteResult(
+            _signed_v2_answer(ctx, mapped.fields), "v3", 1, unmapped, status, received
+        )
     code = v3.parse_error_body(reply.body)
     if status == 429 or status >= 500:
         raise UpstreamError(
@@ -336,7 +353,9 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     outcome = map_error(ctx.mapping, status, code, ctx.request_fields)
     if outcome.kind in ("business", "return_fail"):
         refused = status == 401 or code == "SIGN_ERROR"
-        return RouteResult(_signed_v2_answer(ctx, outcome.fields), "v3", 1, (), status, refused)
+        return RouteResult(
+            _signed_v2_answer(ctx, outcome.fields), "v3", 1, (), status, received, refused
+        )
     raise UpstreamError(
         f"v3 answered HTTP {status} {code or '(no code)'}, which the mapping has no v2 form for",
         route="v3",
@@ -374,7 +393,7 @@ def route_flow(
             result = yield from attempt_fn(ctx, deadline)
         except UpstreamError as err:
             if err.transient:
-                breaker.record_failure(ctx.clock())
+                breaker.record_failure(ctx.clock(), err.kind)
             else:
                 breaker.record_success()  # it answered; the answer was bad, not the link
             if should_retry(err, attempt=attempt, attempts=ctx.attempts):
@@ -392,7 +411,7 @@ def route_flow(
             # half-open probe, re-open: a probe left outstanding would keep the breaker open
             # for good.
             if breaker.state == "half_open":
-                breaker.record_failure(ctx.clock())
+                breaker.record_failure(ctx.clock(), "abandoned")
             raise
         breaker.record_success()
         return result if result.attempts == attempt else replace(result, attempts=attempt)

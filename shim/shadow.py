@@ -11,6 +11,12 @@ Pieces:
   anything beyond is dropped and counted, never queued without bound. A job that raises is
   recorded as an error. The served answer is never delayed or changed.
 
+Both runners take new settings with ``reconfigure`` (a config reload): the sample ratio, the
+in-flight cap and the timeout apply to the next job; a changed ``workers`` count gets a new
+thread pool for new jobs while the old pool finishes what it holds. The sync runner runs each
+job and its callback in a copy of the submitting thread's context, so structlog context
+variables (``request_id`` …) reach the shadowed call's event.
+
 Timeouts: the async runner wraps each job in ``asyncio.wait_for(job(), cfg.timeout_s)``.
 A thread cannot be interrupted, so the sync runner relies on the job itself to respect the
 shadow time budget (the facade builds shadow jobs with ``timeout_s`` as their total budget);
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import random
 import threading
 import time
@@ -305,7 +312,6 @@ class ThreadShadowRunner:
         self._cfg = cfg
         self._stats = stats
         self._rng = rng
-        self._slots = threading.BoundedSemaphore(cfg.max_in_flight)
         self._lock = threading.Lock()
         self._in_flight = 0
         self._closed = False
@@ -319,6 +325,19 @@ class ThreadShadowRunner:
         """Jobs running or queued right now."""
         with self._lock:
             return self._in_flight
+
+    def reconfigure(self, cfg: ShadowConfig) -> None:
+        """Apply new shadow settings to the next jobs (see the module docstring)."""
+        old_pool = None
+        with self._lock:
+            if cfg.workers != self._cfg.workers and not self._closed:
+                old_pool = self._pool
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=cfg.workers, thread_name_prefix="coupon-shim-shadow"
+                )
+            self._cfg = cfg
+        if old_pool is not None:
+            old_pool.shutdown(wait=False)  # its queued and running jobs still finish
 
     def _finish(
         self, outcome: ShadowOutcome, on_done: Callable[[ShadowOutcome], None] | None
@@ -351,26 +370,23 @@ class ThreadShadowRunner:
         if _sampled_out(self._cfg, self._rng):
             self._finish(_SAMPLED_OUT, on_done)
             return False
-        if not self._slots.acquire(blocking=False):
-            return self._drop(on_done)
+        context = contextvars.copy_context()
         with self._lock:
-            if self._closed:
-                self._slots.release()
-                closed = True
+            if self._closed or self._in_flight >= self._cfg.max_in_flight:
+                refused = True
             else:
-                closed = False
+                refused = False
                 self._in_flight += 1
                 try:
-                    fut = self._pool.submit(self._run, job, on_done)
+                    fut = self._pool.submit(context.run, self._run, job, on_done)
                 except RuntimeError:  # pragma: no cover - pool shut down under us
                     self._in_flight -= 1
-                    self._slots.release()
-                    closed = True
+                    refused = True
                 else:
                     self._futures.add(fut)
-        if closed:
+        if refused:
             return self._drop(on_done)
-        fut.add_done_callback(lambda f: self._done(f, on_done))
+        fut.add_done_callback(lambda f: self._done(f, on_done, context))
         return True
 
     def _run(
@@ -395,16 +411,18 @@ class ThreadShadowRunner:
     def _release(self) -> None:
         with self._lock:
             self._in_flight -= 1
-        self._slots.release()
 
     def _done(
-        self, fut: concurrent.futures.Future[None], on_done: Callable[[ShadowOutcome], None] | None
+        self,
+        fut: concurrent.futures.Future[None],
+        on_done: Callable[[ShadowOutcome], None] | None,
+        context: contextvars.Context,
     ) -> None:
         with self._lock:
             self._futures.discard(fut)
         if fut.cancelled():  # never started: close() cancelled it
             self._release()
-            self._finish(_DROPPED, on_done)
+            context.run(self._finish, _DROPPED, on_done)
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop accepting jobs. Queued jobs that have not started are cancelled (dropped).
@@ -458,6 +476,10 @@ class AsyncShadowRunner:
     def in_flight(self) -> int:
         """Jobs running right now."""
         return len(self._tasks)
+
+    def reconfigure(self, cfg: ShadowConfig) -> None:
+        """Apply new shadow settings to the next jobs (sample ratio, cap, timeout)."""
+        self._cfg = cfg
 
     def _finish(
         self, outcome: ShadowOutcome, on_done: Callable[[ShadowOutcome], None] | None

@@ -118,6 +118,22 @@ def test_compare_without_ids_is_a_usage_error(
     assert code == 2 and out == "" and "stock ids" in err
 
 
+@pytest.mark.parametrize("route", [None, "v3"])
+def test_query_console_says_which_route_served_and_why(
+    config_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str], route: str | None
+) -> None:
+    """In console format, query ends with a line naming the serving route and the reason."""
+    extra = ["--route", route] if route else []
+    code, out, err = run(
+        capsys, "query", "--config", str(config_path), "--mch-id", MD5_MCH, *extra, "1757"
+    )
+    assert code == 0
+    json.loads(out)  # stdout stays the bare v2 dict
+    last = err.strip().splitlines()[-1]
+    want = "v3 (reason: explicit" if route else "legacy (reason: mode"
+    assert last.startswith(f"coupon-shim: served by {want}"), err
+
+
 @pytest.mark.parametrize("route", [None, "legacy", "v3"])
 def test_query_prints_a_verifiable_v2_dict(
     config_path: Path,
@@ -138,12 +154,12 @@ def test_query_prints_a_verifiable_v2_dict(
     v2.verify_answer(answer, key=merchant.v2_key, sign_type=merchant.v2_sign_type)
     assert answer["coupon_stock_id"] == "1757"
     assert emulator.request_counts == {"v2" if route != "v3" else "v3": 1}
-    events = [json.loads(line) for line in err.splitlines()]
-    if route is None:
-        (event,) = events
-        assert event["event"] == "coupon_stock.query" and event["route"] == "legacy"
-    else:
-        assert events == []  # query_via bypasses routing and logs no call event
+    (event,) = [json.loads(line) for line in err.splitlines()]
+    assert event["event"] == "coupon_stock.query"
+    # which route served and why: routing's reason, or "explicit" for --route
+    assert event["route"] == (route or "legacy")
+    assert event["reason"] == ("explicit" if route else "mode")
+    assert event["outcome"] == "success"
 
 
 def test_query_error_is_reported_without_a_traceback(

@@ -166,24 +166,23 @@ class FakeClock:
 
 
 def test_live_reload_valid_then_invalid(keydir: Path) -> None:
-    """A changed valid file applies after the interval; an invalid one keeps the last good."""
+    """A changed valid file applies at the next check; an invalid one keeps the last good."""
     path = write(keydir, "[reload]\ncheck_interval_s = 1\n" + MERCHANT, "live.toml")
-    clock = FakeClock()
-    live = LiveConfig(path, env={}, clock=clock)
+    live = LiveConfig(path, env={}, watch=False)
     first = live.current()
     assert first.routing.mode == "legacy"
     path.write_text('[reload]\ncheck_interval_s = 1\n[routing]\nmode = "v3"\n' + MERCHANT)
     os.utime(path, ns=(1, 1))  # make the change visible even within one mtime tick
-    assert live.current() is first  # not checked before the interval
-    clock.now = 2
+    assert live.current() is first  # current() never reloads by itself
+    assert live.check() is True
     assert live.current().routing.mode == "v3" and live.reloads == 1
     good = live.current()
     path.write_text('[routing]\nmode = "nope"\n' + MERCHANT)
     os.utime(path, ns=(2, 2))
-    clock.now = 4
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert live.current() is good
+        assert live.check() is False
+    assert live.current() is good
     assert live.reload_failures == 1
 
 
@@ -192,14 +191,11 @@ def test_live_config_sees_env_changes() -> None:
     from shim.config import ShimConfig
 
     env: dict[str, str] = {}
-    clock = FakeClock()
-    live = LiveConfig(config=ShimConfig(reload_interval_s=1), env=env, clock=clock)
+    live = LiveConfig(config=ShimConfig(reload_interval_s=1), env=env, watch=False)
     env["COUPON_SHIM_MODE"] = "v3"
-    clock.now = 5
-    assert live.current().routing.mode == "v3"
+    assert live.check() and live.current().routing.mode == "v3"
     del env["COUPON_SHIM_MODE"]
-    clock.now = 10
-    assert live.current().routing.mode == "legacy"
+    assert live.check() and live.current().routing.mode == "legacy"
 
 
 def test_a_mapping_that_does_not_validate_refuses_the_config(keydir: Path) -> None:

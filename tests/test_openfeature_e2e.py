@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -178,8 +180,11 @@ async def test_reloaded_flag_key_is_followed(
     try:
         assert (await call(twin))[1]["route"] == "legacy"
         path.write_text(text.replace(f'"{FLAG}"', '"my-route"'), encoding="utf-8")
-        stamp = path.stat().st_mtime_ns + 5_000_000_000
+        stamp = path.stat().st_mtime_ns - 5_000_000_000  # settled: not a write in progress
         os.utime(path, ns=(stamp, stamp))
+        end = time.monotonic() + 5
+        while twin.shim.config.routing.openfeature_flag != "my-route" and time.monotonic() < end:
+            await asyncio.sleep(0.01)  # the background watcher reloads within its interval
         _, event = await call(twin)
         assert event["route"] == "v3" and event["reason"] == "flag"
     finally:

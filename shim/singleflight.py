@@ -1,0 +1,244 @@
+"""Single-flight: identical concurrent queries share one upstream exchange.
+
+Calls for the same merchant, stock, route and request fields that overlap in time are
+coalesced: the first (the *leader*) runs the call; the others (*followers*) wait for its
+outcome instead of sending their own request. The facade then gives every follower its own
+answer (a fresh ``nonce_str`` and ``sign``), its own event (marked ``coalesced``) and, when
+the shared exchange failed, the same typed error.
+
+A follower takes an answer only if the upstream produced it during the follower's own call
+(its reply arrived after the follower started); otherwise it runs the call itself. So
+coalescing never hands a caller an answer older than its call, and never changes what it
+would have received.
+
+Two groups, one per twin:
+
+* :class:`ThreadFlights` (blocking twin): the leader runs the call on its own thread;
+  followers wait on an event, each bounded by its own deadline.
+* :class:`AsyncFlights` (asyncio twin): the leader runs the call in its own task; followers
+  wait on an event, each bounded by its own deadline. A cancelled leader abandons the flight
+  and its followers run the call themselves: they get an answer or a typed error, never the
+  leader's ``CancelledError``.
+
+Only :class:`~shim.errors.ShimError` outcomes are shared. A leader that ends any other way (a
+bug, ``KeyboardInterrupt``) abandons the flight, and its followers run the call themselves.
+The groups hold only calls in flight, so their size is bounded by the calls in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from shim.errors import ShimError
+
+__all__ = ["AsyncFlights", "FlightStats", "ThreadFlights"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class FlightStats:
+    """Running totals of one group (read them with :meth:`snapshot`).
+
+    Attributes:
+        led: calls that ran their own upstream exchange through the group.
+        coalesced: calls served by another call's exchange.
+        retried: followers that could not use the shared outcome (too old, or the leader was
+            abandoned) and ran the call themselves.
+    """
+
+    led: int = 0
+    coalesced: int = 0
+    retried: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {"led": self.led, "coalesced": self.coalesced, "retried": self.retried}
+
+
+class _Abandoned(Exception):
+    """The leader ended without a ShimError or an outcome (internal)."""
+
+
+class _Flight(Generic[T]):
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class ThreadFlights(Generic[T]):
+    """The blocking twin's group: ``run(key, call, fresh, remaining)``.
+
+    Args:
+        on_follow: called with the key each time a call is coalesced (a metrics hook).
+    """
+
+    def __init__(self, on_follow: Callable[[Hashable], None] | None = None) -> None:
+        self._flights: dict[Hashable, _Flight[T]] = {}
+        self._lock = threading.Lock()
+        self.stats = FlightStats()
+        self._on_follow = on_follow
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def run(
+        self,
+        key: Hashable,
+        call: Callable[[], T],
+        *,
+        fresh: Callable[[T], bool],
+        remaining: Callable[[], float],
+        expired: Callable[[], ShimError],
+    ) -> tuple[T, bool]:
+        """Run ``call`` or join an identical one in flight; returns (outcome, coalesced).
+
+        Args:
+            key: what makes two calls identical.
+            call: runs the call (the leader's work).
+            fresh: whether a shared outcome may serve this caller (produced during its call).
+            remaining: seconds left of this caller's budget.
+            expired: the typed error for a follower whose budget ran out while waiting.
+
+        Raises:
+            ShimError: the shared exchange's error, or ``expired()``.
+        """
+        while True:
+            with self._lock:
+                flight = self._flights.get(key)
+                leader = flight is None
+                if flight is None:
+                    flight = self._flights[key] = _Flight()
+            if leader:
+                return self._lead(key, flight, call), False
+            if not flight.done.wait(max(0.0, remaining())):
+                raise expired()
+            error = flight.error
+            if error is None:
+                result = flight.result
+                assert result is not None
+                if fresh(result):
+                    self._followed(key)
+                    return result, True
+            elif isinstance(error, ShimError):
+                self._followed(key)
+                raise error
+            self.stats.retried += 1  # too old, or abandoned: run it ourselves
+
+    def _followed(self, key: Hashable) -> None:
+        with self._lock:
+            self.stats.coalesced += 1
+        if self._on_follow is not None:
+            self._on_follow(key)
+
+    def _lead(self, key: Hashable, flight: _Flight[T], call: Callable[[], T]) -> T:
+        with self._lock:
+            self.stats.led += 1
+        try:
+            result = call()
+        except ShimError as err:
+            flight.error = err
+            raise
+        except BaseException:
+            flight.error = _Abandoned()
+            raise
+        else:
+            flight.result = result
+            return result
+        finally:
+            with self._lock:  # closed to newcomers before anyone is woken
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+            flight.done.set()
+
+
+class _AsyncFlight(Generic[T]):
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class AsyncFlights(Generic[T]):
+    """The asyncio twin's group; keyed per event loop.
+
+    The leader runs the call in its own task. If it is cancelled, the flight is abandoned and
+    its followers run the call themselves (one of them leads the new flight): a follower gets
+    an answer or a typed error, never the leader's ``CancelledError``.
+    """
+
+    def __init__(self, on_follow: Callable[[Hashable], None] | None = None) -> None:
+        self._flights: dict[tuple[int, Hashable], _AsyncFlight[T]] = {}
+        self.stats = FlightStats()
+        self._on_follow = on_follow
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    async def run(
+        self,
+        key: Hashable,
+        call: Callable[[], Awaitable[T]],
+        *,
+        fresh: Callable[[T], bool],
+        remaining: Callable[[], float],
+        expired: Callable[[], ShimError],
+    ) -> tuple[T, bool]:
+        """As :meth:`ThreadFlights.run`, for coroutines (``call`` runs in the leader's task)."""
+        loop_key = (id(asyncio.get_running_loop()), key)
+        while True:
+            flight = self._flights.get(loop_key)
+            if flight is None:
+                flight = self._flights[loop_key] = _AsyncFlight()
+                return await self._lead(loop_key, flight, call), False
+            try:
+                await asyncio.wait_for(flight.done.wait(), max(0.0, remaining()))
+            except asyncio.TimeoutError:
+                raise expired() from None
+            error = flight.error
+            if error is None:
+                result = flight.result
+                assert result is not None
+                if fresh(result):
+                    self._followed(key)
+                    return result, True
+            elif isinstance(error, ShimError):
+                self._followed(key)
+                raise error
+            self.stats.retried += 1  # too old, or abandoned: run it ourselves
+
+    def _followed(self, key: Hashable) -> None:
+        self.stats.coalesced += 1
+        if self._on_follow is not None:
+            self._on_follow(key)
+
+    async def _lead(
+        self,
+        loop_key: tuple[int, Hashable],
+        flight: _AsyncFlight[T],
+        call: Callable[[], Awaitable[T]],
+    ) -> T:
+        self.stats.led += 1
+        try:
+            result = await call()
+        except ShimError as err:
+            flight.error = err
+            raise
+        except BaseException:  # cancelled, or a bug: the followers run the call themselves
+            flight.error = _Abandoned()
+            raise
+        else:
+            flight.result = result
+            return result
+        finally:
+            if self._flights.get(loop_key) is flight:
+                del self._flights[loop_key]
+            flight.done.set()

@@ -1,0 +1,313 @@
+"""Live reload applies to every consumer of the config: one test per reloadable setting.
+
+Each test starts a shim (both twins where the setting applies to both) on a watched file,
+proves the old value is in force, edits the file, and proves the new value took effect without
+a restart. The reload event names the keys that changed, never their values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import LogCapture
+
+from shim import AsyncCouponStockShim, CouponStockShim, InputError, UpstreamError
+from shim.config import LiveConfig
+from shim.observe import CallRecord
+from shim.sandbox import Emulator, SandboxState
+from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH, Twin
+
+MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
+
+
+class Watched:
+    """A shim.toml on disk, edited key by key; ``apply()`` makes the shim's LiveConfig see it
+    (the background watcher is off: ``check()`` runs the reload here, deterministically)."""
+
+    def __init__(self, state: SandboxState, path: Path, mode: str) -> None:
+        self.path = path
+        state.write_config(path, v2_base_url=INPROCESS_URL, v3_base_url=INPROCESS_URL, mode=mode)
+        self.text = path.read_text()
+        self.set("retry", "backoff_initial_s", "0.0")
+        self.write()
+        self.live = LiveConfig(path, env={}, watch=False)
+
+    def set(self, section: str, key: str, value: str) -> Watched:
+        start = self.text.index(f"[{section}]\n")
+        pattern = re.compile(rf"^{re.escape(key)} = .*$", re.MULTILINE)
+        found = pattern.search(self.text, start)
+        assert found is not None, (section, key)
+        self.text = self.text[: found.start()] + f"{key} = {value}" + self.text[found.end() :]
+        return self
+
+    def drop_merchant(self, mch_id: str) -> Watched:
+        self.text = re.sub(
+            rf'\n\[merchants\."{mch_id}"\]\n(?:[^\[\n].*\n?)*', "\n", self.text, flags=re.M
+        )
+        return self
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(self.text)
+        os.replace(tmp, self.path)  # atomic, so the reload reads it at once
+
+    def apply(self) -> None:
+        self.write()
+        assert self.live.check(), "the edit was not applied"
+
+
+@pytest.fixture
+async def watched(
+    twin_kind: str, sandbox_state: SandboxState, emulator: Emulator, tmp_path: Path
+) -> AsyncIterator[Callable[..., tuple[Watched, Twin]]]:
+    """``watched(mode) -> (Watched, Twin)``: a shim of the test's twin on a watched file."""
+    made: list[Twin] = []
+
+    def build(mode: str = "legacy", **kwargs: Any) -> tuple[Watched, Twin]:
+        w = Watched(sandbox_state, tmp_path / "shim.toml", mode)
+        kw: dict[str, Any] = {"env": {}, "transport": emulator.mock_transport(), **kwargs}
+        cls = AsyncCouponStockShim if twin_kind == "async" else CouponStockShim
+        twin = Twin(twin_kind, cls(w.live, **kw))
+        made.append(twin)
+        return w, twin
+
+    yield build
+    for twin in made:
+        await twin.close()
+
+
+def records_of(twin: Twin) -> list[CallRecord]:
+    got: list[CallRecord] = []
+    twin.shim.subscribe(got.append)
+    return got
+
+
+# --------------------------------------------------------------------------- shadow
+
+
+async def test_shadow_sample_ratio(watched: Callable[..., Any]) -> None:
+    """[shadow] sample_ratio: 1 → 0 stops shadowing the next calls."""
+    w, twin = watched("shadow")
+    records = records_of(twin)
+    await twin.query("1757", mch_id=MD5_MCH)
+    assert await twin.wait_for_shadows()
+    w.set("shadow", "sample_ratio", "0.0").apply()
+    await twin.query("1757", mch_id=MD5_MCH)
+    assert await twin.wait_for_shadows()
+    assert [r.shadow.kind for r in records if r.shadow] == ["match", "sampled_out"]
+
+
+async def test_shadow_max_in_flight(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[shadow] max_in_flight: lowered to 1, a second comparison while one runs is dropped."""
+    w, twin = watched("shadow")
+    records = records_of(twin)
+    emulator.set_fault("v3", "1757", "delay", delay_s=0.4)
+    for _ in range(2):
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert await twin.wait_for_shadows()
+    assert sorted(r.shadow.kind for r in records if r.shadow) == ["match", "match"]
+    records.clear()
+    w.set("shadow", "max_in_flight", "1").apply()
+    for _ in range(2):
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert await twin.wait_for_shadows()
+    assert sorted(r.shadow.kind for r in records if r.shadow) == ["dropped", "match"]
+
+
+async def test_shadow_timeout(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[shadow] timeout_s: lowered below the v3 delay, the comparison ends as a timeout."""
+    w, twin = watched("shadow")
+    records = records_of(twin)
+    emulator.set_fault("v3", "1757", "delay", delay_s=0.6)
+    await twin.query("1757", mch_id=MD5_MCH)
+    assert await twin.wait_for_shadows()
+    w.set("shadow", "timeout_s", "0.2").apply()
+    await twin.query("1757", mch_id=MD5_MCH)
+    assert await twin.wait_for_shadows()
+    first, second = (r.shadow for r in records)
+    assert first is not None and first.kind == "match"
+    assert second is not None and second.kind == "error"
+    assert second.error_kind in ("timeout", "budget")
+    assert second.latency_ms is not None and second.latency_ms < 550
+
+
+async def test_shadow_workers(
+    watched: Callable[..., Any], emulator: Emulator, twin_kind: str
+) -> None:
+    """[shadow] workers (sync twin's pool): 4 → 1 runs every later comparison on one thread."""
+    if twin_kind == "async":
+        pytest.skip("the async twin runs shadows as tasks; workers sizes the sync pool")
+    w, twin = watched("shadow")
+    threads: set[str] = set()
+    twin.shim.subscribe(lambda r: threads.add(threading.current_thread().name))
+    emulator.set_fault("v3", "1757", "delay", delay_s=0.3)
+    for _ in range(3):
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert await twin.wait_for_shadows()
+    assert len(threads) == 3  # three comparisons side by side on the 4-thread pool
+    w.set("shadow", "workers", "1").apply()
+    threads.clear()
+    for _ in range(3):
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert await twin.wait_for_shadows()
+    assert len(threads) == 1
+
+
+# ------------------------------------------------------------------- breaker and retry
+
+
+async def test_breaker_failure_threshold(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[circuit_breaker] failure_threshold: lowered to 1, one failed call opens the breaker."""
+    w, twin = watched("v3")
+    w.set("routing", "fallback_to_legacy", "false").set("retry", "attempts", "1").apply()
+    emulator.set_fault("v3", "1757", "http_500")
+    with pytest.raises(UpstreamError):
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert twin.shim.breaker("v3", MD5_MCH).state == "closed"  # 1 of 5
+    w.set("circuit_breaker", "failure_threshold", "1").apply()
+    with pytest.raises(UpstreamError):
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert twin.shim.breaker("v3", MD5_MCH).state == "open"
+
+
+async def test_breaker_reset_after(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[circuit_breaker] reset_after_s: an open breaker (30 s) probes as soon as the reloaded,
+    shorter reset time has passed."""
+    w, twin = watched("v3")
+    w.set("routing", "fallback_to_legacy", "false").set("retry", "attempts", "1")
+    w.set("circuit_breaker", "failure_threshold", "1").apply()
+    emulator.set_fault("v3", "1757", "http_500", times=1)
+    with pytest.raises(UpstreamError):
+        await twin.query("1757", mch_id=MD5_MCH)
+    with pytest.raises(UpstreamError, match="circuit breaker"):
+        await twin.query("1757", mch_id=MD5_MCH)
+    w.set("circuit_breaker", "reset_after_s", "0.05").apply()
+    await _sleep(0.1)
+    answer = await twin.query("1757", mch_id=MD5_MCH)
+    assert answer["result_code"] == "SUCCESS"
+    assert twin.shim.breaker("v3", MD5_MCH).state == "closed"
+
+
+async def test_retry_attempts(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[retry] attempts: 3 → 1 sends one request per call instead of three."""
+    w, twin = watched("v3")
+    w.set("routing", "fallback_to_legacy", "false").apply()
+    emulator.set_fault("v3", "1757", "http_500")
+    with pytest.raises(UpstreamError):
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert emulator.request_counts["v3"] == 3
+    emulator.reset_counts()
+    w.set("retry", "attempts", "1").apply()
+    with pytest.raises(UpstreamError):
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert emulator.request_counts["v3"] == 1
+
+
+async def test_upstream_timeout(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[upstream] timeout_s: lowered below the v3 delay, the call times out (typed)."""
+    w, twin = watched("v3")
+    w.set("routing", "fallback_to_legacy", "false").set("retry", "attempts", "1").apply()
+    emulator.set_fault("v3", "1757", "delay", delay_s=0.5)
+    assert (await twin.query("1757", mch_id=MD5_MCH))["result_code"] == "SUCCESS"
+    w.set("upstream", "timeout_s", "0.1").apply()
+    with pytest.raises(UpstreamError) as info:
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert info.value.kind == "timeout"
+
+
+# ----------------------------------------------------------------- routing and mapping
+
+
+async def test_routing_mode_and_force_lists(watched: Callable[..., Any]) -> None:
+    """[routing] mode and force lists: legacy → v3, then a stock forced back to legacy."""
+    w, twin = watched("legacy")
+    records = records_of(twin)
+    await twin.query("1757", mch_id=MD5_MCH)
+    w.set("routing", "mode", '"v3"').apply()
+    await twin.query("1757", mch_id=MD5_MCH)
+    w.set("routing", "force_legacy_stock_ids", '["1757"]').apply()
+    await twin.query("1757", mch_id=MD5_MCH)
+    assert [(r.route, r.decision.reason) for r in records] == [
+        ("legacy", "mode"),
+        ("v3", "mode"),
+        ("legacy", "force_legacy_stock_id"),
+    ]
+
+
+async def test_mapping_dir(watched: Callable[..., Any], tmp_path: Path) -> None:
+    """[mapping] dir: pointing at an edited copy changes the mapped answer at once."""
+    w, twin = watched("v3")
+    assert "coupon_name" in await twin.query("1757", mch_id=MD5_MCH)
+    folder = tmp_path / "my-mappings"
+    shutil.copytree(MAPPINGS, folder)
+    table = folder / "query_coupon_stock.toml"
+    text = table.read_text()
+    assert 'v2 = "coupon_name"' in text
+    table.write_text(text.replace('v2 = "coupon_name"', 'v2 = "coupon_title"'))
+    w.set("mapping", "dir", f'"{folder.as_posix()}"').apply()
+    answer = await twin.query("1757", mch_id=MD5_MCH)
+    assert "coupon_title" in answer and "coupon_name" not in answer
+
+
+# ------------------------------------------------------------------------- merchants
+
+
+async def test_merchants_removed_and_added(
+    watched: Callable[..., Any], sandbox_state: SandboxState
+) -> None:
+    """[merchants]: a removed merchant is refused before any I/O (and its breakers dropped);
+    adding it back serves it again."""
+    w, twin = watched("legacy")
+    await twin.query("9856099", mch_id=HMAC_MCH)
+    full = w.text
+    w.drop_merchant(HMAC_MCH).apply()
+    appid = sandbox_state.merchants[HMAC_MCH].appid
+    with pytest.raises(InputError, match="no merchant entry"):
+        await twin.query("9856099", appid=appid, mch_id=HMAC_MCH)
+    assert all(mch != HMAC_MCH for _, mch in twin.shim._breakers)
+    w.text = full
+    w.apply()
+    assert (await twin.query("9856099", mch_id=HMAC_MCH))["result_code"] == "SUCCESS"
+
+
+# -------------------------------------------------------------------- the reload event
+
+
+def test_reload_event_names_changed_keys_never_values(
+    sandbox_state: SandboxState, tmp_path: Path
+) -> None:
+    """coupon_shim.config_reloaded lists the dotted keys that changed; a changed secret is
+    named, its value never appears."""
+    w = Watched(sandbox_state, tmp_path / "shim.toml", "legacy")
+    key_file = tmp_path / "new-v2.key"
+    secret = "Z" * 32
+    key_file.write_text(secret)
+    cap = LogCapture()
+    structlog.configure(processors=[cap])
+    w.set("shadow", "sample_ratio", "0.5").set("circuit_breaker", "reset_after_s", "5.0")
+    w.set("routing", "mode", '"canary"').set("routing", "canary_percent", "12.5")
+    w.set(f'merchants."{MD5_MCH}"', "v2_key", f'"file:{key_file.name}"')
+    w.apply()
+    (event,) = [e for e in cap.entries if e["event"] == "coupon_shim.config_reloaded"]
+    assert event["changed"] == [
+        "circuit_breaker.reset_after_s",
+        "routing.mode",
+        "routing.canary_percent",
+        "shadow.sample_ratio",
+        f'merchants."{MD5_MCH}".v2_key',
+    ]
+    assert secret not in repr(cap.entries)
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
