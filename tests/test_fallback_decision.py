@@ -93,7 +93,8 @@ async def test_v3_refusing_credentials_falls_back_loudly(
     assert emulator.request_counts == {"v3": 1, "v2": 1}
     (event,) = _events(logs, EVENT)
     assert event["route"] == "legacy" and event["fallback"] is True
-    assert event["fallback_from"] == "v3" and event["fallback_cause"] == "credentials_refused"
+    assert event["fallback_from"] == "v3" and event["fallback_kind"] == "credentials_refused"
+    assert event["fallback_cause"] == "UpstreamError:http_status"
     (warning,) = _events(logs, CREDENTIALS_REFUSED_EVENT)
     assert warning["log_level"] == "warning"
     assert warning["mch_id"] == MD5_MCH and warning["status"] == 401
@@ -125,8 +126,29 @@ async def test_a_wrong_private_key_is_refused_by_the_emulator_and_falls_back(
         await twin.close()
     assert answer["coupon_stock_id"] == STOCK
     (event,) = _events(logs, EVENT)
-    assert event["fallback_cause"] == "credentials_refused"
+    assert event["fallback_kind"] == "credentials_refused"
     assert _events(logs, CREDENTIALS_REFUSED_EVENT)
+
+
+async def test_credentials_refused_is_its_own_metrics_cause(
+    twin_kind: str, make_config: Callable[..., ShimConfig], emulator: Emulator
+) -> None:
+    """coupon_shim_fallbacks_total counts the fallback with cause="credentials_refused"."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    config = make_config("v3", via="loopback", routing={"fallback_to_legacy": True})
+    emulator.set_fault("v3", STOCK, "v3_error:401:SIGN_ERROR")
+    cls: Any = AsyncCouponStockShim if twin_kind == "async" else CouponStockShim
+    twin = Twin(twin_kind, cls(config, env={}, registry=registry))
+    try:
+        await twin.query(STOCK, mch_id=MD5_MCH)
+    finally:
+        await twin.close()
+    value = registry.get_sample_value(
+        "coupon_shim_fallbacks_total", {"from_route": "v3", "cause": "credentials_refused"}
+    )
+    assert value == 1.0
 
 
 async def test_without_fallback_the_refusal_is_a_typed_error_and_still_loud(
