@@ -282,7 +282,7 @@ class _ShimCore:
         return key, CallOutcome(result, route, False)
 
     def _remember(self, call: _Call, key: Any, outcome: CallOutcome) -> None:
-        if key is not None and not outcome.fallback:
+        if key is not None and not outcome.fallback and not outcome.result.credentials_refused:
             self._cache.put(
                 key,
                 outcome.result.answer,

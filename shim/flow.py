@@ -330,7 +330,15 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     if not answer_headers.get("wechatpay-signature"):
         if status == 401:
             # WeChat Pay signs answers only to requests whose signature verified: a real
-            # refusal of our credentials is unsigned. Its content is not data; its meaning is.
+            # refusal of our credentials is unsigned. Its body is not data; its status is
+            # what it means (an attacker able to forge it could as well drop the link).
+            # The answer is the mapping's own (401, SIGN_ERROR) form, built from nothing the
+            # upstream sent; the call falls back to legacy when it may.
+            refusal = map_error(ctx.mapping, 401, "SIGN_ERROR", ctx.request_fields)
+            if refusal.kind == "return_fail":
+                return RouteResult(
+                    _signed_v2_answer(ctx, refusal.fields), "v3", 1, (), 401, received, True
+                )
             raise UpstreamError(
                 f"v3 refused the shim's own credentials for merchant {m.mch_id} (HTTP 401 "
                 f"{code or 'unsigned'}): check its v3_private_key, v3_cert_serial and the "

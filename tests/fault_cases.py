@@ -32,7 +32,9 @@ and the fallback switch:
   with ``budget_s = STALL_BUDGET_S``.
 - ``credentials`` (v3 refuses the shim's own credentials: an unsigned 401, as WeChat Pay sends
   it): one request, not retried; served by legacy when ``fallback_to_legacy`` is on (event
-  cause ``credentials_refused``), else an :class:`UpstreamError` of kind ``http_status``.
+  ``fallback_kind`` and metrics cause ``credentials_refused``), else the mapping's
+  ``return_code=FAIL`` answer for ``401 SIGN_ERROR`` (built by the shim, nothing of the
+  unsigned body in it).
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ V3_FAULTS: tuple[Fault, ...] = (
     Fault("v3", "v3_error:500:SYSTEM_ERROR", "transient", "http_status", 500),
     Fault("v3", "v3_error:403:SOME_NEW_CODE", "unmapped", "http_status", 403),
     Fault("v3", "v3_error:404:RESOURCE_NOT_EXISTS", "business", err_code="COUPON_STOCK_NOT_FOUND"),
-    Fault("v3", "v3_error:401:SIGN_ERROR", "credentials", "http_status", 401),
+    Fault("v3", "v3_error:401:SIGN_ERROR", "credentials", "http_status"),
     Fault("v3", "header_drip", "stall", STALL_KIND, loopback_only=True),
     Fault("v3", "body_drip", "stall", STALL_KIND),
     Fault("v3", "encoding_bomb", "protocol", "protocol"),
@@ -288,6 +290,8 @@ class Case:
                     fallback=True,
                     fallback_cause=cause,
                 )
+            if f.effect == "credentials":
+                return Expect(primary, return_fail=True, requests=((side, 1), (other_side, 0)))
             return Expect(
                 None, error=("UpstreamError", f.kind), requests=((side, 1), (other_side, 0))
             )
@@ -311,7 +315,7 @@ class Case:
 def _shadow_label(f: Fault) -> str:
     if f.effect == "none":
         return "match"
-    if f.effect in ("business", "return_fail", "reduced"):
+    if f.effect in ("business", "return_fail", "reduced", "credentials"):
         return "mismatch"
     if f.effect == "signature":
         return "error:signature"

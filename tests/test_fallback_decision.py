@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from shim import AsyncCouponStockShim, CouponStockShim, routing
 from shim.config import ShimConfig
-from shim.errors import SignatureError, UpstreamError
+from shim.errors import SignatureError
 from shim.events import CREDENTIALS_REFUSED_EVENT, EVENT
 from shim.sandbox import Emulator
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
@@ -151,21 +151,20 @@ async def test_credentials_refused_is_its_own_metrics_cause(
     assert value == 1.0
 
 
-async def test_without_fallback_the_refusal_is_a_typed_error_and_still_loud(
+async def test_without_fallback_the_refusal_is_a_fail_answer_and_still_loud(
     make_shim: Callable[..., Twin], emulator: Emulator
 ) -> None:
-    """fallback_to_legacy off: an UpstreamError http_status 401 (never unverified data), and
-    the WARNING event still fires."""
+    """fallback_to_legacy off: the mapping's return_code=FAIL answer for 401 SIGN_ERROR (built
+    by the shim, nothing of the unsigned body in it), and the WARNING event still fires."""
     emulator.set_fault("v3", STOCK, "v3_error:401:SIGN_ERROR")
     twin = make_shim("v3", routing={"fallback_to_legacy": False})
-    with capture_logs() as logs, pytest.raises(UpstreamError) as info:
-        await twin.query(STOCK, mch_id=MD5_MCH)
-    err = info.value
-    assert type(err) is UpstreamError and err.kind == "http_status" and err.status == 401
-    assert "credentials" in str(err) and not err.transient
+    with capture_logs() as logs:
+        answer = await twin.query(STOCK, mch_id=MD5_MCH)
+    assert answer["return_code"] == "FAIL" and "v3 credentials were refused" in answer["return_msg"]
+    assert "sandbox fault" not in repr(answer)  # the unsigned body's message is not used
     assert emulator.request_counts == {"v3": 1}
     (warning,) = _events(logs, CREDENTIALS_REFUSED_EVENT)
-    assert warning["served_by"] is None and "not served" in warning["action"]
+    assert warning["served_by"] == "v3" and "not served" in warning["action"]
 
 
 @pytest.mark.parametrize("fault", ["bad_signature", "tampered_body", "unknown_serial"])
@@ -184,10 +183,15 @@ async def test_a_bad_signature_on_an_answer_stays_loud_and_unserved(
 async def test_shadowed_v3_refusing_credentials_is_recorded(
     make_shim: Callable[..., Twin], emulator: Emulator
 ) -> None:
-    """In shadow mode the refusal is the shadow's error (http_status); legacy serves."""
+    """In shadow mode the refusal is the shadowed side's FAIL answer (a mismatch against
+    legacy's); legacy serves, and the WARNING event says v3 refused the credentials."""
     emulator.set_fault("v3", STOCK, "v3_error:401:SIGN_ERROR")
     twin = make_shim("shadow")
-    answer = await twin.query(STOCK, mch_id=MD5_MCH)
-    assert answer["coupon_stock_id"] == STOCK
-    assert await twin.wait_for_shadows(5.0)
-    assert dict(twin.shim.shadow_totals().errors_by_kind) == {"http_status": 1}
+    with capture_logs() as logs:
+        answer = await twin.query(STOCK, mch_id=MD5_MCH)
+        assert answer["coupon_stock_id"] == STOCK
+        assert await twin.wait_for_shadows(5.0)
+    totals = twin.shim.shadow_totals()
+    assert totals.mismatches == 1 and "return_code" in totals.mismatches_by_field
+    (event,) = _events(logs, EVENT)
+    assert event["shadow"] == "mismatch"
