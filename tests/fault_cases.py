@@ -78,6 +78,9 @@ BUDGET_S = 2.0
 DELAY_S = 1.0
 #: Pause between the bytes of a drip fault: far inside the read timeout.
 DRIP_S = 0.02
+#: ``header_drip`` per side: a v2 head is about 80 bytes, a v3 head about 700 (its signature
+#: header), so the whole head takes about 2.5 s on either side, several budgets.
+HEAD_DRIP_S = {"v2": 0.03, "v3": 0.004}
 #: Budget of a call in the ``stall`` cases (a drip runs until the deadline cuts it).
 STALL_BUDGET_S = 0.6
 #: What the emulator's encoding bombs inflate to in the matrix (``stacked_encodings``: 4x):
@@ -122,6 +125,8 @@ class Fault:
     @property
     def delay_s(self) -> float:
         """The ``delay_s`` the fault is armed with."""
+        if self.fault == "header_drip":
+            return HEAD_DRIP_S[self.side]
         return DRIP_S if self.fault.endswith("_drip") else DELAY_S
 
     @property
@@ -413,7 +418,9 @@ def render_table() -> str:
         f"Config: `timeout_s = {MATRIX_TABLES['upstream']['timeout_s']}`, "
         f"`budget_s = {BUDGET_S}` (`{STALL_BUDGET_S}` for the drips), `[retry] attempts = "
         f"{ATTEMPTS}`, `canary_percent = 100`, `delay` faults wait {DELAY_S} s, drips send one "
-        f"byte every {DRIP_S} s, encoding bombs inflate to {BOMB_BYTES // 2**20} MiB (stacked: "
+        f"byte every {DRIP_S} s (a head: every {HEAD_DRIP_S['v2']} s on v2, "
+        f"{HEAD_DRIP_S['v3']} s on v3, about 2.5 s in all), encoding bombs inflate to "
+        f"{BOMB_BYTES // 2**20} MiB (stacked: "
         f"{4 * BOMB_BYTES // 2**20} MiB). Every case runs through both twins over the "
         f"in-process transport ({loopback_only} over real loopback sockets only); {socket} "
         "also run over real loopback sockets (modes `v3` and `legacy`), with the same "
