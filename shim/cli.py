@@ -30,6 +30,8 @@ COMMANDS: tuple[str, ...] = (
     "shim.commands.demo",
     "shim.commands.query",
     "shim.commands.compare",
+    "shim.commands.report",
+    "shim.commands.check",
     "shim.commands.sandbox",
     "shim.commands.migration_doc",
 )

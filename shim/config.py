@@ -444,9 +444,36 @@ def _load_public_key(pem: str, *, source: str, key: str) -> RSAPublicKey:
         raise ConfigError(
             f"is not a PEM public key ({type(exc).__name__})", source=source, key=key
         ) from None
-    if not isinstance(loaded, RSAPublicKey):
-        raise ConfigError("must be an RSA public key", source=source, key=key)
+    if not isinstance(loaded, RSAPublicKey) or loaded.key_size < 2048:
+        raise ConfigError(
+            "must be an RSA public key of at least 2048 bits (WeChat Pay's keys are 2048-bit)",
+            source=source,
+            key=key,
+        )
     return loaded
+
+
+#: A v2 API key is 32 characters (set in the WeChat Pay merchant platform).
+V2_KEY_LENGTH = 32
+
+
+def _check_v2_key(value: str, *, source: str, key: str) -> None:
+    """Refuse a v2 key of implausible shape, naming the config key (never the value)."""
+    if len(value) != V2_KEY_LENGTH:
+        raise ConfigError(
+            f"a v2 API key is {V2_KEY_LENGTH} characters (the key set in the WeChat Pay "
+            f"merchant platform), this one has {len(value)}; check the value or the file it "
+            "names",
+            source=source,
+            key=key,
+        )
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        raise ConfigError(
+            f"a v2 API key is {V2_KEY_LENGTH} ASCII letters and digits; this one holds spaces "
+            "or other characters",
+            source=source,
+            key=key,
+        )
 
 
 def _load_platform_certs(folder: Path, *, source: str, key: str) -> dict[str, RSAPublicKey]:
@@ -461,8 +488,12 @@ def _load_platform_certs(folder: Path, *, source: str, key: str) -> dict[str, RS
                 f"{pem.name} is not a PEM certificate", source=source, key=key
             ) from None
         public = cert.public_key()
-        if not isinstance(public, RSAPublicKey):
-            raise ConfigError(f"{pem.name} does not hold an RSA key", source=source, key=key)
+        if not isinstance(public, RSAPublicKey) or public.key_size < 2048:
+            raise ConfigError(
+                f"{pem.name} does not hold an RSA key of at least 2048 bits",
+                source=source,
+                key=key,
+            )
         found[f"{cert.serial_number:X}"] = public
     if not found:
         raise ConfigError("holds no *.pem platform certificate", source=source, key=key)
@@ -506,6 +537,7 @@ def _parse_merchant(
     v2 = secret("v2_key", required=True)
     assert v2 is not None
     v2_value = v2[0].strip()
+    _check_v2_key(v2_value, source=source, key=r._key("v2_key"))
     sign_type = r.text("v2_sign_type", "MD5")
     if sign_type not in ("MD5", "HMAC-SHA256"):
         raise r.error("v2_sign_type", f'must be "MD5" or "HMAC-SHA256", got {sign_type!r}')

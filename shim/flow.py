@@ -243,6 +243,7 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
         ctx.request,
         key=key,
         sign_type=m.v2_sign_type,
+        mch_id=m.mch_id,
     )
     return RouteResult(answer, "legacy", 1, status=reply.status, received_at=received)
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast, get_args
 
 from shim.errors import ConfigError, Route
+from shim.logs import get_logger
 
 __all__ = [
     "BUCKETS",
@@ -84,6 +85,10 @@ _FLAG_SOURCES: Final[frozenset[str]] = frozenset(get_args(FlagSource))
 ENV_MODE: Final = "COUPON_SHIM_MODE"
 ENV_CANARY_PERCENT: Final = "COUPON_SHIM_CANARY_PERCENT"
 _TRUE_VALUES: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE_VALUES: Final = frozenset({"", "0", "false", "no", "off"})
+#: (variable, value) pairs already warned about (one warning per distinct value).
+_WARNED_KILL_VALUES: set[tuple[str, str]] = set()
+_log = get_logger("shim.routing")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -413,8 +418,40 @@ def apply_env_overrides(cfg: RoutingConfig, env: Mapping[str, str]) -> RoutingCo
 
 
 def kill_switch_on(cfg: RoutingConfig, env: Mapping[str, str]) -> bool:
-    """True when ``env[cfg.kill_switch_env]`` is 1/true/yes/on (case-insensitive, trimmed)."""
-    return env.get(cfg.kill_switch_env, "").strip().lower() in _TRUE_VALUES
+    """Whether the kill switch ``env[cfg.kill_switch_env]`` is on.
+
+    ``1``/``true``/``yes``/``on`` turn it on; unset, empty, ``0``/``false``/``no``/``off``
+    leave it off (case-insensitive, trimmed). Any other value (``Y``, ``enabled``) is taken as
+    ON, the safe side, with a ``coupon_shim.kill_switch_unrecognised`` WARNING event (once per
+    distinct value and process).
+    """
+    raw = env.get(cfg.kill_switch_env)
+    if not raw:
+        return False
+    value = raw.strip().lower()
+    if value in _TRUE_VALUES:
+        return True
+    if value in _FALSE_VALUES:
+        return False
+    _warn_unrecognised_kill_switch(cfg.kill_switch_env, raw)
+    return True
+
+
+def _warn_unrecognised_kill_switch(name: str, raw: str) -> None:
+    key = (name, raw)
+    if key in _WARNED_KILL_VALUES:
+        return
+    if len(_WARNED_KILL_VALUES) < 64:  # bounded, whatever the environment holds
+        _WARNED_KILL_VALUES.add(key)
+    shown = raw if len(raw) <= 40 else raw[:40] + "…"
+    _log.warning(
+        "coupon_shim.kill_switch_unrecognised",
+        variable=name,
+        value=shown,
+        treated_as="on",
+        hint=f"{name}: use 1/true/yes/on to turn the kill switch on, 0/false/no/off or unset "
+        "to turn it off; every call goes to legacy until then",
+    )
 
 
 def bucket_of(key: str) -> int:

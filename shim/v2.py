@@ -329,15 +329,28 @@ def parse_xml(
 
 
 def verify_answer(
-    answer: Mapping[str, str], *, key: str, sign_type: str, route: Route = "legacy"
+    answer: Mapping[str, str],
+    *,
+    key: str,
+    sign_type: str,
+    route: Route = "legacy",
+    mch_id: str | None = None,
 ) -> None:
     """Fail closed on a v2 answer's signature.
 
     A ``return_code=SUCCESS`` answer must carry a valid ``sign`` of the merchant's sign type.
     A ``return_code=FAIL`` answer carries no data; if it is signed the sign must still verify.
 
+    Args:
+        answer: the parsed v2 answer.
+        key: the merchant's v2 key.
+        sign_type: the merchant's configured sign type.
+        route: the route whose answer this is (for the error).
+        mch_id: the merchant, so a mismatch names it and its config keys (never the key).
+
     Raises:
-        SignatureError: the sign is missing (on SUCCESS), of the wrong type, or does not match.
+        SignatureError: the sign is missing (on SUCCESS), of the wrong type, or does not match;
+            the message names the merchant, its config keys and the likely causes.
         UpstreamError: the answer has no ``return_code``.
     """
     code = answer.get("return_code")
@@ -348,14 +361,35 @@ def verify_answer(
         if code == "SUCCESS":
             raise SignatureError("v2 answer has no sign; refused (fail closed)", route=route)
         return
+    who = f"merchant {mch_id}" if mch_id else "the merchant"
+    table = f'merchants."{mch_id}"' if mch_id else "merchants.<mch_id>"
     expected_len = 64 if sign_type == "HMAC-SHA256" else 32
     if len(got) != expected_len:
+        other = {32: "MD5", 64: "HMAC-SHA256"}.get(len(got))
+        looks = f"looks {other}" if other else "is neither MD5 nor HMAC-SHA256"
         raise SignatureError(
-            f"v2 answer sign is not {sign_type} (length {len(got)}); refused", route=route
+            f"v2 answer sign {looks} (length {len(got)}), but {table}.v2_sign_type is "
+            f"{sign_type}; refused. Likely cause: v2_sign_type does not match the sign type "
+            f"{who} uses",
+            route=route,
         )
     if not hmac.compare_digest(got.upper(), sign(answer, key, sign_type)):
+        refused = answer.get("err_code") in ("SIGN_ERROR", "SIGNERROR") or (
+            code == "FAIL" and "签名" in answer.get("return_msg", "")
+        )
+        hint = (
+            "WeChat Pay also says it refused the request's sign (SIGN_ERROR), so the key is "
+            "almost certainly wrong. "
+            if refused
+            else ""
+        )
         raise SignatureError(
-            "v2 answer sign does not verify with the merchant's v2 key", route=route
+            f"v2 answer sign does not verify with the v2 key of {who} ({table}.v2_key, "
+            f"{sign_type}); refused. {hint}Likely causes: {table}.v2_key is not the API key "
+            "set in the WeChat Pay merchant platform (wrong key, or another merchant's), or "
+            f"{table}.v2_sign_type is not the sign type the merchant uses; if both are right, "
+            "the answer was altered on the way",
+            route=route,
         )
 
 
@@ -370,10 +404,12 @@ def checked_answer(
     key: str,
     sign_type: str,
     route: Route = "legacy",
+    mch_id: str | None = None,
 ) -> dict[str, str]:
     """A parsed v2 answer, verified, reduced and bound to ``request``; fail closed.
 
-    1. The sign is verified (:func:`verify_answer`).
+    1. The sign is verified (:func:`verify_answer`; ``mch_id`` names the merchant in a
+       mismatch).
     2. An unsigned ``return_code=FAIL`` answer is reduced to ``return_code`` and
        ``return_msg``: nothing else in it is vouched for, so nothing else is passed on.
     3. The answer must be about this request: a ``coupon_stock_id``, ``mch_id`` or ``appid``
@@ -385,7 +421,7 @@ def checked_answer(
         UpstreamError: kind ``protocol``: no valid ``return_code``, or an answer naming another
             stock, merchant or appid than the request (a mixed-up or replayed answer).
     """
-    verify_answer(answer, key=key, sign_type=sign_type, route=route)
+    verify_answer(answer, key=key, sign_type=sign_type, route=route, mch_id=mch_id)
     if answer.get("return_code") == "FAIL" and not answer.get("sign"):
         return {"return_code": "FAIL", "return_msg": answer.get("return_msg", "")}
     for name in BOUND_FIELDS:

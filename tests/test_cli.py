@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from shim import v2
 from shim.cli import main
-from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState
+from shim.sandbox import DIVERGENT_FIELDS, Emulator, SandboxState
 from tests.conftest import MD5_MCH
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,93 +30,6 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def test_compare_table_shows_matches_and_the_divergent_fields(
-    config_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The table has a match line per agreeing stock and one mismatch line per divergent field."""
-    code, out, err = run(
-        capsys, "compare", "--config", str(config_path), "--mch-id", MD5_MCH,
-        *MATCHING, DIVERGENT_STOCK_ID,
-    )  # fmt: skip
-    assert code == 0
-    lines = out.splitlines()
-    assert lines[0].split() == ["STOCK", "STATUS", "FIELD", "LEGACY", "V3"]
-    for stock in MATCHING:
-        assert [stock, "match"] in [line.split() for line in lines]
-    divergent = [line.split() for line in lines if line.startswith(DIVERGENT_STOCK_ID)]
-    assert [row[:3] for row in divergent] == [
-        [DIVERGENT_STOCK_ID, "mismatch", f] for f in sorted(DIVERGENT_FIELDS)
-    ]
-    assert all(row[3] != row[4] for row in divergent)
-    assert "Compared 3 stock(s): 2 matched, 1 mismatched, 0 with errors." in out
-    assert "Readiness: 66.67%" in out
-    assert "compared 3/3" in err  # progress goes to stderr, not into the report
-    assert emulator.request_counts == {"v2": 3, "v3": 3}
-
-
-def test_compare_json_summary_counts(
-    config_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """--json prints one JSON document whose summary counts are right, errors included."""
-    emulator.set_fault("v3", "9856002", "bad_signature")
-    code, out, _ = run(
-        capsys, "--quiet", "compare", "--json", "--config", str(config_path), "--mch-id", MD5_MCH,
-        *MATCHING, DIVERGENT_STOCK_ID, "404404", "9856002", "9856099",
-    )  # fmt: skip
-    assert code == 0
-    report = json.loads(out)
-    assert report["summary"] == {
-        "total": 6,
-        "matched": 3,  # an unknown stock is COUPON_STOCK_NOT_FOUND on both sides: a match
-        "mismatched": 2,
-        "errors": 1,
-        "mismatches_by_field": {
-            **dict.fromkeys(DIVERGENT_FIELDS, 1),
-            "err_code": 1,
-            "err_code_des": 1,
-        },
-        "errors_by_route": {"v3": 1},
-        "readiness_percent": 50.0,
-    }
-    rows = {row["stock_id"]: row for row in report["rows"]}
-    assert [d["field"] for d in rows[DIVERGENT_STOCK_ID]["diffs"]] == sorted(DIVERGENT_FIELDS)
-    assert rows["404404"]["status"] == "match"
-    (error,) = rows["9856002"]["errors"]
-    assert error["route"] == "v3" and error["error"].startswith("SignatureError")
-    # another merchant's stock: v2 says COUPON_STOCK_ID_NOT_VALID, while v3 answers 404
-    # RESOURCE_NOT_EXISTS, which the spec's table maps to COUPON_STOCK_NOT_FOUND
-    (diff,) = [d for d in rows["9856099"]["diffs"] if d["field"] == "err_code"]
-    assert diff == {
-        "field": "err_code",
-        "legacy": "COUPON_STOCK_ID_NOT_VALID",
-        "v3": "COUPON_STOCK_NOT_FOUND",
-    }
-
-
-def test_compare_reads_an_ids_file(
-    config_path: Path, tmp_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """--ids-file ids (comments, blanks and duplicates skipped) are added to those on the line."""
-    ids = tmp_path / "ids.txt"
-    ids.write_text(f"# stocks to check\n1757\n\n{DIVERGENT_STOCK_ID}  # divergent\n1757\n")
-    code, out, _ = run(
-        capsys, "--quiet", "compare", "--json", "--config", str(config_path),
-        "--mch-id", MD5_MCH, "--ids-file", str(ids), "9856000",
-    )  # fmt: skip
-    assert code == 0
-    report = json.loads(out)
-    assert [r["stock_id"] for r in report["rows"]] == ["9856000", "1757", DIVERGENT_STOCK_ID]
-    assert report["summary"]["matched"] == 2 and report["summary"]["mismatched"] == 1
-
-
-def test_compare_without_ids_is_a_usage_error(
-    config_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """compare with no ids and no file says so and exits 2."""
-    code, out, err = run(capsys, "compare", "--config", str(config_path), "--mch-id", MD5_MCH)
-    assert code == 2 and out == "" and "stock ids" in err
 
 
 @pytest.mark.parametrize("route", [None, "v3"])
@@ -173,16 +87,66 @@ def test_query_error_is_reported_without_a_traceback(
     assert err.startswith("coupon-shim: InputError:") and "Traceback" not in err
 
 
-def test_demo_runs_and_shows_verified_signs_and_the_shadow_mismatch(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """demo exits 0, says every sign verified, and shows the divergent stock's mismatch."""
-    code, out, err = run(capsys, "demo")
-    assert code == 0
-    assert out.count("[sign verified with the v2 key]") == 7
-    assert "mismatches=1" in out
-    assert all(field in out.split("shadow totals:")[1] for field in DIVERGENT_FIELDS)
-    assert "coupon_stock.query" in err
+def test_demo_tells_the_story_on_one_screen() -> None:
+    """demo (a real process): one summary table whose rows say route, outcome, sign, unmapped
+    and mismatching fields; the shadow diff as legacy vs v3 values; "next:" pointers; no event
+    lines mixed in; it fits on one screen."""
+    from tests.test_cli_conventions import coupon_shim
+
+    proc = coupon_shim("demo", COLUMNS="160")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert proc.stderr == ""  # events are not interleaved: the table is made from them
+    lines = out.splitlines()
+    assert len(lines) <= 40
+    rows = {
+        int(m.group(1)): m.group(2).split()
+        for m in (re.match(r"^(\d)\s+(.*)$", line) for line in lines)
+        if m
+    }
+    assert sorted(rows) == list(range(1, 8))
+    table = {i: " ".join(cells) for i, cells in rows.items()}
+    assert all("verified" in table[i] for i in rows)
+    assert "1757 legacy success verified -" in table[1]
+    assert "9856099 legacy success verified -" in table[2]
+    assert "404404 legacy COUPON_STOCK_NOT_FOUND verified -" in table[3]
+    assert "1757 v3 success verified -" in table[4]
+    assert "9856010 v3 success verified unmapped: coupon_value," in table[5]
+    assert "404404 v3 COUPON_STOCK_NOT_FOUND verified -" in table[6]
+    assert "9000000001 legacy success verified v3 mismatch: coupon_total, is_send_num" in table[7]
+    diff = out.split("Shadow diff of stock 9000000001", 1)[1].split("next:")[0]
+    diff_rows = [line.split() for line in diff.splitlines() if line.split()[:1] in (
+        ["coupon_total"], ["is_send_num"])]  # fmt: skip
+    assert sorted(diff_rows) == [["coupon_total", "1200", "1000"], ["is_send_num", "260", "250"]]
+    next_steps = out.split("\nnext:\n", 1)[1]
+    for command in ("coupon-shim sandbox", "coupon-shim compare", "coupon-shim query"):
+        assert command in next_steps
+
+
+def test_demo_verbose_groups_each_scenarios_events_under_it() -> None:
+    """--verbose: each scenario's answer and events follow its heading, in order; the
+    shadow call's event (emitted when the comparison finished) sits under the shadow one."""
+    from tests.test_cli_conventions import coupon_shim
+
+    proc = coupon_shim("demo", "--verbose", "--log-format", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sections = re.split(r"^== (\d)\. .*$", proc.stdout, flags=re.M)
+    by_number = dict(zip(sections[1::2], sections[2::2], strict=True))
+    assert sorted(by_number) == [str(i) for i in range(1, 8)]
+    for number, body in by_number.items():
+        events = [
+            json.loads(line.split("event: ", 1)[1])
+            for line in body.splitlines()
+            if line.strip().startswith("event: ")
+        ]
+        calls = [e for e in events if e["event"] == "coupon_stock.query"]
+        assert len(calls) == 1, (number, events)
+        assert "<signature>" in body and "sign " in body
+        if number == "7":
+            assert calls[0]["shadow"] == "mismatch"
+            assert calls[0]["mismatch_fields"] == sorted(DIVERGENT_FIELDS)
+        if number == "5":
+            assert calls[0]["unmapped"] == ["coupon_value", "coupon_mininumn"]
 
 
 def test_migration_doc_is_up_to_date(capsys: pytest.CaptureFixture[str]) -> None:

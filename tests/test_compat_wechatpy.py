@@ -511,7 +511,8 @@ def test_no_secret_in_errors_locals_or_events(
     path = write_config("v3")
     pay = compat.WeChatPay(m.appid, m.v2_key, MCH, shim=path)
     stale = compat.WeChatPay(m.appid, wrong_key, MCH, shim=path)
-    derived = compat.WeChatPay(m.appid, m.v2_key, MCH, shim={"routing": {"mode": "v4"}})
+    literal = {"routing": {"mode": "v4"}, "merchant": {"v3_private_key": m.private_key_pem}}
+    derived = compat.WeChatPay(m.appid, m.v2_key, MCH, shim=literal)
     errors: list[BaseException] = []
     with structlog.testing.capture_logs() as logs:
         errors.append(_caught(lambda: pay.coupon.query_stock("98765432")))

@@ -345,11 +345,15 @@ def test_env_overrides_bad(var: str, value: str) -> None:
         ("false", False),
         ("", False),
         ("off", False),
-        ("2", False),
+        (" No ", False),
+        ("2", True),  # unknown values are ON (the safe side), with a warning
+        ("Y", True),
+        ("enabled", True),
     ],
 )
 def test_kill_switch_values(value: str, on: bool) -> None:
-    """Only 1/true/yes/on (any case) turn the kill switch on, read from the configured variable."""
+    """1/true/yes/on turn the kill switch on, 0/false/no/off/empty leave it off, anything
+    else is taken as on; read from the configured variable only."""
     cfg = RoutingConfig(kill_switch_env="MY_KILL")
     assert kill_switch_on(cfg, {"MY_KILL": value}) is on
     assert kill_switch_on(cfg, {"COUPON_SHIM_KILL_SWITCH": "1"}) is False
@@ -421,3 +425,27 @@ def test_demanded_legacy_never_falls_back_to_v3(reason: str) -> None:
     )
     assert fallback_target(cfg, Decision("legacy", None, "mode"), v3_available=False) is None
     assert fallback_target(cfg, Decision("legacy", None, "mode"), v3_available=True) == "v3"
+
+
+def test_unknown_kill_switch_value_is_a_loud_warning_once() -> None:
+    """An unrecognised value is a WARNING event naming the variable and the value, once per
+    distinct value; known values log nothing."""
+    from structlog.testing import capture_logs
+
+    from shim import routing
+
+    routing._WARNED_KILL_VALUES.clear()
+    cfg = RoutingConfig(kill_switch_env="MY_KILL")
+    with capture_logs() as logs:
+        assert kill_switch_on(cfg, {"MY_KILL": "enabled"}) is True
+        assert kill_switch_on(cfg, {"MY_KILL": "enabled"}) is True
+        assert kill_switch_on(cfg, {"MY_KILL": "Y"}) is True
+        assert kill_switch_on(cfg, {"MY_KILL": "off"}) is False
+        assert kill_switch_on(cfg, {"MY_KILL": "1"}) is True
+    warnings = [e for e in logs if e["event"] == "coupon_shim.kill_switch_unrecognised"]
+    assert [(e["log_level"], e["variable"], e["value"]) for e in warnings] == [
+        ("warning", "MY_KILL", "enabled"),
+        ("warning", "MY_KILL", "Y"),
+    ]
+    assert warnings[0]["treated_as"] == "on" and "0/false/no/off" in warnings[0]["hint"]
+    assert len(logs) == 2

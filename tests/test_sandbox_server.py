@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import stat
 import sys
 import threading
@@ -318,8 +319,11 @@ def test_write_config(where: str, state: SandboxState, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- CLI runner
 
 
-def test_run_forever_prints_and_writes_config(state: SandboxState) -> None:
+def test_run_forever_prints_and_writes_config(state: SandboxState, tmp_path: Path) -> None:
     """run_forever serves, writes shim.toml pointing at itself, prints no secret, and stops."""
+    folder = tmp_path / "state"
+    shutil.copytree(state.state_dir, folder, ignore=shutil.ignore_patterns("shim.toml*"))
+    state = SandboxState.load_or_create(folder)
     lines: list[str] = []
     stop = threading.Event()
     thread = threading.Thread(

@@ -95,10 +95,13 @@ class _File:
     path: Path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class _Derived:
-    settings: Mapping[str, Any]
+    settings: Mapping[str, Any]  # may hold literal secrets: never shown
     fingerprint: str
+
+    def __repr__(self) -> str:
+        return f"_Derived(settings=<{len(self.settings)} tables>)"
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,7 @@ def _resolve_source(shim: Any) -> _Source:
                 source=_DERIVED_SOURCE,
                 key=f"merchant.{name}",
             )
-        fingerprint = json.dumps(settings, sort_keys=True, default=str)
-        return _Derived(MappingProxyType(settings), fingerprint)
+        return _Derived(MappingProxyType(settings), _fingerprint(_canonical(settings)))
     if shim is not None:
         raise TypeError(
             "shim= takes a config file path, a dict of settings or a CouponStockShim, "
@@ -148,7 +150,7 @@ def _resolve_source(shim: Any) -> _Source:
     local = Path.cwd() / DEFAULT_CONFIG_FILE
     if local.is_file():
         return _File(local)
-    return _Derived(MappingProxyType({}), "{}")
+    return _Derived(MappingProxyType({}), _fingerprint(_canonical({})))
 
 
 _Timeout = tuple[float | None, float | None, bool]
@@ -255,6 +257,10 @@ def _overlay(
         return cfg
 
     return apply
+
+
+def _canonical(settings: Mapping[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
 def _fingerprint(secret: str) -> str:
@@ -421,49 +427,54 @@ class WeChatPay(_WeChatPay):  # type: ignore[misc]
         )
 
         def derived() -> CouponStockShim:
-            cfg = self._derived_config(base, source.settings)
+            cfg = self._derived_config(base, source)
             if transform is None:
                 return CouponStockShim(cfg)
             return CouponStockShim(_Overlay(LiveConfig(config=cfg), transform))
 
         return REGISTRY.sync(key, derived)
 
-    def _derived_config(self, base: str, settings: Mapping[str, Any]) -> ShimConfig:
-        data = copy.deepcopy(dict(settings))
-        merchant = dict(data.pop("merchant", {}))
+    def _derived_config(self, base: str, source: _Derived) -> ShimConfig:
         if not isinstance(self.api_key, str) or not self.api_key:
             raise ConfigError("api_key must be a non-empty string", source=_DERIVED_SOURCE)
+        if not isinstance(source.settings.get("upstream", {}), Mapping):
+            raise ConfigError("must be a table", source=_DERIVED_SOURCE, key="upstream")
+        # The data is passed, not kept in a local: settings may hold literal secrets.
+        return parse_config(
+            self._derived_data(base, source.settings),
+            source=_DERIVED_SOURCE,
+            base_dir=Path.cwd(),
+            env=_KeyEnv(self.api_key),
+        )
+
+    def _derived_data(self, base: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+        data = copy.deepcopy(dict(settings))
+        merchant = dict(data.pop("merchant", {}))
         merchant["appid"] = "" if self.appid is None else str(self.appid)
         merchant["v2_key"] = "env:" + _KEY_ENV
         merchant.setdefault("v2_sign_type", "MD5")  # what wechatpy signs this call with
-        upstream = data.get("upstream", {})
-        if not isinstance(upstream, Mapping):
-            raise ConfigError("must be a table", source=_DERIVED_SOURCE, key="upstream")
-        data["upstream"] = {"v2_base_url": base, "v3_base_url": base, **upstream}
+        data["upstream"] = {"v2_base_url": base, "v3_base_url": base, **data.get("upstream", {})}
         data["merchants"] = {str(self.mch_id): merchant}
-        return parse_config(
-            data, source=_DERIVED_SOURCE, base_dir=Path.cwd(), env=_KeyEnv(self.api_key)
-        )
+        return data
 
     def _check_merchant(self, shim: CouponStockShim, mch_id: str) -> None:
         snapshot = shim.config
-        source = str(snapshot.source) if snapshot.source is not None else "the shim config"
         merchant = snapshot.merchants.get(mch_id)
+        if merchant is not None and (self.sandbox or _same_key(merchant.v2_key, self.api_key)):
+            return  # (in the sandbox, calls are signed with the sandbox key)
+        source = str(snapshot.source) if snapshot.source is not None else "the shim config"
         if merchant is None:
             raise ConfigError(
                 f'no merchant {mch_id} in the shim config: add a [merchants."{mch_id}"] '
                 "table (appid, v2_key, v3 credentials)",
                 source=source,
             )
-        if self.sandbox:
-            return  # signed with the sandbox key
-        if not _same_key(merchant.v2_key, self.api_key):
-            raise ConfigError(
-                "differs from the api_key given to WeChatPay (the shim would sign with "
-                "another key than the caller's)",
-                source=source,
-                key=f'merchants."{mch_id}".v2_key',
-            )
+        raise ConfigError(
+            "differs from the api_key given to WeChatPay (the shim would sign with "
+            "another key than the caller's)",
+            source=source,
+            key=f'merchants."{mch_id}".v2_key',
+        )
 
     def _shim_query_stock(self, stock_id: Any, op_user_id: Any, device_info: Any) -> dict[str, str]:
         shim = self._coupon_shim()

@@ -31,8 +31,17 @@ from ._emulator import (
     SandboxRequest,
 )
 from ._faults import ANY_STOCK, FAULT_KINDS, V2_FAULT_KINDS, V3_FAULT_KINDS, Fault
-from ._server import RunningServer, run_forever, serve
-from ._state import MERCHANT_SPECS, Merchant, MerchantSpec, SandboxState
+from ._requestlog import RequestLine, RequestLogger
+from ._server import RunningServer, SandboxBindError, run_forever, serve
+from ._state import (
+    CONFIG_NAME,
+    MERCHANT_SPECS,
+    ConfigWrite,
+    Merchant,
+    MerchantSpec,
+    SandboxState,
+    SandboxStateError,
+)
 from ._stocks import (
     DIVERGENT_FIELDS,
     DIVERGENT_STOCK_ID,
@@ -52,6 +61,7 @@ from ._v2 import billion_laughs_xml, parse_request_xml, render_xml, v2_sign
 
 __all__ = [
     "ANY_STOCK",
+    "CONFIG_NAME",
     "DIVERGENT_FIELDS",
     "DIVERGENT_STOCK_ID",
     "FAULT_KINDS",
@@ -65,6 +75,7 @@ __all__ = [
     "V3_STATUS_TO_V2",
     "V3_STOCK_PREFIX",
     "V3_TIMESTAMP_WINDOW_S",
+    "ConfigWrite",
     "CutToMessage",
     "Emulator",
     "Fault",
@@ -72,12 +83,16 @@ __all__ = [
     "Merchant",
     "MerchantSpec",
     "RecordedRequest",
+    "RequestLine",
+    "RequestLogger",
     "RunningServer",
     "SandboxApp",
+    "SandboxBindError",
     "SandboxConnectionDropped",
     "SandboxReply",
     "SandboxRequest",
     "SandboxState",
+    "SandboxStateError",
     "SandboxTransport",
     "SeededStock",
     "StockUseRule",

@@ -34,6 +34,31 @@ from cryptography.x509.oid import NameOID
 
 _STATE_VERSION = 1
 _ALNUM = string.ascii_letters + string.digits
+#: The ``shim.toml`` name inside a state folder.
+CONFIG_NAME = "shim.toml"
+
+
+class SandboxStateError(ValueError):
+    """A state folder exists but cannot be used (damaged, from another version, unreadable).
+
+    The message names the folder and the file, and says what to do; it never shows a key.
+    """
+
+
+@dataclass(frozen=True)
+class ConfigWrite:
+    """What :meth:`SandboxState.ensure_config` did with a state folder's ``shim.toml``.
+
+    Attributes:
+        path: the config file.
+        action: ``"written"`` (it was absent), ``"kept"`` (it existed: never overwritten)
+            or ``"reset"`` (rewritten on request; the old one is in ``backup``).
+        backup: where the previous file was saved (``reset`` only).
+    """
+
+    path: Path
+    action: str
+    backup: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -205,11 +230,33 @@ class SandboxState:
         """
         state_dir = Path(state_dir)
         meta_path = state_dir / "state.json"
+        if state_dir.exists() and not state_dir.is_dir():
+            raise SandboxStateError(f"state folder {state_dir}: exists and is not a folder")
         if not meta_path.exists():
             _create(state_dir)
+        try:
+            return cls._load(state_dir, meta_path)
+        except SandboxStateError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            reason = (
+                f"{Path(exc.filename).name} cannot be read ({exc.strerror})"
+                if isinstance(exc, OSError) and exc.filename
+                else f"state.json is damaged ({type(exc).__name__})"
+            )
+            raise SandboxStateError(
+                f"state folder {state_dir}: {reason}; use another --state-dir, or delete the "
+                "folder to start afresh (new keys)"
+            ) from None
+
+    @classmethod
+    def _load(cls, state_dir: Path, meta_path: Path) -> SandboxState:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported sandbox state version in {meta_path.name}")
+        if not isinstance(meta, dict) or meta.get("version") != _STATE_VERSION:
+            raise SandboxStateError(
+                f"state folder {state_dir}: {meta_path.name} is not a version "
+                f"{_STATE_VERSION} sandbox state; use another --state-dir"
+            )
         merchants: dict[str, Merchant] = {}
         keys = state_dir / "keys"
         for spec in MERCHANT_SPECS:
@@ -247,6 +294,38 @@ class SandboxState:
                 encoding="utf-8"
             ),
         )
+
+    def ensure_config(
+        self,
+        *,
+        v2_base_url: str,
+        v3_base_url: str,
+        mode: str = "legacy",
+        reset: bool = False,
+    ) -> ConfigWrite:
+        """Give the state folder a ``shim.toml``, never overwriting one that is there.
+
+        A user's edits (another mode, other routing) survive restarts. With ``reset`` the file
+        is rewritten and the previous one kept as ``shim.toml.bak``.
+
+        Args:
+            v2_base_url: base URL of the v2 endpoint for a new file.
+            v3_base_url: base URL of the v3 endpoint for a new file.
+            mode: the routing mode for a new file.
+            reset: rewrite an existing file.
+
+        Returns:
+            What was done (:class:`ConfigWrite`).
+        """
+        path = self.state_dir / CONFIG_NAME
+        if path.exists() and not reset:
+            return ConfigWrite(path, "kept")
+        backup: Path | None = None
+        if path.exists():
+            backup = path.with_name(CONFIG_NAME + ".bak")
+            os.replace(path, backup)
+        self.write_config(path, v2_base_url=v2_base_url, v3_base_url=v3_base_url, mode=mode)
+        return ConfigWrite(path, "reset" if backup else "written", backup)
 
     def write_config(
         self,

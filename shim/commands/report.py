@@ -1,0 +1,16 @@
+"""``coupon-shim report``: an offline HTML readiness report and a terminal summary (see
+:mod:`shim.report`, which holds the command's code)."""
+
+from __future__ import annotations
+
+from shim import report
+from shim.commands import Command
+
+COMMAND = Command(
+    name="report",
+    help="an offline HTML readiness report (charts, verdict) from events and compare runs",
+    description=report.DESCRIPTION,
+    epilog=report.EPILOG,
+    add_arguments=report.add_arguments,
+    run=report.command,
+)
