@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 from shim import __version__
 from shim.commands import Command, CommandError, ExitCode
@@ -33,6 +36,7 @@ COMMANDS: tuple[str, ...] = (
     "shim.commands.report",
     "shim.commands.check",
     "shim.commands.sandbox",
+    "shim.gateway.cli",
     "shim.commands.migration_doc",
 )
 
@@ -47,6 +51,7 @@ exit codes:
   4   unavailable: WeChat Pay or the emulator gave no usable answer, or the port is in use
   70  internal error (a bug: --traceback shows it)
   130 interrupted (Ctrl+C)
+  141 stdout closed early (piped into head)
 """
 
 
@@ -82,7 +87,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--verbose",
         action="store_true",
         default=default(False),
-        help="debug events too; the demo prints each event as it happens",
+        help="debug events too; the demo adds each answer and its events",
     )
     g.add_argument(
         "--traceback",
@@ -145,6 +150,18 @@ def _fail(message: str, code: ExitCode) -> int:
     return int(code)
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Python warnings (e.g. a literal secret in the config) as one line, without source."""
+    print(_one_line(f"coupon-shim: warning: {category.__name__}: {message}"), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``coupon-shim`` console script.
 
@@ -164,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_cli_logging(args.log_format, level=level)
     command: Command = args._command
     try:
-        return int(command.run(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(command.run(args))
     except CommandError as exc:
         return _fail(f"coupon-shim {command.name}: {exc}", exc.exit_code)
     except ConfigError as exc:
@@ -175,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"coupon-shim: {type(exc).__name__}: {exc}", ExitCode.UNAVAILABLE)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly, and keep Python's exit-time flush quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return int(ExitCode.PIPE_CLOSED)
     except Exception as exc:
         if args.traceback:
             raise

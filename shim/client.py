@@ -58,6 +58,8 @@ __all__ = ["AsyncCouponStockShim", "CouponStockShim"]
 CallObserver = Callable[[CallRecord], None]
 _IGNORED_PAYLOAD_KEYS = frozenset({"nonce_str", "sign", "sign_type"})
 _NO_V3 = "no_v3_credentials"
+_REQUEST_FIELD_SET = frozenset(v2.REQUEST_FIELDS)
+_MEMO_SIZE = 4096
 DEFAULT_LIMITS = httpx.Limits(
     max_connections=100, max_keepalive_connections=32, keepalive_expiry=30
 )
@@ -108,6 +110,8 @@ class _ShimCore:
         self._metrics: ShimMetrics | None = metrics_for(registry)
         self._observers: tuple[CallObserver, ...] = ()
         self._cache = AnswerCache(self._live.current().cache.max_entries)
+        # validated arguments -> (request, its fields); shared, never mutated
+        self._valid: dict[tuple[Any, ...], tuple[v2.V2Request, dict[str, str]]] = {}
         self._live.on_reload(self._on_reload)
         self._live.on_reload_failed(self._on_reload_failed)
 
@@ -206,6 +210,24 @@ class _ShimCore:
             self._owns_flag_source = True
         return source.mode_for(mch_id, stock_id, routing_key(bucket_by, mch_id, stock_id))
 
+    def _validated(self, values: dict[str, Any]) -> tuple[v2.V2Request, dict[str, str]]:
+        """The validated request and its fields, memoised for plain-string arguments.
+
+        Validation is a pure function of the arguments, and hot traffic repeats them; the memo
+        is bounded (cleared when full) and never holds a rejected argument.
+        """
+        key = tuple([values.get(name) for name in v2.REQUEST_FIELDS])
+        if values.keys() <= _REQUEST_FIELD_SET and all(type(v) is str or v is None for v in key):
+            hit = self._valid.get(key)
+            if hit is None:
+                request = v2.validate_request(values)
+                if len(self._valid) >= _MEMO_SIZE:
+                    self._valid.clear()
+                hit = self._valid[key] = (request, request._asdict())
+            return hit
+        request = v2.validate_request(values)
+        return request, request._asdict()
+
     def _prepare(
         self, values: dict[str, Any], xml: Mapping[str, Any] | None, *, route: Route | None = None
     ) -> _Call:
@@ -223,7 +245,7 @@ class _ShimCore:
             # left out: the merchant's own (an unknown merchant is named as such, not as a
             # missing appid); a falsy non-string appid is the caller's error, not "left out"
             values["appid"] = snapshot.merchant(mch_id).appid
-        request = v2.validate_request(values)
+        request, request_fields = self._validated(values)
         merchant = snapshot.merchant(request.mch_id)
         routing = snapshot.routing
         if route is not None:
@@ -247,7 +269,7 @@ class _ShimCore:
             merchant=merchant,
             mapping=self._table(snapshot),
             request=request,
-            request_fields=request._asdict(),
+            request_fields=request_fields,
             breakers=self.breaker,
             deadline=started + snapshot.upstream.budget_s,
             attempts=snapshot.retry.attempts,

@@ -320,8 +320,12 @@ def _resolve_ref(
     env: Mapping[str, str],
     source: str,
     key: str,
+    reads: dict[str, str] | None = None,
 ) -> tuple[str, str, bool]:
-    """Resolve ``env:NAME``, ``file:PATH`` or a literal. Returns (value, origin, is_literal)."""
+    """Resolve ``env:NAME``, ``file:PATH`` or a literal. Returns (value, origin, is_literal).
+
+    ``reads`` memoises file contents within one load (many merchants often share a key file).
+    """
     if ref.startswith("env:"):
         name = ref[4:]
         if not name:
@@ -334,6 +338,8 @@ def _resolve_ref(
         return value, f"env:{name}", False
     if ref.startswith("file:"):
         raw = ref[5:]
+        if reads is not None and raw in reads:
+            return reads[raw], f"file:{raw}", False
         path = Path(raw).expanduser()
         if not path.is_absolute():
             path = base_dir / path
@@ -345,6 +351,8 @@ def _resolve_ref(
             raise ConfigError(
                 f"file {raw!r} cannot be read ({type(exc).__name__})", source=source, key=key
             ) from None
+        if reads is not None:
+            reads[raw] = value
         return value, f"file:{raw}", False
     return ref, "literal", True
 
@@ -507,6 +515,7 @@ def _parse_merchant(
     base_dir: Path,
     env: Mapping[str, str],
     source: str,
+    reads: dict[str, str] | None = None,
 ) -> MerchantConfig:
     prefix = f'merchants."{mch_id}"'
     if not mch_id or len(mch_id) > 32 or not mch_id.isascii() or not mch_id.isalnum():
@@ -523,7 +532,7 @@ def _parse_merchant(
                 raise r.error(name, "is required")
             return None
         value, origin, literal = _resolve_ref(
-            ref, base_dir=base_dir, env=env, source=source, key=r._key(name)
+            ref, base_dir=base_dir, env=env, source=source, key=r._key(name), reads=reads
         )
         if literal:
             warnings.warn(
@@ -617,6 +626,7 @@ _TOP_LEVEL = {
     "merchants",
     "cache",
     "single_flight",
+    "gateway",  # read by shim.gateway (coupon-shim serve); the library ignores it
 }
 
 
@@ -724,11 +734,12 @@ def parse_config(
 
     merchants_raw = _table(data, "merchants", source)
     merchants: dict[str, MerchantConfig] = {}
+    reads: dict[str, str] = {}  # file: references, read once per load
     for mch_id, table in merchants_raw.items():
         if not isinstance(table, Mapping):
             raise ConfigError("must be a table", source=source, key=f'merchants."{mch_id}"')
         merchants[mch_id] = _parse_merchant(
-            mch_id, table, base_dir=base_dir, env=env, source=source
+            mch_id, table, base_dir=base_dir, env=env, source=source, reads=reads
         )
 
     return ShimConfig(

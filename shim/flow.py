@@ -9,6 +9,7 @@ circuit breaking and fallback — lives here; ``shim.transport`` holds the two s
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -18,6 +19,7 @@ from typing import Literal, TypeVar
 from shim import v2, v3
 from shim.config import MerchantConfig, ShimConfig
 from shim.errors import ConfigError, Route, ShimError, UpstreamError
+from shim.flatxml import read_flat
 from shim.mapping import MappingTable, map_error, map_success
 from shim.policy import (
     CircuitBreaker,
@@ -238,12 +240,13 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
             kind="protocol",
             status=reply.status,
         )
+    body, cap = reply.body, ctx.config.upstream.max_body_bytes
+    # The common flat shape is read fast; anything else goes to the full, strict parser.
+    parsed = read_flat(body) if len(body) <= cap else None
+    if parsed is None:
+        parsed = v2.parse_xml(body, max_bytes=cap)
     answer = v2.checked_answer(
-        v2.parse_xml(reply.body, max_bytes=ctx.config.upstream.max_body_bytes),
-        ctx.request,
-        key=key,
-        sign_type=m.v2_sign_type,
-        mch_id=m.mch_id,
+        parsed, ctx.request, key=key, sign_type=m.v2_sign_type, mch_id=m.mch_id
     )
     return RouteResult(answer, "legacy", 1, status=reply.status, received_at=received)
 
@@ -255,7 +258,18 @@ def _plain_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     """
     if type(headers) is dict:
         return headers
+    items = getattr(headers, "_list", None)  # httpx.Headers: (raw, lower-case, value) bytes
+    if type(items) is list and items and type(items[0]) is tuple and len(items[0]) == 3:
+        try:
+            return {lower.decode("ascii"): value.decode("ascii") for _, lower, value in items}
+        except (UnicodeDecodeError, AttributeError):
+            pass  # not plain ASCII: decode as httpx does
     return {k.lower(): v for k, v in headers.items()}
+
+
+#: ``v3.stock_path`` is pure and the same few stocks recur: memoised (ids are at most 20
+#: characters, and a refused id raises, so it is never kept).
+_stock_path = functools.lru_cache(maxsize=4096)(v3.stock_path)
 
 
 def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
@@ -269,7 +283,7 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
         )
     stock_id = ctx.request.coupon_stock_id
     creator = m.creator_for(stock_id)
-    path = v3.stock_path(stock_id, creator)
+    path = _stock_path(stock_id, creator)
     nonce = ctx.nonce()
     auth = v3.authorization(
         creds,

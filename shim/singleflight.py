@@ -64,10 +64,12 @@ class _Abandoned(Exception):
 
 
 class _Flight(Generic[T]):
+    # ``done`` is made by the first follower (under the group's lock): a call nobody joins,
+    # the common case, costs no Event.
     __slots__ = ("done", "error", "result")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done: threading.Event | None = None
         self.result: T | None = None
         self.error: BaseException | None = None
 
@@ -112,12 +114,16 @@ class ThreadFlights(Generic[T]):
         while True:
             with self._lock:
                 flight = self._flights.get(key)
-                leader = flight is None
                 if flight is None:
                     flight = self._flights[key] = _Flight()
-            if leader:
+                    done = None
+                else:
+                    done = flight.done
+                    if done is None:
+                        done = flight.done = threading.Event()
+            if done is None:
                 return self._lead(key, flight, call), False
-            if not flight.done.wait(max(0.0, remaining())):
+            if not done.wait(max(0.0, remaining())):
                 raise expired()
             error = flight.error
             if error is None:
@@ -155,14 +161,16 @@ class ThreadFlights(Generic[T]):
             with self._lock:  # closed to newcomers before anyone is woken
                 if self._flights.get(key) is flight:
                     del self._flights[key]
-            flight.done.set()
+                done = flight.done
+            if done is not None:
+                done.set()
 
 
 class _AsyncFlight(Generic[T]):
     __slots__ = ("done", "error", "result")
 
     def __init__(self) -> None:
-        self.done = asyncio.Event()
+        self.done: asyncio.Event | None = None  # made by the first follower
         self.result: T | None = None
         self.error: BaseException | None = None
 
@@ -199,8 +207,11 @@ class AsyncFlights(Generic[T]):
             if flight is None:
                 flight = self._flights[loop_key] = _AsyncFlight()
                 return await self._lead(loop_key, flight, call), False
+            done = flight.done
+            if done is None:
+                done = flight.done = asyncio.Event()
             try:
-                await asyncio.wait_for(flight.done.wait(), max(0.0, remaining()))
+                await asyncio.wait_for(done.wait(), max(0.0, remaining()))
             except asyncio.TimeoutError:
                 raise expired() from None
             error = flight.error
@@ -241,4 +252,5 @@ class AsyncFlights(Generic[T]):
         finally:
             if self._flights.get(loop_key) is flight:
                 del self._flights[loop_key]
-            flight.done.set()
+            if flight.done is not None:
+                flight.done.set()

@@ -119,7 +119,8 @@ def test_demo_tells_the_story_on_one_screen() -> None:
         ["coupon_total"], ["is_send_num"])]  # fmt: skip
     assert sorted(diff_rows) == [["coupon_total", "1200", "1000"], ["is_send_num", "260", "250"]]
     next_steps = out.split("\nnext:\n", 1)[1]
-    for command in ("coupon-shim sandbox", "coupon-shim compare", "coupon-shim query"):
+    for command in ("coupon-shim sandbox", "coupon-shim compare", "coupon-shim query",
+                    "coupon-shim report compare.json"):  # fmt: skip
         assert command in next_steps
 
 

@@ -201,3 +201,63 @@ def test_findings_exit_1(tmp_path: Path) -> None:
 def test_command_error_is_one_line_naming_the_command(config_path: Path) -> None:
     proc = coupon_shim("compare", "--config", str(config_path), "--mch-id", MD5_MCH)
     assert_one_line_error(proc, ExitCode.USAGE, "coupon-shim compare:", "stock ids")
+
+
+def test_stdout_closed_early_is_quiet_exit_141() -> None:
+    """`coupon-shim demo | head -1`: no traceback, no "internal error", exit 141."""
+    cmd = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "shim.cli"]
+    proc = subprocess.Popen(
+        [*cmd, "demo", "--verbose"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith("Starting the WeChat Pay emulator")
+    proc.stdout.close()  # the reader goes away, as `head -1` does
+    code = proc.wait(120)
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert code == ExitCode.PIPE_CLOSED, err
+    assert err == ""
+
+
+def test_readme_command_table_matches_the_commands() -> None:
+    """Every registered command has a row in the README's command table, and every option a
+    row names is one the command accepts (the table cannot drift from the parser)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The command line", 1)[1].split("\n### ", 1)[0]
+    rows = {
+        m.group(1): m.group(0)
+        for m in re.finditer(r"^\| `coupon-shim ([a-z-]+)[^|]*(?:\\\|[^|]*)*\|.*$", section, re.M)
+    }
+    parsers = dict(_all_parsers())
+    commands = {name.split(" ", 1)[1] for name in parsers if " " in name}
+    assert set(rows) == commands
+    for name, row in rows.items():
+        usage = row.split("` |", 1)[0]
+        options = {o for a in parsers[f"coupon-shim {name}"]._actions for o in a.option_strings}
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", usage))
+        assert named <= options, (name, named - options)
+
+
+def test_python_warnings_are_one_line_without_the_secret(
+    config_path: Path, sandbox_state: SandboxState
+) -> None:
+    """A literal key in the config: the LiteralSecretWarning is one line naming file and key
+    (no source path, no code line, no key), and the command still works."""
+    key = sandbox_state.merchants[MD5_MCH].v2_key
+    text = re.sub(
+        r'v2_key = "file:[^"]*v2_key_10000098"', f'v2_key = "{key}"', config_path.read_text()
+    )
+    config_path.write_text(text)
+    proc = coupon_shim("--quiet", "query", "--config", str(config_path), "--mch-id", MD5_MCH,
+                       "1757")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"coupon-shim: warning: LiteralSecretWarning: {config_path}: "
+        f'merchants."{MD5_MCH}".v2_key: a literal secret in the config file; prefer '
+        '"env:NAME" or "file:PATH"'
+    ]
+    assert key not in proc.stderr

@@ -118,3 +118,72 @@ def test_parse_xml_matches_xmltodict_on_hostile_prologs(body: bytes) -> None:
     except UpstreamError:
         got = None
     assert got == expected
+
+
+@settings(max_examples=400)
+@given(documents())
+def test_the_fast_flat_reader_agrees_with_the_full_parser(doc: bytes) -> None:
+    """read_flat gives exactly parse_xml's fields, or None (then the full parser decides)."""
+    from shim.flatxml import read_flat
+
+    fast = read_flat(doc)
+    if fast is None:
+        return
+    assert fast == v2.parse_xml(doc)
+
+
+@settings(max_examples=300)
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True),
+        st.text(max_size=12),
+        min_size=1,
+        max_size=6,
+    ),
+    st.booleans(),
+)
+def test_the_fast_reader_takes_v2_answers_as_wechat_pay_writes_them(
+    fields: dict[str, str], cdata: bool
+) -> None:
+    """CDATA or bare values, any text: fast and full parsers agree, or fast steps aside."""
+    from shim.flatxml import read_flat
+
+    def value(v: str) -> str:
+        return v2._cdata(v) if cdata else _escape(v)
+
+    doc = (
+        "<xml>" + "".join(f"<{k}>{value(v)}</{k}>" for k, v in fields.items()) + "</xml>"
+    ).encode()
+    try:
+        full: dict[str, str] | None = v2.parse_xml(doc)
+    except UpstreamError:
+        full = None
+    fast = read_flat(doc)
+    assert fast is None or fast == full
+
+
+def test_the_fast_reader_steps_aside_for_everything_unusual() -> None:
+    """DOCTYPE, entities, declarations, BOM, CR, attributes, nesting, repeats: not read fast."""
+    from shim.flatxml import read_flat
+
+    for doc in (
+        b'<!DOCTYPE xml [<!ENTITY a "b">]><xml><a>&a;</a></xml>',
+        b'<?xml version="1.0"?><xml><a>1</a></xml>',
+        b"\xef\xbb\xbf<xml><a>1</a></xml>",
+        b"<xml><a>1\r\n</a></xml>",
+        b'<xml><a k="v">1</a></xml>',
+        b"<xml><a><b>1</b></a></xml>",
+        b"<xml><a>1</a><a>2</a></xml>",
+        b"<xml><a>&#65;</a></xml>",
+        b"<xml><a/></xml>",
+        b"<xml><a>1</a>junk</xml>",
+        b"<xml><a>1</a><!-- c --></xml>",
+        b"<xml><a>\x01</a></xml>",
+        "<xml><a>1</a></xml>".encode("utf-16"),
+        b"<other><a>1</a></other>",
+    ):
+        assert read_flat(doc) is None, doc
+    assert read_flat(b"<xml>\n<a><![CDATA[x ]]]></a>\n<b>12</b>\n</xml>\n") == {
+        "a": "x ]",
+        "b": "12",
+    }

@@ -36,6 +36,8 @@ class ExitCode(enum.IntEnum):
     INTERNAL = 70
     #: stopped with Ctrl+C.
     INTERRUPTED = 130
+    #: stdout was closed before the command finished writing (piped into ``head``).
+    PIPE_CLOSED = 141
 
 
 class CommandError(Exception):

@@ -218,13 +218,17 @@ def _next_steps(out: TextIO) -> None:
 
     names = {c.name for c in load_commands()}
     cfg = ".coupon-shim-sandbox/shim.toml"
+    compare = f"coupon-shim compare --config {cfg} --mch-id 10000098"
     steps = [
         ("coupon-shim sandbox --log-requests", f"run the emulator yourself; edit {cfg}"),
         (f"coupon-shim query --config {cfg} --mch-id 10000098 1757", ""),
-        (f"coupon-shim compare --config {cfg} --mch-id 10000098 1757 9000000001", ""),
+        (f"{compare} 1757 9856010 9000000001", ""),
     ]
     if "report" in names:
-        steps.append(("coupon-shim report --help", "a readiness report from events or compare"))
+        steps += [
+            (f"{compare} --json 1757 9856010 9000000001 > compare.json", ""),
+            ("coupon-shim report compare.json", "an HTML readiness report with a verdict"),
+        ]
     steps.append(("MIGRATION.md", "the cutover playbook: legacy -> shadow -> canary -> v3"))
     out.write("\nnext:\n")
     for command, what in steps:
