@@ -305,7 +305,11 @@ def table(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls (about two minutes; the full run about six)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer calls (about two minutes; the full run about six)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "gateway_results.json")
     parser.add_argument("--workers", default="1,2", help="worker counts to measure")
     parser.add_argument("--modes", default="legacy,v3", help="routing modes to measure")

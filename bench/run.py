@@ -59,6 +59,7 @@ from shim.config import ShimConfig, load_config
 from shim.events import configure_cli_logging
 from shim.flow import HttpRequest, HttpResponse
 from shim.sandbox import Emulator, SandboxState
+from shim.transport import DeadlineTransport
 
 HERE = Path(__file__).resolve().parent
 MCH = "10000098"  # public-key mode, MD5 v2 key
@@ -368,7 +369,9 @@ def bench_sync(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         ("https", env.https_url, env.ssl_ctx),
     ):
         cfg = env.config(url, "v3", f"v3-{proto}")
-        shim_ = CouponStockShim(cfg, client=httpx.Client(verify=verify, limits=LIMITS), env={})
+        # the shim's default sync path: its deadline-bound transport
+        transport = DeadlineTransport(verify=verify, limits=LIMITS)
+        shim_ = CouponStockShim(cfg, client=httpx.Client(transport=transport), env={})
         floor = Floor(env, url, verify)
         sides = {"floor": floor.call, "shim": shim_call(shim_)}
         lat = interleave(sides, p.rounds, p.per_round, p.warmup)
@@ -693,7 +696,7 @@ def canned_network(env: Env) -> Iterator[Callable[[], None]]:
     canned: dict[str, HttpResponse] = {}
     fake_sig = "A" * 344
 
-    def canned_driver(flow: Any, client: Any, clock: Any = time.monotonic) -> Any:
+    def canned_driver(flow: Any, client: Any, clock: Any = time.monotonic, *_: Any) -> Any:
         try:
             step = next(flow)
             while True:

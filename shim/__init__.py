@@ -26,9 +26,12 @@ from shim._default import (
 from shim.client import AsyncCouponStockShim, CouponStockShim
 from shim.config import LiveConfig, ShimConfig, load_config
 from shim.errors import (
+    ClosedError,
     ConfigError,
     InputError,
+    LocalError,
     MappingError,
+    OverloadError,
     ShimError,
     SignatureError,
     UpstreamError,
@@ -40,11 +43,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncCouponStockShim",
+    "ClosedError",
     "ConfigError",
     "CouponStockShim",
     "InputError",
     "LiveConfig",
+    "LocalError",
     "MappingError",
+    "OverloadError",
     "ShadowTotals",
     "ShimConfig",
     "ShimError",

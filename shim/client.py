@@ -21,7 +21,7 @@ import httpx
 from shim import v2
 from shim.cache import AnswerCache, Entry
 from shim.config import LiveConfig, ShimConfig
-from shim.errors import InputError, Route, ShimError, UpstreamError
+from shim.errors import ClosedError, InputError, Route, ShimError, UpstreamError
 from shim.flags import OpenFeatureRouteSource
 from shim.flow import (
     CallContext,
@@ -48,7 +48,7 @@ from shim.shadow import (
     compare_answers,
 )
 from shim.singleflight import AsyncFlights, ThreadFlights
-from shim.transport import run_async, run_sync
+from shim.transport import Admission, AsyncAdmission, DeadlineTransport, run_async, run_sync
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -63,6 +63,36 @@ _MEMO_SIZE = 4096
 DEFAULT_LIMITS = httpx.Limits(
     max_connections=100, max_keepalive_connections=32, keepalive_expiry=30
 )
+#: How much longer than ``[shadow] timeout_s`` close() waits for shadow jobs to wind down
+#: (each ends by its own deadline; this covers recording its outcome).
+CLOSE_GRACE_S = 0.25
+_CLOSED_MESSAGE = "the shim is closed; build a new one"
+
+# Fork safety: the pid the shims' pooled connections belong to. A forked child gets a new
+# value (os.register_at_fork), and each shim rebuilds its own pool there on first use,
+# never touching (or closing) the parent's connections.
+_PID = os.getpid()
+_FORK_LOCK = threading.Lock()
+_ABANDONED: list[object] = []  # the parent's clients, kept (not closed) in a forked child
+
+
+def _after_fork_in_child() -> None:
+    global _PID, _FORK_LOCK
+    _PID = os.getpid()
+    _FORK_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _limits(limit: int) -> httpx.Limits:
+    """Pool limits for the shim's own client: never fewer connections than admissions."""
+    return httpx.Limits(
+        max_connections=max(limit, 1),
+        max_keepalive_connections=min(DEFAULT_LIMITS.max_keepalive_connections or 32, limit),
+        keepalive_expiry=DEFAULT_LIMITS.keepalive_expiry,
+    )
 
 
 @dataclass(slots=True)
@@ -89,6 +119,7 @@ class _ShimCore:
         nonce: Callable[[], str] = new_nonce,
         logger: Any = None,
         registry: CollectorRegistry | None = None,
+        metrics: bool = True,
     ) -> None:
         self._env = os.environ if env is None else env
         if isinstance(config, LiveConfig):
@@ -107,13 +138,15 @@ class _ShimCore:
         # Observers of call records and breaker changes: events always, metrics when
         # prometheus_client is installed (see shim.observe, shim.metrics).
         self._events = EventSink(logger)
-        self._metrics: ShimMetrics | None = metrics_for(registry)
+        self._metrics: ShimMetrics | None = metrics_for(registry) if metrics else None
         self._observers: tuple[CallObserver, ...] = ()
         self._cache = AnswerCache(self._live.current().cache.max_entries)
         # validated arguments -> (request, its fields); shared, never mutated
         self._valid: dict[tuple[Any, ...], tuple[v2.V2Request, dict[str, str]]] = {}
         self._live.on_reload(self._on_reload)
         self._live.on_reload_failed(self._on_reload_failed)
+        self._pid = _PID
+        self._closed = False
 
     def subscribe(self, observer: Callable[[CallRecord], None]) -> None:
         """Call ``observer`` with the :class:`~shim.observe.CallRecord` of every finished call.
@@ -130,6 +163,13 @@ class _ShimCore:
     def metrics(self) -> ShimMetrics | None:
         """The metrics this shim records into (None without ``prometheus_client``)."""
         return self._metrics
+
+    def _fresh_after_fork(self) -> None:
+        """In a forked child: state no thread of the parent may hold a lock on, anew."""
+        self._breakers = {}
+        self._breaker_lock = threading.Lock()
+        self._stats = ShadowStats()  # the child's own totals
+        self._cache = AnswerCache(self._live.current().cache.max_entries)
 
     @property
     def config(self) -> ShimConfig:
@@ -339,9 +379,9 @@ class _ShimCore:
             call.ctx, call.decision, can_serve=lambda r: r == "legacy" or merchant.v3 is not None
         )
 
-    def _shadow_ctx(self, call: _Call) -> CallContext:
+    def _shadow_ctx(self, call: _Call, submitted: float) -> CallContext:
         snap = call.ctx.config
-        return replace(call.ctx, deadline=self._clock() + snap.shadow.timeout_s, attempts=1)
+        return replace(call.ctx, deadline=submitted + snap.shadow.timeout_s, attempts=1)
 
     def _record(
         self,
@@ -415,15 +455,18 @@ class _ShimCore:
     ) -> None:
         raise NotImplementedError  # pragma: no cover - each twin runs shadows its own way
 
-    def _shadow_flow(self, call: _Call) -> Flow[RouteResult]:
-        """The other side of a shadowed call: one attempt within the shadow time budget."""
+    def _shadow_flow(self, call: _Call, submitted: float) -> Flow[RouteResult]:
+        """The other side of a shadowed call: one attempt within the shadow time budget,
+        counted from the job's submission (time queued for a worker counts)."""
         assert call.decision.shadow is not None
-        return route_flow(self._shadow_ctx(call), call.decision.shadow)
+        return route_flow(self._shadow_ctx(call, submitted), call.decision.shadow)
 
     def _shadow_outcome(
         self, call: _Call, outcome: CallOutcome, started: float, other: RouteResult | ShimError
     ) -> ShadowOutcome:
         latency_ms = (self._clock() - started) * 1000.0
+        if isinstance(other, ClosedError):
+            return ShadowOutcome("dropped", latency_ms=latency_ms)  # cut by close()
         if isinstance(other, ShimError):
             return ShadowOutcome.from_error(other, latency_ms=latency_ms)
         return compare_answers(
@@ -466,6 +509,9 @@ class CouponStockShim(_ShimCore):
             in-process ``MockTransport``).
         flag_source: an OpenFeature route source (``routing.flag_source = "openfeature"``).
         env: environment for the kill switch and overrides (default ``os.environ``).
+        registry: the ``prometheus_client.CollectorRegistry`` to record metrics into
+            (default: ``prometheus_client.REGISTRY`` when the package is installed).
+        metrics: False to record no metrics at all.
 
     Example:
         >>> shim = CouponStockShim.from_file("shim.toml")  # doctest: +SKIP
@@ -482,12 +528,38 @@ class CouponStockShim(_ShimCore):
     ) -> None:
         super().__init__(config, **kwargs)
         self._owns_client = client is None
-        self._client = client or httpx.Client(
-            transport=transport, limits=DEFAULT_LIMITS, follow_redirects=False
-        )
+        self._transport = transport
+        self._client = client or self._new_client()
+        self._gate = Admission(self._live.current().upstream.max_in_flight)
         self._runner: ThreadShadowRunner | None = None
         self._runner_lock = threading.Lock()
         self._flights: ThreadFlights[CallOutcome] = ThreadFlights()
+
+    def _new_client(self) -> httpx.Client:
+        limits = _limits(self._live.current().upstream.max_in_flight)
+        transport = self._transport or DeadlineTransport(limits=limits)
+        return httpx.Client(transport=transport, limits=limits, follow_redirects=False)
+
+    def _after_fork(self) -> None:
+        """First use in a forked child: a pool, gate and shadow runner of its own."""
+        with _FORK_LOCK:
+            if self._pid == _PID:
+                return
+            self._fresh_after_fork()
+            if self._owns_client:
+                _ABANDONED.append(self._client)  # the parent's sockets: never used, never closed
+                self._client = self._new_client()
+            self._gate = Admission(self._live.current().upstream.max_in_flight)
+            self._runner = None  # its threads did not survive the fork
+            self._runner_lock = threading.Lock()
+            self._flights = ThreadFlights()  # a leader in a parent thread never finishes here
+            self._pid = _PID
+
+    def _enter(self) -> None:
+        if self._pid != _PID:
+            self._after_fork()
+        if self._closed:
+            raise ClosedError(_CLOSED_MESSAGE)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> CouponStockShim:
@@ -519,8 +591,10 @@ class CouponStockShim(_ShimCore):
             MappingError: a v3 answer could not be mapped and no fallback served the call.
             ConfigError: the merchant's configuration cannot serve the chosen route.
         """
+        self._enter()
         values = _values(coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
         call = self._prepare(values, xml)
+        self._gate.limit = call.ctx.config.upstream.max_in_flight
         try:
             outcome = self._serve(call)
         except ShimError as err:
@@ -538,7 +612,7 @@ class CouponStockShim(_ShimCore):
         def run() -> CallOutcome:
             nonlocal ran
             ran = True
-            return run_sync(self._flow(call), self._client, self._clock)
+            return run_sync(self._flow(call), self._client, self._clock, self._gate)
 
         if not call.ctx.config.single_flight.enabled:
             outcome = run()
@@ -566,9 +640,12 @@ class CouponStockShim(_ShimCore):
 
         The call is recorded like any other (event, metrics) with reason ``explicit``.
         """
+        self._enter()
         call = self._prepare_via(route, fields)
         try:
-            result: RouteResult = run_sync(route_flow(call.ctx, route), self._client, self._clock)
+            result: RouteResult = run_sync(
+                route_flow(call.ctx, route), self._client, self._clock, self._gate
+            )
         except ShimError as err:
             self._record(call, error=err)
             raise
@@ -578,11 +655,15 @@ class CouponStockShim(_ShimCore):
     def _submit_shadow(
         self, call: _Call, outcome: CallOutcome, done: Callable[[ShadowOutcome], None]
     ) -> None:
+        submitted = self._clock()
+
         def job() -> ShadowOutcome:
             started = self._clock()
+            if started >= submitted + call.ctx.config.shadow.timeout_s:
+                return ShadowOutcome("dropped")  # waited out its whole budget in the queue
             try:
                 other: RouteResult | ShimError = run_sync(
-                    self._shadow_flow(call), self._client, self._clock
+                    self._shadow_flow(call, submitted), self._client, self._clock, self._gate
                 )
             except ShimError as err:
                 other = err
@@ -609,9 +690,23 @@ class CouponStockShim(_ShimCore):
         return True
 
     def close(self) -> None:
-        """Finish in-flight shadow comparisons (bounded by the shadow timeout) and close."""
+        """Refuse new calls, finish queued and running shadow comparisons, then close.
+
+        Each comparison ends by its own ``[shadow] timeout_s`` (from its submission), so
+        this returns within about that long; a comparison it still cuts is counted as
+        dropped. Calls still running when the client closes end with
+        :class:`~shim.errors.ClosedError`; later calls raise it at once. Closing never
+        counts against a circuit breaker. A client you passed in is not closed.
+        """
+        if self._pid != _PID:
+            self._after_fork()  # a child closes its own pool, never the parent's
+        if self._closed:
+            return
+        self._closed = True
         if self._runner is not None:
-            self._runner.close(wait=True, timeout=self._live.current().shadow.timeout_s)
+            timeout = self._live.current().shadow.timeout_s + CLOSE_GRACE_S
+            self._runner.close(wait=True, timeout=timeout)
+        self._gate.close()
         if self._owns_client:
             self._client.close()
 
@@ -639,11 +734,35 @@ class AsyncCouponStockShim(_ShimCore):
     ) -> None:
         super().__init__(config, **kwargs)
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
-            transport=transport, limits=DEFAULT_LIMITS, follow_redirects=False
-        )
+        self._transport = transport
+        self._client = client or self._new_client()
+        self._gate = AsyncAdmission(self._live.current().upstream.max_in_flight)
         self._runner: AsyncShadowRunner | None = None
         self._flights: AsyncFlights[CallOutcome] = AsyncFlights()
+
+    def _new_client(self) -> httpx.AsyncClient:
+        limits = _limits(self._live.current().upstream.max_in_flight)
+        return httpx.AsyncClient(transport=self._transport, limits=limits, follow_redirects=False)
+
+    def _after_fork(self) -> None:
+        """First use in a forked child: a pool, gate and shadow runner of its own."""
+        with _FORK_LOCK:
+            if self._pid == _PID:
+                return
+            self._fresh_after_fork()
+            if self._owns_client:
+                _ABANDONED.append(self._client)  # the parent's sockets: never used, never closed
+                self._client = self._new_client()
+            self._gate = AsyncAdmission(self._live.current().upstream.max_in_flight)
+            self._runner = None  # its tasks belong to the parent's event loop
+            self._flights = AsyncFlights()
+            self._pid = _PID
+
+    def _enter(self) -> None:
+        if self._pid != _PID:
+            self._after_fork()
+        if self._closed:
+            raise ClosedError(_CLOSED_MESSAGE)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> AsyncCouponStockShim:
@@ -664,8 +783,10 @@ class AsyncCouponStockShim(_ShimCore):
         xml: Mapping[str, Any] | None = None,
     ) -> dict[str, str]:
         """Query a coupon stock with the v2 call signature; see :class:`CouponStockShim`."""
+        self._enter()
         values = _values(coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
         call = self._prepare(values, xml)
+        self._gate.limit = call.ctx.config.upstream.max_in_flight
         try:
             outcome = await self._serve(call)
         except ShimError as err:
@@ -683,7 +804,7 @@ class AsyncCouponStockShim(_ShimCore):
         async def run() -> CallOutcome:
             nonlocal ran
             ran = True
-            return await run_async(self._flow(call), self._client, self._clock)
+            return await run_async(self._flow(call), self._client, self._clock, self._gate)
 
         if not call.ctx.config.single_flight.enabled:
             outcome = await run()
@@ -708,10 +829,11 @@ class AsyncCouponStockShim(_ShimCore):
     @scrubs_locals_async
     async def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
         """Query one route directly (no routing, fallback or shadow); recorded as ``explicit``."""
+        self._enter()
         call = self._prepare_via(route, fields)
         try:
             result: RouteResult = await run_async(
-                route_flow(call.ctx, route), self._client, self._clock
+                route_flow(call.ctx, route), self._client, self._clock, self._gate
             )
         except ShimError as err:
             self._record(call, error=err)
@@ -722,11 +844,13 @@ class AsyncCouponStockShim(_ShimCore):
     def _submit_shadow(
         self, call: _Call, outcome: CallOutcome, done: Callable[[ShadowOutcome], None]
     ) -> None:
+        submitted = self._clock()
+
         async def job() -> ShadowOutcome:
             started = self._clock()
             try:
                 other: RouteResult | ShimError = await run_async(
-                    self._shadow_flow(call), self._client, self._clock
+                    self._shadow_flow(call, submitted), self._client, self._clock, self._gate
                 )
             except ShimError as err:
                 other = err
@@ -746,9 +870,21 @@ class AsyncCouponStockShim(_ShimCore):
         return True
 
     async def aclose(self) -> None:
-        """Finish in-flight shadow comparisons (bounded by the shadow timeout) and close."""
+        """Refuse new calls, finish running shadow comparisons, then close.
+
+        Each comparison ends by its own ``[shadow] timeout_s``, so this returns within about
+        that long. Calls still running when the client closes end with
+        :class:`~shim.errors.ClosedError`; later calls raise it at once. Closing never
+        counts against a circuit breaker. A client you passed in is not closed.
+        """
+        if self._pid != _PID:
+            self._after_fork()  # a child closes its own pool, never the parent's
+        if self._closed:
+            return
+        self._closed = True
         if self._runner is not None:
             await self._runner.aclose(wait=True)
+        self._gate.close()
         if self._owns_client:
             await self._client.aclose()
 

@@ -123,6 +123,9 @@ class UpstreamConfig:
     connect_timeout_s: float = 2.0
     budget_s: float = 10.0
     max_body_bytes: int = 1_048_576
+    #: HTTP exchanges one shim runs at once (both routes, shadow jobs included); beyond it a
+    #: call waits within its budget, then fails with OverloadError.
+    max_in_flight: int = 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -667,6 +670,7 @@ def parse_config(
         ),
         budget_s=u.number("budget_s", DEFAULT_UPSTREAM.budget_s, minimum=0),
         max_body_bytes=u.integer("max_body_bytes", DEFAULT_UPSTREAM.max_body_bytes, minimum=1024),
+        max_in_flight=u.integer("max_in_flight", DEFAULT_UPSTREAM.max_in_flight, minimum=1),
     )
     for name in ("v2_base_url", "v3_base_url"):
         url = getattr(upstream, name)

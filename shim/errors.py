@@ -10,7 +10,15 @@
     │   │                           http_status | protocol | circuit_open | budget)
     │   └── SignatureError         an answer's signature is bad, missing, stale or unknown:
     │                              the answer is refused, never passed off as data
-    └── MappingError               a verified v3 answer could not be mapped onto the v2 dict
+    ├── MappingError               a verified v3 answer could not be mapped onto the v2 dict
+    └── LocalError                 the call never got a fair try upstream, for a reason local
+        │                          to this process; never retried, never fallen back from,
+        │                          never counted by a circuit breaker (.route = the route)
+        ├── OverloadError          local congestion: no admission slot ([upstream]
+        │                          max_in_flight) or pooled connection came free within the
+        │                          call's budget
+        └── ClosedError            the shim is closed (close()/aclose()), or closed under
+                                   the call
 
 Every message says what happened and what to do about it. No message, ``repr`` or
 attribute of these exceptions ever carries a key, a signature or an Authorization header:
@@ -29,9 +37,12 @@ TRANSIENT_KINDS: frozenset[str] = frozenset({"timeout", "connection", "circuit_o
 
 __all__ = [
     "TRANSIENT_KINDS",
+    "ClosedError",
     "ConfigError",
     "InputError",
+    "LocalError",
     "MappingError",
+    "OverloadError",
     "Route",
     "ShimError",
     "SignatureError",
@@ -149,3 +160,27 @@ class MappingError(ShimError):
     def __init__(self, message: str, *, v2_key: str | None = None):
         self.v2_key = v2_key
         super().__init__(f"{v2_key}: {message}" if v2_key else message)
+
+
+class LocalError(ShimError):
+    """The call got no fair try upstream, for a reason local to this process.
+
+    Never an upstream's fault: it is not retried, not fallen back from and never counted by
+    a circuit breaker.
+
+    Attributes:
+        route: the route the call was on (``"legacy"`` or ``"v3"``), when known.
+    """
+
+    def __init__(self, message: str, *, route: Route | None = None):
+        self.route: Route | None = route
+        super().__init__(f"[{route}] {message}" if route else message)
+
+
+class OverloadError(LocalError):
+    """Local congestion: no admission slot (``[upstream] max_in_flight``) or pooled
+    connection came free within the call's budget. Shed load or raise the limit."""
+
+
+class ClosedError(LocalError):
+    """The shim was closed (``close()``/``aclose()``) before or during the call."""

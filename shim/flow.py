@@ -18,7 +18,15 @@ from typing import Literal, TypeVar
 
 from shim import v2, v3
 from shim.config import MerchantConfig, ShimConfig
-from shim.errors import ConfigError, Route, ShimError, UpstreamError
+from shim.errors import (
+    ClosedError,
+    ConfigError,
+    LocalError,
+    OverloadError,
+    Route,
+    ShimError,
+    UpstreamError,
+)
 from shim.flatxml import read_flat
 from shim.mapping import MappingTable, map_error, map_success
 from shim.policy import (
@@ -89,7 +97,7 @@ class HttpResponse:
 class TransportFailure:
     """The request got no whole answer: ``kind`` is an :class:`UpstreamError` kind."""
 
-    kind: Literal["timeout", "connection", "protocol", "budget"]
+    kind: Literal["timeout", "connection", "protocol", "budget", "overload", "closed"]
     detail: str
 
 
@@ -159,6 +167,10 @@ def _answer(reply: HttpResponse | TransportFailure | None, route: Route) -> Http
     if isinstance(reply, HttpResponse):
         return reply
     failure = reply or TransportFailure("protocol", "no reply")
+    if failure.kind == "overload":
+        raise OverloadError(failure.detail, route=route)
+    if failure.kind == "closed":
+        raise ClosedError(failure.detail, route=route)
     raise UpstreamError(failure.detail, route=route, kind=failure.kind)
 
 
@@ -425,6 +437,11 @@ def route_flow(
                     if delay > 0:
                         yield Sleep(delay)
                     continue
+            raise
+        except LocalError:
+            # Local congestion or a closing shim: the upstream was never given a fair try,
+            # so the breaker learns nothing (a half-open probe is handed back).
+            breaker.abandon_probe()
             raise
         except ShimError:
             breaker.record_success()

@@ -57,6 +57,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from shim.errors import ConfigError, Route
+from shim.observe import fallback_kind
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -260,41 +261,45 @@ class ShimMetrics:
             ["result"],
             registry=r,
         )
-        self._lock = threading.Lock()
-        self._calls_children: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     # ------------------------------------------------------------------ observer methods
 
+    def _child(self, metric: Any, *key: str) -> Any:
+        """The labelled child of ``metric``, cached (``labels()`` validates on every call)."""
+        cache_key = (id(metric), key)
+        child = self._children.get(cache_key)
+        if child is None:
+            child = self._children.setdefault(cache_key, metric.labels(*key))
+        return child
+
     def call(self, record: CallRecord) -> None:
         """Count one finished call (and its shadow comparison, if any)."""
+        child = self._child
         route = record.route
-        key = (route, record.outcome)
-        child = self._calls_children.get(key)
-        if child is None:
-            child = self._calls_children.setdefault(key, self.calls.labels(*key))
-        child.inc()
-        self.duration.labels(route).observe(record.latency_ms / 1000.0)
+        served = record.served
+        child(self.calls, route, record.outcome).inc()
+        child(self.duration, route).observe(record.latency_ms / 1000.0)
         d = record.decision
-        self.decisions.labels(d.serve, d.reason).inc()
-        first = record.first_error
-        if first is not None:
-            from shim.observe import fallback_kind
-
-            self.fallbacks.labels(d.serve, fallback_kind(first)).inc()
-        for failed_route, kind in record.route_errors:
-            self.upstream_errors.labels(failed_route, kind).inc()
-        if record.served is not None:
-            for name in record.served.result.unmapped:
-                self.unmapped.labels(_field(name)).inc()
+        child(self.decisions, d.serve, d.reason).inc()
+        if served is None or served.fallback_error is not None:
+            first = record.first_error
+            if first is not None:
+                child(self.fallbacks, d.serve, fallback_kind(first)).inc()
+            for failed_route, kind in record.route_errors:
+                child(self.upstream_errors, failed_route, kind).inc()
+        if served is not None and served.result.unmapped:
+            for name in served.result.unmapped:
+                child(self.unmapped, _field(name)).inc()
         shadow = record.shadow
         if shadow is not None:
-            self.shadow.labels(shadow.kind).inc()
+            child(self.shadow, shadow.kind).inc()
             for diff in shadow.diffs:
-                self.mismatches.labels(_field(diff.field)).inc()
+                child(self.mismatches, _field(diff.field)).inc()
             if shadow.kind == "error":
-                self.shadow_errors.labels(shadow.error_kind or "unexpected").inc()
+                child(self.shadow_errors, shadow.error_kind or "unexpected").inc()
             if shadow.latency_ms is not None and d.shadow is not None:
-                self.shadow_duration.labels(d.shadow).observe(shadow.latency_ms / 1000.0)
+                child(self.shadow_duration, d.shadow).observe(shadow.latency_ms / 1000.0)
 
     def shadow_in_flight(self, delta: int) -> None:
         """A comparison was handed to the runner (+1) or finished (-1)."""

@@ -215,6 +215,16 @@ class CircuitBreaker:
             cause = "probe_succeeded" if previous == "half_open" else "answered"
             self._notify(previous, "closed", cause, 0, None)
 
+    def abandon_probe(self) -> None:
+        """The request let through never reached the upstream (local congestion, closing):
+        no success, no failure; if it was the half-open probe, the next call may probe."""
+        with self._lock:
+            previous = self.state
+            self._probing = False
+            failures = self._failures
+        if previous == "half_open":
+            self._notify(previous, "open", "probe_not_sent", failures, None)
+
     def record_failure(self, now: float, kind: str | None = None) -> None:
         """A transient failure happened (``kind``: its error kind, or ``abandoned`` for a
         call given up mid-request)."""

@@ -19,8 +19,9 @@ variables (``request_id`` …) reach the shadowed call's event.
 
 Timeouts: the async runner wraps each job in ``asyncio.wait_for(job(), cfg.timeout_s)``.
 A thread cannot be interrupted, so the sync runner relies on the job itself to respect the
-shadow time budget (the facade builds shadow jobs with ``timeout_s`` as their total budget);
-a job that overruns only holds one of the ``max_in_flight`` slots longer.
+shadow time budget: the facade gives each job ``timeout_s`` from its submission as its
+deadline, which the shim's transport enforces on the socket, so a job ends (and frees its
+``max_in_flight`` slot) by then even against a peer that drips bytes.
 """
 
 from __future__ import annotations
@@ -425,17 +426,17 @@ class ThreadShadowRunner:
             context.run(self._finish, _DROPPED, on_done)
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
-        """Stop accepting jobs. Queued jobs that have not started are cancelled (dropped).
+        """Stop accepting jobs; finish the queued and running ones (``wait``) or drop them.
 
         Args:
-            wait: wait for running jobs to finish (threads cannot be interrupted).
+            wait: let queued and running jobs finish, up to ``timeout``; what is still
+                queued then is cancelled and counted as dropped (threads cannot be
+                interrupted: a running job ends by its own time budget).
             timeout: with ``wait``, give up waiting after this many seconds.
         """
         with self._lock:
             self._closed = True
             pending = list(self._futures)
-        for fut in pending:
-            fut.cancel()
         if wait:
             concurrent.futures.wait(pending, timeout=timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,35 +1,84 @@
 """The two drivers of a flow: they only do I/O (send, read with a cap, sleep).
 
 ``run_sync`` drives a flow with an ``httpx.Client``, ``run_async`` with an
-``httpx.AsyncClient``. Everything they decide is in :class:`_BodyReader` and
-:func:`_failure`, shared by both.
+``httpx.AsyncClient``. What they decide is shared: :class:`_BodyReader` (size cap and
+decoding), :func:`_failure` (which httpx errors mean what) and the :class:`Admission` gate.
+
+Bounds every exchange keeps, whatever the peer does:
+
+- **Time.** An exchange ends by its request's ``deadline`` in every phase: admission, pool
+  wait, DNS, connect, TLS, write, status line, headers, chunk-size lines, body, trailers and
+  decoding. The async driver runs the whole exchange under one asyncio timeout. The sync
+  driver cannot interrupt a blocking read from outside, so the sockets themselves obey the
+  deadline: :class:`DeadlineTransport` (what the shim's own client uses) gives httpcore a
+  network backend whose every socket operation waits at most what is left of the call's
+  deadline (a context variable set around the exchange), not a fresh per-read timeout.
+- **Memory.** The body is read raw (``iter_raw``) and inflated here, under the cap: the raw
+  bytes, every decoding layer's output and the decoded body each stay within
+  ``max_body_bytes``, so a compression bomb (``gzip``, ``deflate``, stacked up to
+  :data:`MAX_ENCODINGS` deep) costs at most a small multiple of the cap. The shim asks for
+  ``Accept-Encoding: identity``; any other coding than ``gzip``/``deflate`` is refused.
+- **Admission.** At most ``[upstream] max_in_flight`` exchanges run at once per shim; beyond
+  that an exchange waits for a slot within its deadline, then fails as ``overload``. Local
+  congestion (this wait, httpx pool timeouts) is reported as ``overload`` and a closed shim
+  as ``closed``: the flow turns both into :class:`~shim.errors.LocalError`, which never
+  counts against a circuit breaker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import contextvars
+import select
+import socket
+import ssl
+import sys
+import threading
 import time
-from collections.abc import Callable
+import weakref
+import zlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import httpcore
 import httpx
 
 from shim.flow import Flow, HttpRequest, HttpResponse, Sleep, T, TransportFailure
 from shim.wire import parse_uint
 
-__all__ = ["run_async", "run_sync"]
+__all__ = [
+    "MAX_ENCODINGS",
+    "Admission",
+    "AsyncAdmission",
+    "DeadlineBackend",
+    "DeadlineTransport",
+    "run_async",
+    "run_sync",
+]
+
+#: The deepest stack of ``Content-Encoding`` codings accepted (``gzip, gzip`` is 2).
+MAX_ENCODINGS = 3
+_DECODE_STEP = 16 * 1024  # most bytes one inflate step may produce
+_ACCEPT_ENCODING = ("Accept-Encoding", "identity")
+_BACKSTOP_S = 0.1  # the async twin's whole-exchange timeout, past the per-phase ones
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+_ZLIB_WBITS = {"gzip": _GZIP_WBITS, "x-gzip": _GZIP_WBITS, "deflate": zlib.MAX_WBITS}
+_POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=32)
 
 
-def _timeout(req: HttpRequest, now: float) -> httpx.Timeout | None:
-    remaining = req.deadline - now
-    if remaining <= 0:
-        return None
+def _timeout(req: HttpRequest, remaining: float) -> httpx.Timeout:
     read = min(req.timeout_s, remaining)
-    return httpx.Timeout(read, connect=min(req.connect_timeout_s, remaining), pool=read)
+    return httpx.Timeout(read, connect=min(req.connect_timeout_s, remaining), pool=remaining)
 
 
 def _failure(exc: Exception) -> TransportFailure:
     """Classify only the httpx errors we mean; nothing else is swallowed."""
     name = type(exc).__name__
+    if isinstance(exc, httpx.PoolTimeout):
+        # Local congestion: every pooled connection stayed busy. Not the upstream's fault.
+        return TransportFailure("overload", f"no pooled connection came free ({name})")
     if isinstance(exc, httpx.TimeoutException):
         return TransportFailure("timeout", f"timed out ({name})")
     if isinstance(exc, (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.CloseError)):
@@ -43,90 +92,681 @@ def _failure(exc: Exception) -> TransportFailure:
 
 
 _BUDGET = TransportFailure("budget", "the call's time budget is spent")
+_CLOSED = TransportFailure("closed", "the shim is closed")
+_OVERLOAD = TransportFailure(
+    "overload",
+    "no admission slot came free within the call's budget ([upstream] max_in_flight)",
+)
 
 
 class _BodyReader:
-    """Accumulate a body under the size cap and the deadline."""
+    """Accumulate a body under the size cap and the deadline, inflating it under the cap.
 
-    __slots__ = ("buf", "clock", "req")
+    ``Content-Encoding`` codings are undone in reverse order of application, one bounded
+    step at a time: no layer's output, and not the raw bytes either, may exceed the cap
+    (intermediate layers get a small allowance for compression overhead).
+    """
+
+    __slots__ = ("body", "clock", "layer_caps", "layer_out", "layers", "raw", "req", "wbits")
 
     def __init__(self, req: HttpRequest, clock: Callable[[], float]) -> None:
         self.req = req
         self.clock = clock
-        self.buf = bytearray()
+        self.body = bytearray()
+        self.raw = 0
+        self.layers: list[Any] = []  # zlib decompress objects, outermost coding first
+        self.layer_out: list[int] = []
+        self.layer_caps: list[int] = []
+        self.wbits: list[int] = []
 
-    def check_length(self, headers: httpx.Headers) -> TransportFailure | None:
+    def start(self, headers: httpx.Headers) -> TransportFailure | None:
+        """Check the declared length and set up decoding; a failure refuses the answer."""
+        cap = self.req.max_body_bytes
         declared = headers.get("content-length", "")
         length = parse_uint(declared) if declared else 0
         if length is None:
             return TransportFailure("protocol", "answer's Content-Length is not ASCII digits")
-        if length > self.req.max_body_bytes:
+        if length > cap:
+            return TransportFailure(
+                "protocol", f"answer declares {declared} bytes, over the {cap}-byte cap"
+            )
+        raw = headers.get("content-encoding", "")
+        codings = [c.strip().lower() for c in raw.split(",")]
+        codings = [c for c in codings if c and c != "identity"]
+        if not codings:
+            return None
+        if len(codings) > MAX_ENCODINGS:
             return TransportFailure(
                 "protocol",
-                f"answer declares {declared} bytes, over the {self.req.max_body_bytes}-byte cap",
+                f"answer stacks {len(codings)} content encodings (at most {MAX_ENCODINGS})",
             )
+        for coding in codings:
+            if coding not in _ZLIB_WBITS:
+                return TransportFailure(
+                    "protocol", f"answer has content encoding {coding[:20]!r} (not supported)"
+                )
+        slack = cap + cap // 8 + 4096  # a compressed layer may be a little larger than its data
+        for i, coding in enumerate(reversed(codings)):  # the last coding applied is undone first
+            self.wbits.append(_ZLIB_WBITS[coding])
+            self.layers.append(zlib.decompressobj(self.wbits[-1]))
+            self.layer_out.append(0)
+            self.layer_caps.append(cap if i == len(codings) - 1 else slack)
         return None
 
-    def feed(self, chunk: bytes) -> TransportFailure | None:
-        self.buf += chunk
-        if len(self.buf) > self.req.max_body_bytes:
+    def _store(self, data: bytes) -> TransportFailure | None:
+        self.body += data
+        if len(self.body) > self.req.max_body_bytes:
             return TransportFailure(
                 "protocol", f"answer exceeds the {self.req.max_body_bytes}-byte cap"
             )
+        return None
+
+    def _inflate(self, level: int, data: bytes) -> TransportFailure | None:
+        if level == len(self.layers):
+            return self._store(data)
+        decoder = self.layers[level]
+        while True:
+            try:
+                out = decoder.decompress(data, _DECODE_STEP)
+            except zlib.error:
+                return TransportFailure("protocol", "answer's content encoding is corrupt")
+            data = decoder.unconsumed_tail
+            if decoder.eof and decoder.unused_data:
+                # another member follows (RFC 1952 allows several gzip members)
+                data = decoder.unused_data + data
+                decoder = self.layers[level] = zlib.decompressobj(self.wbits[level])
+            if out:
+                self.layer_out[level] += len(out)
+                if self.layer_out[level] > self.layer_caps[level]:
+                    return TransportFailure(
+                        "protocol",
+                        f"answer inflates past the {self.req.max_body_bytes}-byte cap",
+                    )
+                failure = self._inflate(level + 1, out)
+                if failure:
+                    return failure
+            if self.clock() > self.req.deadline:
+                return _BUDGET
+            if not data and len(out) < _DECODE_STEP:
+                return None
+
+    def feed(self, chunk: bytes) -> TransportFailure | None:
+        """Take one raw chunk off the wire."""
+        self.raw += len(chunk)
+        if self.raw > self.req.max_body_bytes:
+            return TransportFailure(
+                "protocol", f"answer exceeds the {self.req.max_body_bytes}-byte cap"
+            )
+        failure = self._inflate(0, chunk) if self.layers else self._store(chunk)
+        if failure:
+            return failure
         if self.clock() > self.req.deadline:
             return _BUDGET
         return None
+
+    def whole(self, content: bytes) -> TransportFailure | None:
+        """An answer a transport handed over whole and already decoded (in-process)."""
+        self.layers.clear()
+        return self.feed(content)
+
+    def finish(self) -> TransportFailure | None:
+        """The raw body ended: every decoding layer must have reached its end."""
+        for decoder in self.layers:
+            if not decoder.eof:
+                return TransportFailure("protocol", "answer's content encoding ends early")
+        return None
+
+
+# -- admission -----------------------------------------------------------------------------
+
+
+class Admission:
+    """The admission gate of a sync shim: at most ``limit`` exchanges at once.
+
+    ``limit`` may change at any time (a reloaded ``[upstream] max_in_flight``); it applies
+    to the next admissions. ``closed`` is set by the shim's ``close()``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.closed = False
+        self.busy = 0
+        self._cond = threading.Condition(threading.Lock())
+
+    def try_acquire(self) -> bool:
+        """Take a free slot without waiting, if there is one."""
+        with self._cond:
+            if self.busy < self.limit:
+                self.busy += 1
+                return True
+            return False
+
+    def acquire(self, timeout: float) -> bool:
+        """Take a slot, waiting at most ``timeout`` seconds; False if none came free."""
+        with self._cond:
+            if self.busy < self.limit:
+                self.busy += 1
+                return True
+            end = time.monotonic() + timeout
+            while self.busy >= self.limit:
+                left = end - time.monotonic()
+                if left <= 0 or self.closed:
+                    return False
+                self._cond.wait(left)
+            self.busy += 1
+            return True
+
+    def release(self) -> None:
+        """Give a slot back."""
+        with self._cond:
+            self.busy -= 1
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Refuse further exchanges and wake every waiter."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+class AsyncAdmission:
+    """The admission gate of an async shim: FIFO, at most ``limit`` exchanges at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.closed = False
+        self.busy = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def try_acquire(self) -> bool:
+        """Take a free slot without waiting, if there is one."""
+        if self.busy < self.limit and not self._waiters:
+            self.busy += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting as long as the caller's timeout scope allows."""
+        if self.try_acquire():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release()  # a slot was handed over just as we gave up: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back (straight to the longest waiter, when there is one)."""
+        if self.busy <= self.limit:
+            while self._waiters:
+                fut = self._waiters.popleft()
+                if not fut.done():
+                    fut.set_result(None)  # the slot passes on; ``busy`` is unchanged
+                    return
+        self.busy -= 1
+
+    def close(self) -> None:
+        """Refuse further exchanges and wake every waiter."""
+        self.closed = True
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(_GateClosed())
+
+
+class _GateClosed(Exception):
+    """Raised into admission waiters when the shim closes."""
+
+
+# -- the sync deadline backend -----------------------------------------------------------
+
+#: When the current exchange must end, on the ``time.monotonic`` clock (None: no deadline).
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "coupon_shim_deadline", default=None
+)
+
+
+def _left(timeout: float | None, exc: type[Exception]) -> float | None:
+    """The timeout for the next socket operation: ``timeout`` cut to the deadline."""
+    end = _DEADLINE.get()
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise exc("the call's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+def _readable(sock: socket.socket) -> bool:
+    if sock.fileno() < 0:
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])  # pragma: no cover - no poll()
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every operation ends by the exchange's deadline."""
+
+    def __init__(self, sock: socket.socket, backend: DeadlineBackend) -> None:
+        self._sock = sock
+        self._backend = backend
+        backend._streams.add(self)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        left = _left(timeout, httpcore.ReadTimeout)
+        try:
+            self._sock.settimeout(left)
+            # One recv returns as soon as any bytes arrive; on a TLS socket CPython bounds
+            # the whole record read by the socket timeout (a deadline, not per byte).
+            return self._sock.recv(max_bytes)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc)) from exc
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        view = memoryview(buffer)
+        try:
+            while view:
+                self._sock.settimeout(_left(timeout, httpcore.WriteTimeout))
+                sent = self._sock.send(view)
+                view = view[sent:]
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.WriteError(str(exc)) from exc
+
+    def close(self) -> None:
+        self._backend._streams.discard(self)
+        self._sock.close()
+
+    def interrupt(self) -> None:
+        """Wake a read blocked in another thread (the shim is closing)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            self._sock.settimeout(_left(timeout, httpcore.ConnectTimeout))
+            # The handshake as a whole is bounded by the socket timeout (CPython keeps one
+            # deadline across its reads and writes).
+            tls = ssl_context.wrap_socket(self._sock, server_hostname=server_hostname)
+        except TimeoutError as exc:
+            self.close()
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:  # ssl.SSLError included
+            self.close()
+            raise httpcore.ConnectError(str(exc)) from exc
+        except BaseException:
+            self.close()
+            raise
+        self._backend._streams.discard(self)
+        return _DeadlineStream(tls, self._backend)
+
+    def get_extra_info(self, info: str) -> Any:
+        sock = self._sock
+        if info == "ssl_object" and isinstance(sock, ssl.SSLSocket):
+            return sock._sslobj  # type: ignore[attr-defined]
+        if info == "client_addr":
+            return sock.getsockname()
+        if info == "server_addr":
+            return sock.getpeername()
+        if info == "socket":
+            return sock
+        if info == "is_readable":
+            return _readable(sock)
+        return None
+
+
+def _resolve(host: str, port: int, timeout: float | None) -> list[Any]:
+    """``getaddrinfo`` bounded by the deadline (a name lookup runs on a helper thread)."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass  # a name, not an address literal
+    result: list[Any] = []
+    error: list[BaseException] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            result.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:
+            error.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="coupon-shim-dns", daemon=True).start()
+    if not done.wait(_left(timeout, httpcore.ConnectTimeout)):
+        raise httpcore.ConnectTimeout(f"name lookup of {host[:60]!r} timed out")
+    if error:
+        raise httpcore.ConnectError(f"name lookup of {host[:60]!r} failed") from error[0]
+    return result
+
+
+class DeadlineBackend(httpcore.NetworkBackend):
+    """An httpcore network backend whose sockets obey the current exchange's deadline.
+
+    The deadline is a context variable the sync driver sets around each exchange, so a
+    pooled connection reused by another call obeys that call's deadline.
+    """
+
+    def __init__(self) -> None:
+        self._streams: weakref.WeakSet[_DeadlineStream] = weakref.WeakSet()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        infos = _resolve(host, port, timeout)
+        last: OSError | None = None
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                for option in socket_options or ():
+                    sock.setsockopt(*option)
+                if local_address is not None:
+                    sock.bind((local_address, 0))
+                sock.settimeout(_left(timeout, httpcore.ConnectTimeout))
+                sock.connect(address)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except TimeoutError as exc:
+                sock.close()
+                raise httpcore.ConnectTimeout(str(exc)) from exc
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return _DeadlineStream(sock, self)
+        raise httpcore.ConnectError(str(last) if last else f"no address for {host[:60]!r}")
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:  # pragma: no cover - the shim speaks TCP only
+        raise httpcore.ConnectError("unix sockets are not supported")
+
+    def sleep(self, seconds: float) -> None:  # pragma: no cover - httpcore retries only
+        time.sleep(seconds)
+
+    def interrupt_all(self) -> None:
+        """Wake every read blocked on this backend's sockets (used by ``close()``)."""
+        for stream in list(self._streams):
+            stream.interrupt()
+
+
+class DeadlineTransport(httpx.HTTPTransport):
+    """httpx's HTTP/1.1 transport on a :class:`DeadlineBackend`: every socket operation
+    waits at most what is left of the shim call's deadline.
+
+    The shim's own sync client uses it. If you pass the sync shim your own
+    ``httpx.Client``, build it with this transport to keep the guarantee that no call
+    outlives its budget::
+
+        httpx.Client(transport=DeadlineTransport(verify=my_ca_context))
+
+    Args:
+        verify: as for ``httpx.HTTPTransport`` (True, False or an ``ssl.SSLContext``).
+        cert: a client certificate, as for ``httpx.HTTPTransport``.
+        trust_env: read ``SSL_CERT_FILE``/``SSL_CERT_DIR``.
+        limits: the pool's limits.
+    """
+
+    def __init__(
+        self,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        cert: Any = None,
+        trust_env: bool = True,
+        limits: httpx.Limits = _POOL_LIMITS,
+    ) -> None:
+        # httpx (0.28) builds its pool in __init__ without a way to pass a network backend,
+        # so this builds the same pool with ours instead of calling super().__init__.
+        self.backend = DeadlineBackend()
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=False,
+            network_backend=self.backend,
+        )
+
+    def close(self) -> None:
+        self.backend.interrupt_all()
+        super().close()
+
+
+# -- the drivers ---------------------------------------------------------------------------
+
+
+def _queued_out(reply: TransportFailure, req: HttpRequest, left: float) -> TransportFailure:
+    """A deadline cut after waiting for admission, with less than one attempt's timeout
+    left, is local congestion (the shim's own queue ate the budget), not the upstream's
+    failure: it must not count against a breaker."""
+    if reply.kind == "budget" and left < req.timeout_s:
+        return TransportFailure(
+            "overload",
+            "the call's budget ran out after waiting for an admission slot "
+            "([upstream] max_in_flight)",
+        )
+    return reply
+
+
+def _finish(
+    resp: httpx.Response, reader: _BodyReader, failure: TransportFailure | None
+) -> HttpResponse | TransportFailure:
+    failure = failure or reader.finish()
+    return failure or HttpResponse(resp.status_code, resp.headers, bytes(reader.body))
+
+
+def _late(req: HttpRequest, clock: Callable[[], float]) -> bool:
+    return clock() >= req.deadline - 0.002
+
+
+def _exchange_sync(
+    client: httpx.Client, req: HttpRequest, clock: Callable[[], float], remaining: float
+) -> HttpResponse | TransportFailure:
+    reader = _BodyReader(req, clock)
+    token = _DEADLINE.set(time.monotonic() + remaining)
+    try:
+        with client.stream(
+            req.method,
+            req.url,
+            headers=(*req.headers, _ACCEPT_ENCODING),
+            content=req.body or None,
+            timeout=_timeout(req, remaining),
+        ) as resp:
+            failure = reader.start(resp.headers)
+            if failure:
+                pass
+            elif resp.is_stream_consumed:  # an in-memory answer (e.g. httpx.MockTransport)
+                failure = reader.whole(resp.content)
+            else:
+                for chunk in resp.iter_raw():
+                    failure = reader.feed(chunk)
+                    if failure:
+                        break
+            return _finish(resp, reader, failure)
+    except _ERRORS as exc:
+        failure = _failure(exc)
+        if failure.kind == "timeout" and _late(req, clock):
+            return _BUDGET
+        return failure
+    finally:
+        _DEADLINE.reset(token)
 
 
 _ERRORS = (httpx.TransportError, httpx.DecodingError)
 
 
 def _send_sync(
-    client: httpx.Client, req: HttpRequest, clock: Callable[[], float]
+    client: httpx.Client,
+    req: HttpRequest,
+    clock: Callable[[], float],
+    gate: Admission | None,
 ) -> HttpResponse | TransportFailure:
-    timeout = _timeout(req, clock())
-    if timeout is None:
+    remaining = req.deadline - clock()
+    if remaining <= 0:
         return _BUDGET
-    reader = _BodyReader(req, clock)
+    if gate is None:
+        return _exchange_sync(client, req, clock, remaining)
+    if gate.closed:
+        return _CLOSED
+    waited = not gate.try_acquire()
+    if waited and not gate.acquire(remaining):
+        return _CLOSED if gate.closed else _OVERLOAD
     try:
-        with client.stream(
-            req.method, req.url, headers=req.headers, content=req.body or None, timeout=timeout
-        ) as resp:
-            failure = reader.check_length(resp.headers)
-            if not failure:
-                for chunk in resp.iter_bytes():
-                    failure = reader.feed(chunk)
-                    if failure:
-                        break
-            return failure or HttpResponse(resp.status_code, resp.headers, bytes(reader.buf))
-    except _ERRORS as exc:
-        return _failure(exc)
+        remaining = req.deadline - clock()
+        if remaining <= 0:
+            return _OVERLOAD  # the whole budget went on waiting for a slot
+        try:
+            reply = _exchange_sync(client, req, clock, remaining)
+        except RuntimeError:
+            if client.is_closed:  # httpx: "the client has been closed"
+                return _CLOSED
+            raise
+        if isinstance(reply, TransportFailure):
+            if gate.closed:
+                return _CLOSED
+            if waited:
+                return _queued_out(reply, req, remaining)
+        return reply
+    finally:
+        gate.release()
+
+
+if sys.version_info >= (3, 11):
+    _scope = asyncio.timeout
+else:  # pragma: no cover - Python 3.10
+
+    @contextlib.asynccontextmanager
+    async def _scope(delay: float) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        fired = False
+
+        def fire() -> None:
+            nonlocal fired
+            fired = True
+            task.cancel()
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if fired:
+                raise TimeoutError from None
+            raise
+        finally:
+            handle.cancel()
 
 
 async def _send_async(
-    client: httpx.AsyncClient, req: HttpRequest, clock: Callable[[], float]
+    client: httpx.AsyncClient,
+    req: HttpRequest,
+    clock: Callable[[], float],
+    gate: AsyncAdmission | None,
 ) -> HttpResponse | TransportFailure:
-    timeout = _timeout(req, clock())
-    if timeout is None:
+    remaining = req.deadline - clock()
+    if remaining <= 0:
         return _BUDGET
+    admitted = gate is None
+    waited = False
+    if gate is not None:
+        if gate.closed:
+            return _CLOSED
+        if gate.try_acquire():
+            admitted = True
+        else:
+            waited = True
+            try:
+                async with _scope(remaining):  # waiting for a slot counts against the budget
+                    await gate.acquire()
+                admitted = True
+            except TimeoutError:
+                return _OVERLOAD
+            except _GateClosed:
+                return _CLOSED
+            remaining = req.deadline - clock()
+            if remaining <= 0:
+                gate.release()
+                return _OVERLOAD
     reader = _BodyReader(req, clock)
     try:
-        async with client.stream(
-            req.method, req.url, headers=req.headers, content=req.body or None, timeout=timeout
-        ) as resp:
-            failure = reader.check_length(resp.headers)
-            if not failure:
-                async for chunk in resp.aiter_bytes():
+        # One timeout over the whole exchange. httpx's own (per-phase) timeouts, cut to the
+        # deadline, fire first where they can and close cleanly; this scope, a hair later,
+        # ends whatever a peer keeps alive one byte at a time.
+        async with (
+            _scope(remaining + _BACKSTOP_S),
+            client.stream(
+                req.method,
+                req.url,
+                headers=(*req.headers, _ACCEPT_ENCODING),
+                content=req.body or None,
+                timeout=_timeout(req, remaining),
+            ) as resp,
+        ):
+            failure = reader.start(resp.headers)
+            if failure:
+                pass
+            elif resp.is_stream_consumed:  # an in-memory answer (e.g. httpx.MockTransport)
+                failure = reader.whole(resp.content)
+            else:
+                async for chunk in resp.aiter_raw():
                     failure = reader.feed(chunk)
                     if failure:
                         break
-            return failure or HttpResponse(resp.status_code, resp.headers, bytes(reader.buf))
+            reply = _finish(resp, reader, failure)
+    except TimeoutError:
+        reply = _BUDGET
     except _ERRORS as exc:
-        return _failure(exc)
+        reply = _failure(exc)
+        if reply.kind == "timeout" and _late(req, clock):
+            reply = _BUDGET
+    except RuntimeError:
+        if not client.is_closed:
+            raise
+        reply = _CLOSED
+    finally:
+        if admitted and gate is not None:
+            gate.release()
+    if gate is not None and isinstance(reply, TransportFailure):
+        if gate.closed:
+            return _CLOSED
+        if waited:
+            return _queued_out(reply, req, remaining)
+    return reply
 
 
-def run_sync(flow: Flow[T], client: httpx.Client, clock: Callable[[], float] = time.monotonic) -> T:
-    """Drive ``flow`` to its result with blocking I/O."""
+def run_sync(
+    flow: Flow[T],
+    client: httpx.Client,
+    clock: Callable[[], float] = time.monotonic,
+    gate: Admission | None = None,
+) -> T:
+    """Drive ``flow`` to its result with blocking I/O (through ``gate``, when given)."""
     try:
         step = next(flow)
         while True:
@@ -134,7 +774,7 @@ def run_sync(flow: Flow[T], client: httpx.Client, clock: Callable[[], float] = t
                 time.sleep(step.seconds)
                 step = flow.send(None)
             else:
-                step = flow.send(_send_sync(client, step, clock))
+                step = flow.send(_send_sync(client, step, clock, gate))
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     finally:
@@ -142,9 +782,12 @@ def run_sync(flow: Flow[T], client: httpx.Client, clock: Callable[[], float] = t
 
 
 async def run_async(
-    flow: Flow[T], client: httpx.AsyncClient, clock: Callable[[], float] = time.monotonic
+    flow: Flow[T],
+    client: httpx.AsyncClient,
+    clock: Callable[[], float] = time.monotonic,
+    gate: AsyncAdmission | None = None,
 ) -> T:
-    """Drive ``flow`` to its result with asyncio I/O."""
+    """Drive ``flow`` to its result with asyncio I/O (through ``gate``, when given)."""
     try:
         step = next(flow)
         while True:
@@ -152,7 +795,7 @@ async def run_async(
                 await asyncio.sleep(step.seconds)
                 step = flow.send(None)
             else:
-                step = flow.send(await _send_async(client, step, clock))
+                step = flow.send(await _send_async(client, step, clock, gate))
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     finally:

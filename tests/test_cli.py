@@ -95,8 +95,30 @@ def test_demo_tells_the_story_on_one_screen() -> None:
 
     proc = coupon_shim("demo", COLUMNS="160")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
     assert proc.stderr == ""  # events are not interleaved: the table is made from them
+    check_demo_summary(proc.stdout)
+
+
+def test_demo_without_rich_prints_the_same_table_as_plain_text() -> None:
+    """Without the cli extra (rich), the demo still tells the same story in aligned text."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['rich'] = None\n"
+        "from shim.cli import main\n"
+        "sys.exit(main(['demo']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "─" not in proc.stdout  # not rich's rules
+    check_demo_summary(proc.stdout)
+
+
+def check_demo_summary(out: str) -> None:
+    """The demo's table rows, shadow diff and next steps are all there and right."""
     lines = out.splitlines()
     assert len(lines) <= 40
     rows = {

@@ -513,3 +513,48 @@ def test_no_secret_in_the_output(
     assert merchant.v2_key not in text
     assert "BEGIN" not in text and "WECHATPAY2-SHA256" not in text
     assert '"sign"' not in json.dumps(data["rows"])
+
+
+def test_progress_on_a_terminal_shows_count_rate_and_eta(
+    make_config: Callable[..., ShimConfig], emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal (forced here), stderr gets rich's bar with done/total, rate and ETA; off
+    a terminal, one closing line."""
+    import io
+
+    from shim.compare import _progress
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    err = io.StringIO()
+    with _progress(err, 3, enabled=True) as tick:
+        assert tick is not None
+        for n in (1, 2, 3):
+            tick(n, 3)
+    text = err.getvalue()
+    assert "stocks/s" in text and "ETA" in text and "3/3" in text
+    assert "compared 3 stocks in " in text.rstrip().splitlines()[-1]  # after the bar is erased
+    monkeypatch.delenv("FORCE_COLOR")
+    monkeypatch.setenv("TERM", "dumb")
+    plain = io.StringIO()
+    with _progress(plain, 3, enabled=True) as tick:
+        assert tick is not None
+        tick(3, 3)
+    assert plain.getvalue().startswith("compared 3 stocks in ") and "ETA" not in plain.getvalue()
+
+
+def test_problems_only_and_ids_from_stdin(
+    config_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """--ids-file - reads standard input; --problems-only leaves matching stocks out."""
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"1757\n{DIVERGENT_STOCK_ID}\n404404\n"))
+    code, out, _ = run(
+        capsys, "--quiet", "compare", "--problems-only", "--config", str(config_path),
+        "--mch-id", MD5_MCH, "--ids-file", "-",
+    )  # fmt: skip
+    assert code == 0
+    firsts = {line.split()[0] for line in out.splitlines()[2:] if line.strip()}
+    assert DIVERGENT_STOCK_ID in firsts and "1757" not in firsts and "404404" not in firsts
+    assert "Compared 3 stock(s): 1 match, 0 expected_gap, 1 value_differs, 1 not_found_both" in out

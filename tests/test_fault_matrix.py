@@ -146,21 +146,7 @@ async def case_twin(
     emulator.bomb_bytes = bomb_bytes
 
 
-#: Cases whose guarantee waits on the whole-exchange deadline (issue 15 point 1): a head
-#: dripped byte by byte, each byte inside the read timeout, is bounded only by a deadline on
-#: the exchange itself. Strict: once that deadline lands these pass, and the marker must go.
-_NEEDS_EXCHANGE_DEADLINE = pytest.mark.xfail(
-    strict=True, reason="needs the whole-exchange deadline (issue 15 point 1)"
-)
-
-
-def _param(case: Case) -> Any:
-    stalls_the_call = case.fault.fault == "header_drip" and case.mode != "shadow"
-    marks = [_NEEDS_EXCHANGE_DEADLINE] if stalls_the_call else []
-    return pytest.param(case, id=case.id, marks=marks)
-
-
-@pytest.mark.parametrize("case", [_param(c) for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 async def test_fault_matrix(
     case: Case, case_twin: Callable[[Case], Twin], emulator: Emulator
 ) -> None:

@@ -305,3 +305,12 @@ def test_render_latest_single_process() -> None:
     metrics_for(registry)
     body, ctype = render_latest(registry)
     assert b"coupon_shim_calls_total" in body and ctype.startswith("text/plain")
+
+
+def test_metrics_can_be_turned_off(make_config: Callable[..., Any], emulator: Emulator) -> None:
+    """metrics=False records nothing, even with prometheus_client installed."""
+    with CouponStockShim(
+        make_config("legacy"), metrics=False, env={}, transport=emulator.mock_transport()
+    ) as s:
+        assert s.metrics is None
+        assert s.query_coupon_stock("1757", mch_id=MD5_MCH)["result_code"] == "SUCCESS"

@@ -20,11 +20,14 @@ def test_exported_members_are_pinned() -> None:
     assert shim.__all__ == sorted(shim.__all__)
     assert set(shim.__all__) == {
         "AsyncCouponStockShim",
+        "ClosedError",
         "ConfigError",
         "CouponStockShim",
         "InputError",
         "LiveConfig",
+        "LocalError",
         "MappingError",
+        "OverloadError",
         "ShadowTotals",
         "ShimConfig",
         "ShimError",

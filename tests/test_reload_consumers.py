@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import structlog
 from structlog.testing import LogCapture
@@ -311,3 +312,95 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+# ------------------------------------------------------------ more keys, one test each
+
+
+async def test_shadow_ignore_fields(watched: Callable[..., Any]) -> None:
+    """[shadow] ignore_fields: adding the divergent stock's two fields turns its mismatch
+    into a match."""
+    w, twin = watched("shadow")
+    records = records_of(twin)
+    await twin.query("9000000001", mch_id=MD5_MCH)
+    assert await twin.wait_for_shadows()
+    w.set("shadow", "ignore_fields", '["nonce_str", "sign", "coupon_total", "is_send_num"]')
+    w.apply()
+    await twin.query("9000000001", mch_id=MD5_MCH)
+    assert await twin.wait_for_shadows()
+    assert [r.shadow.kind for r in records if r.shadow] == ["mismatch", "match"]
+
+
+async def test_upstream_budget(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[upstream] budget_s: lowered below one slow answer, the call ends within it (typed)."""
+    w, twin = watched("v3")
+    w.set("routing", "fallback_to_legacy", "false").apply()
+    emulator.set_fault("v3", "1757", "delay", delay_s=0.4)
+    assert (await twin.query("1757", mch_id=MD5_MCH))["result_code"] == "SUCCESS"
+    w.set("upstream", "budget_s", "0.15").apply()
+    with pytest.raises(UpstreamError) as info:
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert info.value.kind in ("timeout", "budget")
+
+
+class _Recording(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """The emulator's in-process transport, noting the host each request was sent to."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.hosts: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.hosts.append(request.url.netloc.decode())
+        return self.inner.handle_request(request)  # type: ignore[no-any-return]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.hosts.append(request.url.netloc.decode())
+        return await self.inner.handle_async_request(request)  # type: ignore[no-any-return]
+
+
+async def test_upstream_base_url(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[upstream] v3_base_url: the next v3 request goes to the reloaded host."""
+    transport = _Recording(emulator.mock_transport())
+    w, twin = watched("v3", transport=transport)
+    await twin.query("1757", mch_id=MD5_MCH)
+    w.set("upstream", "v3_base_url", '"http://v3.example.test:8443"').apply()
+    await twin.query("1757", mch_id=MD5_MCH)
+    assert transport.hosts == ["wechatpay.emulator", "v3.example.test:8443"]
+
+
+async def test_routing_fallback_to_legacy(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[routing] fallback_to_legacy: on, a failing v3 is served by legacy; off, it raises."""
+    w, twin = watched("v3")
+    w.set("retry", "attempts", "1").apply()
+    records = records_of(twin)
+    emulator.set_fault("v3", "1757", "http_500")
+    await twin.query("1757", mch_id=MD5_MCH)
+    assert records[-1].route == "legacy" and records[-1].first_error is not None
+    w.set("routing", "fallback_to_legacy", "false").apply()
+    with pytest.raises(UpstreamError):
+        await twin.query("1757", mch_id=MD5_MCH)
+
+
+async def test_routing_canary_percent(watched: Callable[..., Any]) -> None:
+    """[routing] canary_percent: 0 → 100 moves every key to v3 (reason canary_in)."""
+    w, twin = watched("canary")
+    records = records_of(twin)
+    await twin.query("1757", mch_id=MD5_MCH)
+    w.set("routing", "canary_percent", "100.0").apply()
+    await twin.query("1757", mch_id=MD5_MCH)
+    assert [(r.route, r.decision.reason) for r in records] == [
+        ("legacy", "canary_out"),
+        ("v3", "canary_in"),
+    ]
+
+
+async def test_upstream_max_body_bytes(watched: Callable[..., Any]) -> None:
+    """[upstream] max_body_bytes: lowered to the minimum, a v3 answer above it is refused."""
+    w, twin = watched("v3")
+    w.set("routing", "fallback_to_legacy", "false").apply()
+    await twin.query("9856030", mch_id=MD5_MCH)  # the stock with every optional field
+    w.set("upstream", "max_body_bytes", "1024").apply()
+    with pytest.raises(UpstreamError) as info:
+        await twin.query("9856030", mch_id=MD5_MCH)
+    assert info.value.kind == "protocol" and "cap" in str(info.value)
