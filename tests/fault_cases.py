@@ -81,8 +81,10 @@ DRIP_S = 0.02
 #: ``header_drip`` per side: a v2 head is about 80 bytes, a v3 head about 700 (its signature
 #: header), so the whole head takes about 2.5 s on either side, several budgets.
 HEAD_DRIP_S = {"v2": 0.03, "v3": 0.004}
-#: Budget of a call in the ``stall`` cases (a drip runs until the deadline cuts it).
-STALL_BUDGET_S = 0.6
+#: Budget and read timeout of a call in the ``stall`` cases (a drip runs until the deadline
+#: cuts it; the fallback then has ``min(timeout_s, budget_s / 2)`` = 0.3 s).
+STALL_BUDGET_S = 0.8
+STALL_TIMEOUT_S = 0.3
 #: What the emulator's encoding bombs inflate to in the matrix (``stacked_encodings``: 4x):
 #: far over ``max_body_bytes`` (1 MiB), small enough for a test run.
 BOMB_BYTES = 8 * 1024 * 1024
@@ -252,6 +254,13 @@ class Case:
         return STALL_BUDGET_S if self.fault.effect == "stall" else BUDGET_S
 
     @property
+    def timeout_s(self) -> float:
+        """The read timeout of one attempt in this case."""
+        if self.fault.effect == "stall":
+            return STALL_TIMEOUT_S
+        return float(MATRIX_TABLES["upstream"]["timeout_s"])
+
+    @property
     def id(self) -> str:
         """A pytest id."""
         fb = "fb-on" if self.fallback else "fb-off"
@@ -416,7 +425,8 @@ def render_table() -> str:
     lines += [
         "",
         f"Config: `timeout_s = {MATRIX_TABLES['upstream']['timeout_s']}`, "
-        f"`budget_s = {BUDGET_S}` (`{STALL_BUDGET_S}` for the drips), `[retry] attempts = "
+        f"`budget_s = {BUDGET_S}` (drips: `budget_s = {STALL_BUDGET_S}`, `timeout_s = "
+        f"{STALL_TIMEOUT_S}`), `[retry] attempts = "
         f"{ATTEMPTS}`, `canary_percent = 100`, `delay` faults wait {DELAY_S} s, drips send one "
         f"byte every {DRIP_S} s (a head: every {HEAD_DRIP_S['v2']} s on v2, "
         f"{HEAD_DRIP_S['v3']} s on v3, about 2.5 s in all), encoding bombs inflate to "

@@ -133,8 +133,10 @@ async def case_twin(
         if case.via == "loopback":
             url = request.getfixturevalue("server").base_url
         config = case_config(matrix_configs(url), case.mode, **case.routing())
-        if case.budget_s != config.upstream.budget_s:
-            upstream = dataclasses.replace(config.upstream, budget_s=case.budget_s)
+        if (case.budget_s, case.timeout_s) != (config.upstream.budget_s, config.upstream.timeout_s):
+            upstream = dataclasses.replace(
+                config.upstream, budget_s=case.budget_s, timeout_s=case.timeout_s
+            )
             config = dataclasses.replace(config, upstream=upstream)
         twin = build_twin(twin_kind, config, emulator, inprocess=case.via == "inprocess")
         made.append(twin)
