@@ -48,7 +48,14 @@ from shim.shadow import (
     compare_answers,
 )
 from shim.singleflight import AsyncFlights, ThreadFlights
-from shim.transport import Admission, AsyncAdmission, DeadlineTransport, run_async, run_sync
+from shim.transport import (
+    Admission,
+    AsyncAdmission,
+    DeadlineTransport,
+    proxy_mounts,
+    run_async,
+    run_sync,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -537,8 +544,16 @@ class CouponStockShim(_ShimCore):
 
     def _new_client(self) -> httpx.Client:
         limits = _limits(self._live.current().upstream.max_in_flight)
-        transport = self._transport or DeadlineTransport(limits=limits)
-        return httpx.Client(transport=transport, limits=limits, follow_redirects=False)
+        if self._transport is not None:
+            return httpx.Client(transport=self._transport, limits=limits, follow_redirects=False)
+        # Environment proxies, as httpx's default would honour them (it ignores them once a
+        # transport is given), each on the deadline backend too.
+        return httpx.Client(
+            transport=DeadlineTransport(limits=limits),
+            mounts=proxy_mounts(limits=limits),
+            limits=limits,
+            follow_redirects=False,
+        )
 
     def _after_fork(self) -> None:
         """First use in a forked child: a pool, gate and shadow runner of its own."""

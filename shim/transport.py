@@ -13,6 +13,8 @@ Bounds every exchange keeps, whatever the peer does:
   deadline: :class:`DeadlineTransport` (what the shim's own client uses) gives httpcore a
   network backend whose every socket operation waits at most what is left of the call's
   deadline (a context variable set around the exchange), not a fresh per-read timeout.
+  Environment proxies (:func:`proxy_mounts`) run on the same backend: the proxy's connect,
+  its ``CONNECT`` answer and the TLS tunnelled through it are bounded alike.
 - **Memory.** The body is read raw (``iter_raw``) and inflated here, under the cap: the raw
   bytes, every decoding layer's output and the decoded body each stay within
   ``max_body_bytes``, so a compression bomb (``gzip``, ``deflate``, stacked up to
@@ -31,6 +33,8 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import functools
+import importlib.util
 import select
 import socket
 import ssl
@@ -54,6 +58,7 @@ __all__ = [
     "AsyncAdmission",
     "DeadlineBackend",
     "DeadlineTransport",
+    "proxy_mounts",
     "run_async",
     "run_sync",
 ]
@@ -400,6 +405,12 @@ class _DeadlineStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
+        if isinstance(self._sock, ssl.SSLSocket):
+            # TLS to the upstream inside a tunnel through an https:// proxy.
+            self._backend._streams.discard(self)
+            return _TunnelTLSStream(
+                self._sock, ssl_context, server_hostname, timeout, self._backend
+            )
         try:
             self._sock.settimeout(_left(timeout, httpcore.ConnectTimeout))
             # The handshake as a whole is bounded by the socket timeout (CPython keeps one
@@ -429,6 +440,122 @@ class _DeadlineStream(httpcore.NetworkStream):
             return sock
         if info == "is_readable":
             return _readable(sock)
+        return None
+
+
+class _TunnelTLSStream(httpcore.NetworkStream):
+    """TLS inside a TLS connection (an ``https://`` proxy's ``CONNECT`` tunnel).
+
+    ``SSLContext.wrap_socket`` cannot wrap an ``SSLSocket``, so the inner TLS runs on an
+    ``ssl.SSLObject`` over memory buffers; every read and write of the outer socket waits at
+    most what is left of the exchange's deadline, as in :class:`_DeadlineStream`.
+    """
+
+    _RECORD = 16384
+
+    def __init__(
+        self,
+        sock: ssl.SSLSocket,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None,
+        timeout: float | None,
+        backend: DeadlineBackend,
+    ) -> None:
+        self._sock = sock
+        self._backend = backend
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = ssl_context.wrap_bio(
+            self._incoming, self._outgoing, server_hostname=server_hostname
+        )
+        backend._streams.add(self)
+        try:
+            self._io(
+                self._tls.do_handshake, timeout, httpcore.ConnectTimeout, httpcore.ConnectError
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def _io(
+        self,
+        step: Callable[[], Any],
+        timeout: float | None,
+        late: type[Exception],
+        broken: type[Exception],
+    ) -> Any:
+        try:
+            while True:
+                wants_read = result_ready = False
+                result: Any = None
+                try:
+                    result = step()
+                except ssl.SSLWantReadError:
+                    wants_read = True
+                except ssl.SSLWantWriteError:
+                    pass  # the outgoing buffer is flushed below, then the step runs again
+                else:
+                    result_ready = True
+                view = memoryview(self._outgoing.read())
+                while view:
+                    self._sock.settimeout(_left(timeout, late))
+                    view = view[self._sock.send(view) :]
+                if wants_read:
+                    self._sock.settimeout(_left(timeout, late))
+                    data = self._sock.recv(self._RECORD)
+                    if data:
+                        self._incoming.write(data)
+                    else:
+                        self._incoming.write_eof()
+                elif result_ready:
+                    return result
+        except TimeoutError as exc:
+            raise late(str(exc)) from exc
+        except ssl.SSLZeroReturnError:
+            return b""  # the upstream closed its TLS session cleanly
+        except OSError as exc:  # ssl.SSLError included
+            raise broken(str(exc)) from exc
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        step = functools.partial(self._tls.read, max_bytes)
+        data = self._io(step, timeout, httpcore.ReadTimeout, httpcore.ReadError)
+        return bytes(data)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        view = memoryview(buffer)
+        while view:
+            step = functools.partial(self._tls.write, view)
+            sent = self._io(step, timeout, httpcore.WriteTimeout, httpcore.WriteError)
+            view = view[sent:]
+
+    def close(self) -> None:
+        self._backend._streams.discard(self)
+        self._sock.close()
+
+    def interrupt(self) -> None:
+        """Wake a read blocked in another thread (the shim is closing)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:  # pragma: no cover - httpcore never nests three layers
+        raise httpcore.ConnectError("TLS is already nested inside a TLS tunnel")
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "ssl_object":
+            return self._tls
+        if info == "client_addr":
+            return self._sock.getsockname()
+        if info == "server_addr":
+            return self._sock.getpeername()
+        if info == "socket":
+            return self._sock
+        if info == "is_readable":
+            return _readable(self._sock)
         return None
 
 
@@ -466,7 +593,7 @@ class DeadlineBackend(httpcore.NetworkBackend):
     """
 
     def __init__(self) -> None:
-        self._streams: weakref.WeakSet[_DeadlineStream] = weakref.WeakSet()
+        self._streams: weakref.WeakSet[_DeadlineStream | _TunnelTLSStream] = weakref.WeakSet()
 
     def connect_tcp(
         self,
@@ -525,11 +652,19 @@ class DeadlineTransport(httpx.HTTPTransport):
 
         httpx.Client(transport=DeadlineTransport(verify=my_ca_context))
 
+    With ``proxy`` it goes through that proxy the way ``httpx.HTTPTransport(proxy=...)``
+    does (``http://``/``https://`` proxies: absolute-form requests for ``http://`` targets,
+    a ``CONNECT`` tunnel for ``https://`` ones; ``socks5://``/``socks5h://`` with the
+    ``socksio`` package), and the connection to the proxy, the tunnel and the TLS inside it
+    obey the same deadline. :func:`proxy_mounts` builds these from the environment, as the
+    shim's own client does.
+
     Args:
         verify: as for ``httpx.HTTPTransport`` (True, False or an ``ssl.SSLContext``).
         cert: a client certificate, as for ``httpx.HTTPTransport``.
         trust_env: read ``SSL_CERT_FILE``/``SSL_CERT_DIR``.
         limits: the pool's limits.
+        proxy: a proxy URL or ``httpx.Proxy`` (default: none, connect directly).
     """
 
     def __init__(
@@ -539,23 +674,83 @@ class DeadlineTransport(httpx.HTTPTransport):
         cert: Any = None,
         trust_env: bool = True,
         limits: httpx.Limits = _POOL_LIMITS,
+        proxy: httpx.Proxy | httpx.URL | str | None = None,
     ) -> None:
         # httpx (0.28) builds its pool in __init__ without a way to pass a network backend,
-        # so this builds the same pool with ours instead of calling super().__init__.
+        # so this builds the same pool (or proxy pool) with ours instead of calling
+        # super().__init__.
         self.backend = DeadlineBackend()
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=self.backend,
+        ssl_context = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        pool: dict[str, Any] = {
+            "ssl_context": ssl_context,
+            "max_connections": limits.max_connections,
+            "max_keepalive_connections": limits.max_keepalive_connections,
+            "keepalive_expiry": limits.keepalive_expiry,
+            "http1": True,
+            "http2": False,
+            "network_backend": self.backend,
+        }
+        proxy = httpx.Proxy(url=proxy) if isinstance(proxy, (str, httpx.URL)) else proxy
+        self.proxy = proxy
+        if proxy is None:
+            self._pool = httpcore.ConnectionPool(**pool)
+            return
+        proxy_url = httpcore.URL(
+            scheme=proxy.url.raw_scheme,
+            host=proxy.url.raw_host,
+            port=proxy.url.port,
+            target=proxy.url.raw_path,
         )
+        if proxy.url.scheme in ("http", "https"):
+            self._pool = httpcore.HTTPProxy(
+                proxy_url=proxy_url,
+                proxy_auth=proxy.raw_auth,
+                proxy_headers=proxy.headers.raw,
+                proxy_ssl_context=proxy.ssl_context,
+                **pool,
+            )
+        elif proxy.url.scheme in ("socks5", "socks5h"):
+            if importlib.util.find_spec("socksio") is None:
+                raise ImportError(
+                    "a socks5:// proxy needs the 'socksio' package (pip install 'httpx[socks]')"
+                )
+            self._pool = httpcore.SOCKSProxy(proxy_url=proxy_url, proxy_auth=proxy.raw_auth, **pool)
+        else:
+            raise ValueError(
+                "a proxy URL must start with http://, https://, socks5:// or socks5h://, "
+                f"not {proxy.url.scheme[:20]!r}://"
+            )
 
     def close(self) -> None:
         self.backend.interrupt_all()
         super().close()
+
+
+def proxy_mounts(
+    *,
+    verify: ssl.SSLContext | bool = True,
+    cert: Any = None,
+    limits: httpx.Limits = _POOL_LIMITS,
+) -> dict[str, DeadlineTransport | None]:
+    """The proxies the environment asks for, as ``httpx.Client(mounts=...)`` takes them.
+
+    The same rules httpx applies by default (``trust_env``): ``HTTP_PROXY``,
+    ``HTTPS_PROXY``, ``ALL_PROXY`` (either case; the system settings on macOS and Windows)
+    become a :class:`DeadlineTransport` through that proxy for ``http://``, ``https://`` or
+    every URL, and each ``NO_PROXY`` entry (hosts, ``.domain`` suffixes, IP addresses,
+    ``*``) a direct route (``None``: the client's own transport). Read when called, from
+    ``os.environ``, as httpx does.
+    """
+    # httpx's own reading of the environment, so the rules cannot drift from what an
+    # httpx.Client without a transport does (a test compares the two).
+    from httpx._utils import get_environment_proxies
+
+    return {
+        pattern: None
+        if url is None
+        else DeadlineTransport(verify=verify, cert=cert, limits=limits, proxy=url)
+        for pattern, url in get_environment_proxies().items()
+    }
 
 
 # -- the drivers ---------------------------------------------------------------------------
