@@ -350,6 +350,12 @@ class Emulator:
             ValueError: unknown kind, bad arguments, or a kind meaningless on that side.
         """
         armed = make_fault(side, stock_id, fault, times, delay_s)
+        # Build a bomb when it is armed, not when it is served: compressing hundreds of MiB
+        # takes a while, and the answer must not be late because of it.
+        if armed.kind == F.ENCODING_BOMB:
+            _gzip_zeros(self.bomb_bytes)
+        elif armed.kind == F.STACKED_ENCODINGS:
+            _stacked_zeros(self.bomb_bytes * 4)
         self._faults.set(armed)
         return armed
 
