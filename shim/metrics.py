@@ -37,6 +37,9 @@ answer fields; never stock ids):
 ``coupon_shim_circuit_breaker_transitions_total``           every state change, labelled
 ``{route,mch_id,state}``                                    ``open`` | ``half_open`` | ``closed``
 ``coupon_shim_config_reloads_total{result}``                ``applied`` | ``rejected``
+``coupon_shim_coalesced_calls_total{route}``                calls answered by an identical call's
+                                                            upstream exchange (single-flight)
+``coupon_shim_answer_cache_total{result}``                  ``hit`` | ``miss`` (cache on only)
 ==========================================================  =====================================
 
 Multi-process servers (gunicorn, uvicorn ``--workers``): set ``PROMETHEUS_MULTIPROC_DIR`` to an
@@ -147,6 +150,8 @@ METRIC_NAMES: Final = (
     "coupon_shim_circuit_breaker_open",
     "coupon_shim_circuit_breaker_transitions_total",
     "coupon_shim_config_reloads_total",
+    "coupon_shim_coalesced_calls_total",
+    "coupon_shim_answer_cache_total",
 )
 
 
@@ -261,6 +266,18 @@ class ShimMetrics:
             ["result"],
             registry=r,
         )
+        self.coalesced = Counter(
+            "coupon_shim_coalesced_calls",
+            "Calls answered by an identical call's upstream exchange (single-flight)",
+            ["route"],
+            registry=r,
+        )
+        self.cache = Counter(
+            "coupon_shim_answer_cache",
+            "Answer cache lookups by result",
+            ["result"],
+            registry=r,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     # ------------------------------------------------------------------ observer methods
@@ -291,6 +308,13 @@ class ShimMetrics:
         if served is not None and served.result.unmapped:
             for name in served.result.unmapped:
                 child(self.unmapped, _field(name)).inc()
+        tags = record.tags
+        if tags:
+            if tags.get("coalesced"):
+                child(self.coalesced, route).inc()
+            looked = tags.get("cache")
+            if looked in ("hit", "miss"):
+                child(self.cache, looked).inc()
         shadow = record.shadow
         if shadow is not None:
             child(self.shadow, shadow.kind).inc()

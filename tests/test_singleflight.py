@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from shim import AsyncCouponStockShim, UpstreamError, v2
+from shim import AsyncCouponStockShim, CouponStockShim, UpstreamError, v2
 from shim.events import EVENT
 from shim.flow import CallOutcome, RouteResult
 from shim.sandbox import Emulator, SandboxState
@@ -336,3 +336,36 @@ async def test_async_group_is_empty_after_errors_and_cancellations() -> None:
     assert all(isinstance(r, UpstreamError) for r in results)
     assert flights.stats.led == 1 and flights.stats.coalesced == 4
     assert len(flights) == 0
+
+
+async def test_coalesced_calls_and_cache_lookups_are_counted_in_the_metrics(
+    twin_kind: str, make_config: Callable[..., Any], emulator: Emulator
+) -> None:
+    """A Prometheus scrape counts the coalesced calls and the cache's hits and misses."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    emulator.set_fault("v3", "1757", "delay", delay_s=SLOW_S)
+    cls = AsyncCouponStockShim if twin_kind == "async" else CouponStockShim
+    shim = cls(
+        make_config("v3", cache={"ttl_s": 60.0}),
+        transport=emulator.mock_transport(),
+        env={},
+        registry=registry,
+    )
+    twin = Twin(twin_kind, shim)
+    try:
+        await together(twin, n=4)  # one leader (a miss), three coalesced (misses too)
+        await twin.query(coupon_stock_id="1757", mch_id=MD5_MCH)  # a hit
+    finally:
+        await twin.close()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
+    assert samples[("coupon_shim_coalesced_calls_total", (("route", "v3"),))] == 3
+    assert samples[("coupon_shim_answer_cache_total", (("result", "miss"),))] == 4
+    assert samples[("coupon_shim_answer_cache_total", (("result", "hit"),))] == 1
+    assert emulator.request_counts["v3"] == 1
