@@ -19,9 +19,10 @@ from shim.sandbox import Emulator
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 
 STOCK = "1757"
-# A delay the full budget survives, but not the budget minus the fallback's share.
-SLOW = {"timeout_s": 1.5, "connect_timeout_s": 1.0, "budget_s": 2.0}
-DELAY_S = 1.2
+# A delay the full budget survives (read timeout 2.8 s), but not the budget minus the
+# fallback's share (3.0 - min(2.8, 1.5) = 1.5 s): margins of 0.8 s either way.
+SLOW = {"timeout_s": 2.8, "connect_timeout_s": 1.0, "budget_s": 3.0}
+DELAY_S = 2.0
 
 
 def test_routing_no_longer_decides_fallback() -> None:
@@ -34,7 +35,7 @@ async def test_kill_switch_keeps_the_whole_budget(
     make_shim: Callable[..., Twin], emulator: Emulator
 ) -> None:
     """Under the kill switch (fallback_to_v3 on) legacy may not fall back, so it gets all of
-    budget_s: a 1.2 s answer within a 2.0 s budget is served (it was cut at 1.0 s before)."""
+    budget_s: a 2.0 s answer within a 3.0 s budget is served (it was cut at 1.5 s before)."""
     emulator.set_fault("v2", STOCK, "delay", delay_s=DELAY_S)
     twin = make_shim(
         "canary",
@@ -57,7 +58,7 @@ async def test_kill_switch_keeps_the_whole_budget(
 async def test_budget_is_reserved_only_when_a_fallback_is_possible(
     fallback: bool, make_shim: Callable[..., Twin], emulator: Emulator
 ) -> None:
-    """v3 answering in 1.2 s of a 2.0 s budget: with fallback_to_legacy the serving route
+    """v3 answering in 2.0 s of a 3.0 s budget: with fallback_to_legacy the serving route
     leaves the fallback its share (v3 is cut, legacy serves); without, v3 has it all."""
     emulator.set_fault("v3", STOCK, "delay", delay_s=DELAY_S)
     twin = make_shim(
