@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -92,18 +93,24 @@ class V2Caller:
         self.url = base_url + PATH
         self.key = key
         self.appid = appid
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self.client = httpx.AsyncClient(limits=limits, timeout=30, trust_env=False)
+        # One client with one keep-alive connection per concurrent caller, as a fleet of
+        # callers would have: httpx's pool scans its connections on every request, so one
+        # client shared by 256 callers would measure httpx, not the servers.
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        self.clients = [
+            httpx.AsyncClient(limits=limits, timeout=30, trust_env=False)
+            for _ in range(connections)
+        ]
         self.errors = 0
 
-    async def call(self) -> None:
+    async def call(self, caller: int = 0) -> None:
         """One call; a refused or unverifiable answer counts as an error (never as a call)."""
         try:
-            await self._call()
+            await self._call(self.clients[caller])
         except (httpx.HTTPError, RuntimeError, expat.ExpatError):
             self.errors += 1
 
-    async def _call(self) -> None:
+    async def _call(self, client: httpx.AsyncClient) -> None:
         fields = {
             "coupon_stock_id": STOCK,
             "appid": self.appid,
@@ -114,13 +121,14 @@ class V2Caller:
         }
         fields["sign"] = _sign(fields, self.key)
         body = "<xml>" + "".join(f"<{k}>{v}</{k}>" for k, v in fields.items()) + "</xml>"
-        resp = await self.client.post(self.url, content=body.encode())
+        resp = await client.post(self.url, content=body.encode())
         answer = _parse(resp.content)
         if answer.get("result_code") != "SUCCESS" or answer.get("sign") != _sign(answer, self.key):
             raise RuntimeError(f"bad answer: HTTP {resp.status_code} {answer.get('return_msg')}")
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        for client in self.clients:
+            await client.aclose()
 
 
 # --------------------------------------------------------------------------- measuring
@@ -144,33 +152,34 @@ async def latencies(call: Callable[[], Awaitable[None]], n: int) -> list[float]:
     return out
 
 
-async def throughput(call: Callable[[], Awaitable[None]], conc: int, total: int) -> float:
+async def throughput(side: V2Caller, conc: int, total: int) -> float:
+    """Successful calls per second with ``conc`` callers, each on its own connection."""
     left = total
 
-    async def worker() -> None:
+    async def worker(i: int) -> None:
         nonlocal left
         while left > 0:
             left -= 1
-            await call()
+            await side.call(i)
 
-    owner = getattr(call, "__self__", None)
-    errors_before = getattr(owner, "errors", 0)
+    errors_before = side.errors
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(conc)))
+    await asyncio.gather(*(worker(i) for i in range(conc)))
     elapsed = time.perf_counter() - t0
-    return (total - (getattr(owner, "errors", 0) - errors_before)) / elapsed
+    return (total - (side.errors - errors_before)) / elapsed
 
 
 async def measure(direct: V2Caller, gateway: V2Caller, p: argparse.Namespace) -> dict[str, Any]:
     sides = {"direct": direct, "gateway": gateway}
     for side in sides.values():  # warm-up: connections, caches, the gateway's first reload
-        await asyncio.gather(*(side.call() for _ in range(64)))
+        await asyncio.gather(*(side.call(i) for i in range(len(side.clients))))
         await latencies(side.call, p.warmup)
         side.errors = 0
     lat: dict[str, list[float]] = {"direct": [], "gateway": []}
     for r in range(p.rounds):
         for name in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
             lat[name] += await latencies(sides[name].call, p.per_round)
+    print(f"  concurrency 1 done ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
     result: dict[str, Any] = {"c1": {}}
     for name, values in lat.items():
         result["c1"][name] = {
@@ -188,7 +197,8 @@ async def measure(direct: V2Caller, gateway: V2Caller, p: argparse.Namespace) ->
         rates: dict[str, list[float]] = {"direct": [], "gateway": []}
         for r in range(p.tp_rounds):
             for name in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
-                rates[name].append(await throughput(sides[name].call, conc, p.tp_calls))
+                rates[name].append(await throughput(sides[name], conc, p.tp_calls))
+        print(f"  concurrency {conc}: {rates}", file=sys.stderr, flush=True)
         d, g = statistics.median(rates["direct"]), statistics.median(rates["gateway"])
         result[f"c{conc}"] = {
             "direct_calls_s": d,
@@ -304,6 +314,7 @@ def table(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick",
