@@ -37,6 +37,7 @@ from shim.mapping import MappingTable, load_mapping
 from shim.metrics import ShimMetrics, metrics_for
 from shim.observe import CallRecord, EventSink
 from shim.policy import BreakerTransition, CircuitBreaker
+from shim.redaction import scrubs_locals, scrubs_locals_async
 from shim.routing import Decision, decide, kill_switch_on, routing_key
 from shim.shadow import (
     AsyncShadowRunner,
@@ -113,6 +114,7 @@ class _Call:
 class _ShimCore:
     """What the two twins share: config, routing, breakers, shadow totals, events."""
 
+    @scrubs_locals
     def __init__(
         self,
         config: ShimConfig | LiveConfig | str | os.PathLike[str],
@@ -285,8 +287,10 @@ class _ShimCore:
             values = {k: v for k, v in xml.items() if k not in _IGNORED_PAYLOAD_KEYS}
         snapshot = self._live.current()
         mch_id = values.get("mch_id")
-        if not values.get("appid") and isinstance(mch_id, str) and mch_id:
-            # an unknown merchant is named as such (not as a missing appid)
+        appid = values.get("appid")
+        if (appid is None or (isinstance(appid, str) and not appid)) and v2.is_plausible_id(mch_id):
+            # left out: the merchant's own (an unknown merchant is named as such, not as a
+            # missing appid); a falsy non-string appid is the caller's error, not "left out"
             values["appid"] = snapshot.merchant(mch_id).appid
         request, request_fields = self._validated(values)
         merchant = snapshot.merchant(request.mch_id)
@@ -347,7 +351,7 @@ class _ShimCore:
         return key, CallOutcome(result, route, False)
 
     def _remember(self, call: _Call, key: Any, outcome: CallOutcome) -> None:
-        if key is not None and not outcome.fallback:
+        if key is not None and not outcome.fallback and not outcome.result.credentials_refused:
             self._cache.put(
                 key,
                 outcome.result.answer,
@@ -417,6 +421,9 @@ class _ShimCore:
                 continue
 
     def _prepare_via(self, route: Route, fields: dict[str, Any]) -> _Call:
+        if route not in ("legacy", "v3"):
+            shown = repr(route) if isinstance(route, str) else type(route).__name__
+            raise InputError(f"must be 'legacy' or 'v3', got {shown[:24]}", field="route")
         xml = fields.pop("xml", None)
         values = _values(*(fields.pop(k, None) for k in v2.REQUEST_FIELDS))
         if fields:
@@ -574,6 +581,7 @@ class CouponStockShim(_ShimCore):
         """Build a shim from a TOML config file (watched for changes)."""
         return cls(Path(path), **kwargs)  # watched, with the shim's own env
 
+    @scrubs_locals
     def query_coupon_stock(
         self,
         coupon_stock_id: str | None = None,
@@ -641,6 +649,7 @@ class CouponStockShim(_ShimCore):
         self._remember(call, key, outcome)
         return outcome
 
+    @scrubs_locals
     def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
         """Query one route directly (no routing, fallback or shadow); used by ``compare``.
 
@@ -775,6 +784,7 @@ class AsyncCouponStockShim(_ShimCore):
         """Build a shim from a TOML config file (watched for changes)."""
         return cls(Path(path), **kwargs)  # watched, with the shim's own env
 
+    @scrubs_locals_async
     async def query_coupon_stock(
         self,
         coupon_stock_id: str | None = None,
@@ -831,6 +841,7 @@ class AsyncCouponStockShim(_ShimCore):
         self._remember(call, key, outcome)
         return outcome
 
+    @scrubs_locals_async
     async def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
         """Query one route directly (no routing, fallback or shadow); recorded as ``explicit``."""
         self._enter()

@@ -43,6 +43,7 @@ from shim.changes import config_changes
 from shim.errors import ConfigError, InputError
 from shim.logs import get_logger
 from shim.mapping import MappingTable, load_mapping
+from shim.redaction import scrubs_locals
 from shim.routing import (
     DEFAULT_ROUTING,
     DEFAULT_SHADOW,
@@ -632,6 +633,7 @@ _TOP_LEVEL = {
 }
 
 
+@scrubs_locals
 def parse_config(
     data: Mapping[str, Any],
     *,
@@ -760,6 +762,7 @@ def parse_config(
     )
 
 
+@scrubs_locals
 def load_config(
     path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
 ) -> ShimConfig:
@@ -890,6 +893,7 @@ class LiveConfig:
             unless :meth:`check` is called (tests, or an application with its own loop).
     """
 
+    @scrubs_locals
     def __init__(
         self,
         path: str | os.PathLike[str] | None = None,

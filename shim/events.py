@@ -11,69 +11,43 @@ the process in an event, even one some other code logged by mistake.
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["EVENT", "configure_cli_logging", "redact_secrets", "redact_text"]
+from shim.redaction import REDACTED, is_secret_name, redact_text, redact_value
+
+__all__ = [
+    "CREDENTIALS_REFUSED_EVENT",
+    "EVENT",
+    "configure_cli_logging",
+    "redact_secrets",
+    "redact_text",
+]
 
 EVENT = "coupon_stock.query"
-REDACTED = "<redacted>"
-
-_SECRET_KEY = re.compile(
-    r"(^|_)(sign|signature|key|v2_key|private_key|secret|authorization|api_?key|password|token)$",
-    re.IGNORECASE,
-)
-_PATTERNS = (
-    # Authorization header values (v3)
-    re.compile(r"WECHATPAY2-SHA256-RSA2048\s+[^\n]*", re.IGNORECASE),
-    # PEM blocks
-    re.compile(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", re.DOTALL),
-    # signature="..." items and <sign>…</sign> elements
-    re.compile(r'signature="[^"]*"', re.IGNORECASE),
-    re.compile(r"<sign>.*?</sign>", re.IGNORECASE | re.DOTALL),
-    # sign=HEX / key=VALUE inside a v2 sign string
-    re.compile(r"(?<![a-z_])(sign|key)=[^&\s]+", re.IGNORECASE),
-)
-
-
-def redact_text(text: str) -> str:
-    """Replace anything in ``text`` that looks like a key, a signature or an Authorization."""
-    for pattern in _PATTERNS:
-        text = pattern.sub(REDACTED, text)
-    return text
-
-
-def _redact(value: Any, depth: int = 0) -> Any:
-    if depth > 8:
-        return REDACTED
-    if isinstance(value, str):
-        return redact_text(value) if len(value) > 8 else value
-    if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else _redact(v, depth + 1))
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [_redact(v, depth + 1) for v in value]
-    if isinstance(value, BaseException):
-        return redact_text(f"{type(value).__name__}: {value}")
-    return value
+#: WARNING: v3 refused the shim's own credentials (HTTP 401 / SIGN_ERROR) for a merchant.
+CREDENTIALS_REFUSED_EVENT = "coupon_shim.v3_credentials_refused"
 
 
 def redact_secrets(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: blank secret-named keys and secret-looking text in every value."""
+    """structlog processor: blank secret-named keys and secret-looking text in every value.
+
+    Values of secret-named keys (``sign``, ``paySign``, ``signature``, ``key``,
+    ``authorization``, ``private_key``, … in any case) are replaced whole; every other value is
+    scrubbed with :func:`shim.redaction.redact_value` (strings, bytes, lists, tuples, sets,
+    nested mappings, and objects whose ``repr`` carries a secret).
+    """
     for k in list(event_dict):
         v = event_dict[k]
-        if _SECRET_KEY.search(k):
+        if is_secret_name(k):
             event_dict[k] = REDACTED
         elif not isinstance(v, (int, float, bool)) and v is not None:
-            event_dict[k] = _redact(v)
+            event_dict[k] = redact_value(v)
     return event_dict
 
 

@@ -29,8 +29,15 @@ from shim.errors import (
 )
 from shim.flatxml import read_flat
 from shim.mapping import MappingTable, map_error, map_success
-from shim.policy import CircuitBreaker, backoff_delay, should_retry
-from shim.routing import Decision, fallback_route
+from shim.policy import (
+    CircuitBreaker,
+    FallbackCause,
+    backoff_delay,
+    fallback_cause,
+    fallback_target,
+    should_retry,
+)
+from shim.routing import Decision
 
 __all__ = [
     "CallContext",
@@ -67,6 +74,12 @@ class HttpRequest:
     deadline: float
     max_body_bytes: int
 
+    def __repr__(self) -> str:  # headers carry Authorization, the body a v2 sign
+        return (
+            f"HttpRequest({self.method} {self.url}, route={self.route!r}, "
+            f"headers=<{len(self.headers)} redacted>, body=<{len(self.body)} bytes redacted>)"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
@@ -75,6 +88,9 @@ class HttpResponse:
     status: int
     headers: Mapping[str, str]
     body: bytes
+
+    def __repr__(self) -> str:  # answers carry signatures
+        return f"HttpResponse({self.status}, body=<{len(self.body)} bytes redacted>)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +147,8 @@ class RouteResult:
     status: int | None = None
     #: when the upstream's reply arrived (the call's monotonic clock); 0 for a cached answer
     received_at: float = 0.0
+    #: a signed v3 answer refusing the shim's own credentials (401 / ``SIGN_ERROR``), mapped
+    credentials_refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +159,7 @@ class CallOutcome:
     served_by: Route
     fallback: bool
     fallback_error: ShimError | None = None
+    fallback_cause: FallbackCause | None = None
 
 
 def _answer(reply: HttpResponse | TransportFailure | None, route: Route) -> HttpResponse:
@@ -235,10 +254,12 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
         )
     body, cap = reply.body, ctx.config.upstream.max_body_bytes
     # The common flat shape is read fast; anything else goes to the full, strict parser.
-    answer = read_flat(body) if len(body) <= cap else None
-    if answer is None:
-        answer = v2.parse_xml(body, max_bytes=cap)
-    v2.verify_answer(answer, key=key, sign_type=m.v2_sign_type, mch_id=m.mch_id)
+    parsed = read_flat(body) if len(body) <= cap else None
+    if parsed is None:
+        parsed = v2.parse_xml(body, max_bytes=cap)
+    answer = v2.checked_answer(
+        parsed, ctx.request, key=key, sign_type=m.v2_sign_type, mch_id=m.mch_id
+    )
     return RouteResult(answer, "legacy", 1, status=reply.status, received_at=received)
 
 
@@ -273,7 +294,8 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
             key=f'merchants."{m.mch_id}"',
         )
     stock_id = ctx.request.coupon_stock_id
-    path = _stock_path(stock_id, m.creator_for(stock_id))
+    creator = m.creator_for(stock_id)
+    path = _stock_path(stock_id, creator)
     nonce = ctx.nonce()
     auth = v3.authorization(
         creds,
@@ -295,7 +317,7 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     reply = _answer((yield _request(ctx, deadline, "v3", "GET", url, headers, b"")), "v3")
     received = ctx.clock()
     answer_headers = _plain_headers(reply.headers)
-    status, rid = reply.status, answer_headers.get("request-id")
+    status, rid = reply.status, v3.request_id_of(answer_headers)
     if 200 <= status < 300:
         v3.verify_answer(creds, answer_headers, reply.body, now=ctx.wall(), status=status)
         ctype = _media_type(answer_headers)
@@ -308,9 +330,10 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
                 request_id=rid,
             )
         body = v3.parse_json_object(reply.body, status=status, request_id=rid)
-        if body.get("stock_id") != stock_id:
+        if body.get("stock_id") != stock_id or body.get("stock_creator_mchid", creator) != creator:
             raise UpstreamError(
-                "v3 answered for another stock than the one asked for",
+                "v3 answered for another stock or creator merchant than the one asked for; "
+                "refused (a mixed-up or replayed answer)",
                 route="v3",
                 kind="protocol",
                 status=status,
@@ -332,6 +355,27 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
             request_id=rid,
         )
     if not answer_headers.get("wechatpay-signature"):
+        if status == 401:
+            # WeChat Pay signs answers only to requests whose signature verified: a real
+            # refusal of our credentials is unsigned. Its body is not data; its status is
+            # what it means (an attacker able to forge it could as well drop the link).
+            # The answer is the mapping's own (401, SIGN_ERROR) form, built from nothing the
+            # upstream sent; the call falls back to legacy when it may.
+            refusal = map_error(ctx.mapping, 401, "SIGN_ERROR", ctx.request_fields)
+            if refusal.kind == "return_fail":
+                return RouteResult(
+                    _signed_v2_answer(ctx, refusal.fields), "v3", 1, (), 401, received, True
+                )
+            raise UpstreamError(
+                f"v3 refused the shim's own credentials for merchant {m.mch_id} (HTTP 401 "
+                f"{code or 'unsigned'}): check its v3_private_key, v3_cert_serial and the "
+                "host clock",
+                route="v3",
+                kind="http_status",
+                status=status,
+                code=code,
+                request_id=rid,
+            )
         raise UpstreamError(
             f"v3 error answer HTTP {status} is unsigned; refused",
             route="v3",
@@ -343,7 +387,10 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     v3.verify_answer(creds, answer_headers, reply.body, now=ctx.wall(), status=status)
     outcome = map_error(ctx.mapping, status, code, ctx.request_fields)
     if outcome.kind in ("business", "return_fail"):
-        return RouteResult(_signed_v2_answer(ctx, outcome.fields), "v3", 1, (), status, received)
+        refused = status == 401 or code == "SIGN_ERROR"
+        return RouteResult(
+            _signed_v2_answer(ctx, outcome.fields), "v3", 1, (), status, received, refused
+        )
     raise UpstreamError(
         f"v3 answered HTTP {status} {code or '(no code)'}, which the mapping has no v2 form for",
         route="v3",
@@ -415,27 +462,42 @@ def call_flow(
 ) -> Flow[CallOutcome]:
     """Serve a call on ``decision.serve``; fall back to the other route when the policy says so.
 
-    When a fallback is possible the serving route stops early enough to leave the fallback
-    ``min(timeout_s, budget_s / 2)`` of the call's budget.
+    :func:`shim.policy.fallback_target` decides once, before any I/O, whether a fallback is
+    possible; only then does the serving route stop early enough to leave the fallback
+    ``min(timeout_s, budget_s / 2)`` of the call's budget (under the kill switch, for
+    example, the serving route keeps the whole budget). :func:`shim.policy.fallback_cause`
+    then says whether the serving route's failure lets the call fall back.
     """
-    routing = ctx.config.routing
-    other: Route = "v3" if decision.serve == "legacy" else "legacy"
-    may_fall_back = can_serve(other) and (
-        routing.fallback_to_legacy if other == "legacy" else routing.fallback_to_v3
-    )
+    target = fallback_target(ctx.config.routing, decision, v3_available=can_serve("v3"))
     serve_deadline = ctx.deadline
-    if may_fall_back:
+    if target is not None:
         up = ctx.config.upstream
         serve_deadline -= min(up.timeout_s, up.budget_s / 2)
     try:
         result = yield from route_flow(ctx, decision.serve, deadline=serve_deadline)
     except ShimError as err:
-        target = fallback_route(routing, decision, err) if may_fall_back else None
-        if target is None:
+        cause = fallback_cause(err, target)
+        if target is None or cause is None:
             raise
-        try:
-            result = yield from route_flow(ctx, target)
-        except ShimError as second:
-            raise second from err
-        return CallOutcome(result, target, True, err)
+        return (yield from _fall_back(ctx, target, err, cause))
+    if result.credentials_refused and target == "legacy":
+        refusal = UpstreamError(
+            f"v3 refused the shim's own credentials for merchant {ctx.merchant.mch_id} "
+            f"(HTTP {result.status} SIGN_ERROR)",
+            route="v3",
+            kind="http_status",
+            status=result.status,
+            code="SIGN_ERROR",
+        )
+        return (yield from _fall_back(ctx, target, refusal, "credentials_refused"))
     return CallOutcome(result, decision.serve, False)
+
+
+def _fall_back(
+    ctx: CallContext, target: Route, err: ShimError, cause: FallbackCause
+) -> Flow[CallOutcome]:
+    try:
+        result = yield from route_flow(ctx, target)
+    except ShimError as second:
+        raise second from err
+    return CallOutcome(result, target, True, err, cause)

@@ -60,7 +60,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from shim.errors import ConfigError, Route
-from shim.shadow import error_kind_of
+from shim.observe import fallback_kind
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -302,7 +302,7 @@ class ShimMetrics:
         if served is None or served.fallback_error is not None:
             first = record.first_error
             if first is not None:
-                child(self.fallbacks, d.serve, error_kind_of(first)).inc()
+                child(self.fallbacks, d.serve, fallback_kind(first)).inc()
             for failed_route, kind in record.route_errors:
                 child(self.upstream_errors, failed_route, kind).inc()
         if served is not None and served.result.unmapped:

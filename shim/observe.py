@@ -30,7 +30,9 @@ Event schema of ``coupon_stock.query`` (one event per call; readers such as
 ``attempts``           attempts on the serving route (answers only)
 ``fallback_from``      the route that failed first (when a fallback served)
 ``fallback_cause``     its error, ``Type:kind`` (e.g. ``UpstreamError:timeout``)
-``fallback_kind``      the same as a bare kind (``timeout``; the metrics' ``cause``)
+``fallback_kind``      the same as a bare kind (``timeout``; the metrics' ``cause``);
+                       ``credentials_refused`` when v3 refused the shim's own
+                       credentials (HTTP 401 / ``SIGN_ERROR``)
 ``unmapped``           v2 keys v3 could not fill (list)
 ``err_code``           the v2 business error code, when the answer has one
 ``error_kind``         for errors: ``Type:kind`` (e.g. ``SignatureError``)
@@ -48,6 +50,11 @@ Event schema of ``coupon_stock.query`` (one event per call; readers such as
 
 plus whatever context the application bound with ``structlog.contextvars``
 (``request_id`` …), also for shadowed calls of the sync twin.
+
+When v3 refused the shim's own credentials (an HTTP 401 or ``SIGN_ERROR``: a wrong
+``v3_private_key`` or ``v3_cert_serial``, a skewed clock), the sink also logs the WARNING event
+``coupon_shim.v3_credentials_refused`` (``mch_id``, ``coupon_stock_id``, ``status``, ``code``,
+``request_id``, ``served_by``, ``action``, ``hint``), whether legacy then served or not.
 """
 
 from __future__ import annotations
@@ -58,9 +65,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from shim.errors import Route, ShimError, UpstreamError
-from shim.events import EVENT
+from shim.events import CREDENTIALS_REFUSED_EVENT, EVENT
 from shim.logs import LibraryLogger, get_logger
-from shim.policy import BreakerTransition
+from shim.policy import BreakerTransition, credentials_refused
 from shim.routing import Decision
 from shim.shadow import ShadowOutcome, error_kind_of
 
@@ -72,8 +79,10 @@ __all__ = [
     "CallRecord",
     "EventSink",
     "Outcome",
+    "credentials_refusal",
     "describe_route",
     "event_fields",
+    "fallback_kind",
     "outcome_of",
 ]
 
@@ -158,6 +167,24 @@ class CallRecord:
         return tuple(out)
 
 
+def fallback_kind(first: ShimError) -> str:
+    """The cause of a fallback as a bare kind: ``credentials_refused`` when v3 refused the
+    shim's own credentials, else the error's kind (``timeout``, ``mapping`` …)."""
+    return "credentials_refused" if credentials_refused(first) else error_kind_of(first)
+
+
+def credentials_refusal(record: CallRecord) -> tuple[bool, ShimError | None]:
+    """Whether v3 refused the shim's credentials in this call, and the error that said so
+    (None for a signed 401 the mapping turned into an answer)."""
+    for error in (record.first_error, record.error):
+        if error is not None and credentials_refused(error):
+            return True, error
+    served = record.served
+    if served is not None and served.result.credentials_refused:
+        return True, None
+    return False, None
+
+
 def describe_route(record: CallRecord) -> str:
     """One line saying which route served and why, e.g. ``v3 (reason: canary_in, bucket 12)``."""
     d = record.decision
@@ -189,8 +216,28 @@ class EventSink:
         return log if bind is None else bind()
 
     def call(self, record: CallRecord) -> None:
-        """Emit the ``coupon_stock.query`` event of one call."""
+        """Emit the ``coupon_stock.query`` event of one call (and the WARNING event when v3
+        refused the shim's credentials)."""
         log = self._target()
+        refused, error = credentials_refusal(record)
+        if refused:
+            served_by = record.served.served_by if record.served is not None else None
+            log.warning(
+                CREDENTIALS_REFUSED_EVENT,
+                mch_id=record.mch_id,
+                coupon_stock_id=record.coupon_stock_id,
+                route="v3",
+                status=getattr(error, "status", None) or 401,
+                code=getattr(error, "code", None) or "SIGN_ERROR",
+                request_id=getattr(error, "request_id", None),
+                served_by=served_by,
+                action=(
+                    "served by legacy (fallback_to_legacy)"
+                    if served_by == "legacy"
+                    else "not served by legacy: fallback_to_legacy is off or not possible"
+                ),
+                hint="check the merchant's v3_private_key, v3_cert_serial and the host clock",
+            )
         enabled = getattr(log, "is_enabled_for", None)
         if enabled is not None and not enabled(logging.INFO):
             return  # filtered out (e.g. an app at WARNING): build nothing
@@ -236,7 +283,7 @@ def event_fields(record: CallRecord) -> dict[str, Any]:
         if served.fallback_error is not None:
             fields["fallback_from"] = d.serve
             fields["fallback_cause"] = _type_kind(served.fallback_error)
-            fields["fallback_kind"] = error_kind_of(served.fallback_error)
+            fields["fallback_kind"] = fallback_kind(served.fallback_error)
         if result.unmapped:
             fields["unmapped"] = list(result.unmapped)
         if "err_code" in result.answer:
@@ -248,7 +295,7 @@ def event_fields(record: CallRecord) -> dict[str, Any]:
         if first is not None:
             fields["fallback_from"] = d.serve
             fields["fallback_cause"] = _type_kind(first)
-            fields["fallback_kind"] = error_kind_of(first)
+            fields["fallback_kind"] = fallback_kind(first)
         fields["error_kind"] = _type_kind(error)
         fields["error_cause"] = error_kind_of(error)
         fields["error"] = str(error)

@@ -13,20 +13,87 @@ import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from shim.config import BreakerConfig, RetryConfig
-from shim.errors import ShimError, UpstreamError
+from shim.errors import MappingError, Route, ShimError, SignatureError, UpstreamError
+from shim.routing import Decision, RoutingConfig
 
 __all__ = [
     "BreakerState",
     "BreakerTransition",
     "CircuitBreaker",
+    "FallbackCause",
     "backoff_delay",
+    "credentials_refused",
+    "fallback_cause",
+    "fallback_target",
     "should_retry",
 ]
 
 BreakerState = Literal["closed", "open", "half_open"]
+
+#: Why a call was served by the other route.
+FallbackCause = Literal["transient", "mapping", "credentials_refused"]
+
+#: Decisions that demanded legacy: they never fall back to v3.
+_LEGACY_DEMANDED: Final = frozenset(
+    {"kill_switch", "force_legacy_mch_id", "force_legacy_stock_id", "no_v3_credentials"}
+)
+
+
+def fallback_target(
+    routing: RoutingConfig, decision: Decision, *, v3_available: bool
+) -> Route | None:
+    """The route a call may fall back to if its serving route fails, or None: the one place
+    that decides whether a fallback is possible, before any I/O (and so whether the serving
+    route must leave part of the budget for it).
+
+    v3 -> legacy when ``fallback_to_legacy``. legacy -> v3 when ``fallback_to_v3``, the
+    merchant has v3 credentials (``v3_available``) and routing did not demand legacy (kill
+    switch, force-legacy lists, no v3 credentials).
+    """
+    if decision.serve == "v3":
+        return "legacy" if routing.fallback_to_legacy else None
+    if decision.reason in _LEGACY_DEMANDED or not v3_available:
+        return None
+    return "v3" if routing.fallback_to_v3 else None
+
+
+def credentials_refused(error: BaseException) -> bool:
+    """True when v3 refused the shim's own request credentials (HTTP 401 or ``SIGN_ERROR``).
+
+    That is WeChat Pay refusing *our request* (a wrong private key or serial, a skewed
+    clock), not a forged answer: a bad signature on an answer is a
+    :class:`~shim.errors.SignatureError` and never counts here.
+    """
+    return (
+        isinstance(error, UpstreamError)
+        and not isinstance(error, SignatureError)
+        and error.route == "v3"
+        and error.kind == "http_status"
+        and (error.status == 401 or error.code == "SIGN_ERROR")
+    )
+
+
+def fallback_cause(error: BaseException, target: Route | None) -> FallbackCause | None:
+    """Whether ``error`` on the serving route lets the call fall back to ``target``, and why.
+
+    ``transient``: a transient upstream failure (timeouts, connection failures, open
+    circuits, budget, 429 and 5xx). ``mapping``: a verified v3 answer the mapping could not
+    express. ``credentials_refused``: v3 refused the shim's own credentials (only towards
+    legacy). Never for a signature failure, a protocol error, an input or config error, or
+    anything else; never when :func:`fallback_target` said no (``target`` is None).
+    """
+    if target is None or isinstance(error, SignatureError):
+        return None
+    if target == "legacy" and credentials_refused(error):
+        return "credentials_refused"
+    if isinstance(error, UpstreamError):
+        return "transient" if error.transient else None
+    if isinstance(error, MappingError):
+        return "mapping"
+    return None
 
 
 def should_retry(error: ShimError, *, attempt: int, attempts: int) -> bool:

@@ -43,7 +43,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast, get_args
 
-from shim.errors import ConfigError, MappingError, Route, UpstreamError
+from shim.errors import ConfigError, Route
 from shim.logs import get_logger
 
 __all__ = [
@@ -63,8 +63,6 @@ __all__ = [
     "apply_env_overrides",
     "bucket_of",
     "decide",
-    "fallback_route",
-    "is_fallback_worthy",
     "kill_switch_on",
     "other_route",
     "parse_mode",
@@ -594,41 +592,3 @@ def decide(
         kill_switch=False,
         bucket_by=bucket_by,
     )
-
-
-def is_fallback_worthy(error: BaseException) -> bool:
-    """True for errors that may go away on the other route.
-
-    That is an :class:`~shim.errors.UpstreamError` whose ``transient`` is True (timeouts,
-    connection failures, open circuits, budget, 429 and 5xx) or a
-    :class:`~shim.errors.MappingError`. Never a :class:`~shim.errors.SignatureError`,
-    an input or config error, or anything else.
-    """
-    if isinstance(error, UpstreamError):
-        return error.transient
-    return isinstance(error, MappingError)
-
-
-def fallback_route(cfg: RoutingConfig, decision: Decision, error: BaseException) -> Route | None:
-    """The route to serve instead after ``decision.serve`` failed with ``error``, or None.
-
-    v3 -> legacy when ``cfg.fallback_to_legacy``; legacy -> v3 when ``cfg.fallback_to_v3``;
-    in both cases only for :func:`is_fallback_worthy` errors. A decision that demanded legacy
-    (kill switch, force-legacy lists) never falls back to v3. Business answers (v2
-    ``result_code=FAIL``) are answers, not errors, and never reach this function.
-
-    Args:
-        cfg: the routing config.
-        decision: the decision whose serving route failed.
-        error: what the serving route raised.
-
-    Returns:
-        The other route, or None to raise ``error``.
-    """
-    if not is_fallback_worthy(error):
-        return None
-    if decision.serve == "v3":
-        return "legacy" if cfg.fallback_to_legacy else None
-    if decision.reason in ("kill_switch", "force_legacy_mch_id", "force_legacy_stock_id"):
-        return None
-    return "v3" if cfg.fallback_to_v3 else None

@@ -31,7 +31,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import random
-import re
 import threading
 import time
 from collections import Counter
@@ -48,6 +47,7 @@ from shim.errors import (
     SignatureError,
     UpstreamError,
 )
+from shim.redaction import REDACTED, is_secret_name
 from shim.routing import ShadowConfig
 
 __all__ = [
@@ -67,15 +67,12 @@ __all__ = [
 ]
 
 OutcomeKind = Literal["match", "mismatch", "error", "dropped", "sampled_out"]
-REDACTED: Final = "<redacted>"
-_SECRET_NAME: Final = re.compile(
-    r"\A(sign|paysign)\Z|key|secret|signature|authorization|password|token", re.IGNORECASE
-)
 
 
 def is_secret_field(name: str) -> bool:
-    """True for fields whose values must never be shown: ``sign`` and key/secret-like names."""
-    return _SECRET_NAME.search(name) is not None
+    """True for fields whose values must never be shown: ``sign`` and key/secret-like names
+    (one rule for the whole shim: :func:`shim.redaction.is_secret_name`)."""
+    return is_secret_name(name)
 
 
 def normalise(value: str) -> str:

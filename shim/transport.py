@@ -50,6 +50,7 @@ import httpcore
 import httpx
 
 from shim.flow import Flow, HttpRequest, HttpResponse, Sleep, T, TransportFailure
+from shim.wire import parse_uint
 
 __all__ = [
     "MAX_ENCODINGS",
@@ -127,7 +128,10 @@ class _BodyReader:
         """Check the declared length and set up decoding; a failure refuses the answer."""
         cap = self.req.max_body_bytes
         declared = headers.get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > cap:
+        length = parse_uint(declared) if declared else 0
+        if length is None:
+            return TransportFailure("protocol", "answer's Content-Length is not ASCII digits")
+        if length > cap:
             return TransportFailure(
                 "protocol", f"answer declares {declared} bytes, over the {cap}-byte cap"
             )

@@ -11,17 +11,19 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeGuard
 from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
 from shim.errors import InputError, Route, SignatureError, UpstreamError
 
 __all__ = [
+    "BOUND_FIELDS",
     "QUERY_COUPON_STOCK_PATH",
     "REQUEST_FIELDS",
     "V2Request",
     "build_request_fields",
+    "checked_answer",
     "parse_xml",
     "sign",
     "to_xml",
@@ -63,13 +65,19 @@ _RULES: dict[str, tuple[bool, int, re.Pattern[str], str]] = {
     # Stock ids are shared by v2 and v3; v3 caps them at 20 characters, so the shim does too
     # on every route: a caller's answer never depends on which side its canary bucket picks.
     "coupon_stock_id": (True, 20, _ID, "ASCII letters, digits, '-' or '_'"),
-    "appid": (True, 32, _ID, "ASCII letters, digits, '-' or '_'"),
+    # mch_id before appid: a bad merchant id is the first thing to say
     "mch_id": (True, 32, _ID, "ASCII letters, digits, '-' or '_'"),
+    "appid": (True, 32, _ID, "ASCII letters, digits, '-' or '_'"),
     "op_user_id": (False, 32, _PRINTABLE, "printable ASCII without spaces"),
     "device_info": (False, 32, _PRINTABLE, "printable ASCII without spaces"),
     "version": (False, 8, re.compile(r"1\.0"), '"1.0"'),
     "type": (False, 8, re.compile(r"XML"), '"XML"'),
 }
+
+
+def is_plausible_id(value: object) -> TypeGuard[str]:
+    """True for a string that passes the ``mch_id``/``appid`` rule (1-32 of ``[0-9A-Za-z_-]``)."""
+    return isinstance(value, str) and 0 < len(value) <= 32 and _ID.fullmatch(value) is not None
 
 
 def _describe(value: str) -> str:
@@ -87,16 +95,22 @@ def validate_request(values: Mapping[str, Any]) -> V2Request:
         InputError: a field is missing, not a string, too long or holds characters the API
             does not accept; the message names the field and the rule.
     """
-    unknown = set(values) - set(REQUEST_FIELDS)
+    unknown = [k for k in values if not isinstance(k, str) or k not in REQUEST_FIELDS]
     if unknown:
-        name = sorted(unknown)[0]
-        raise InputError("is not a field of query_coupon_stock", field=name)
+        name = min(unknown, key=str)
+        if not isinstance(name, str):
+            raise InputError(f"field names must be strings, got {type(name).__name__}", field="xml")
+        raise InputError("is not a field of query_coupon_stock", field=name[:40])
     clean: dict[str, str] = {}
     for name, (required, limit, pattern, what) in _RULES.items():
         value = values.get(name)
         if value is None:
             value = ""
         if isinstance(value, int) and not isinstance(value, bool) and name == "coupon_stock_id":
+            if not 0 <= value < 10**limit:
+                raise InputError(
+                    f"as an integer must be between 0 and {limit} digits long", field=name
+                )
             value = str(value)
         if not isinstance(value, str):
             raise InputError(f"must be a string, got {type(value).__name__}", field=name)
@@ -210,12 +224,40 @@ class _FlatXml:
             self.root_text.append(data)
 
 
-def _ignore(*_: object) -> None:
-    return None
+class _Refused(Exception):
+    """Raised from inside expat to stop a document the v2 rules refuse."""
+
+
+def _refuse_doctype(*_: object) -> None:
+    raise _Refused("carries a DOCTYPE")
+
+
+def _refuse_entity_decl(*_: object) -> None:
+    raise _Refused("declares an entity")
+
+
+def _refuse_entity_ref(*_: object) -> None:
+    raise _Refused("references an entity")
+
+
+def _refuse_markup_decl(*_: object) -> None:
+    raise _Refused("carries a DTD declaration")
+
+
+def _check_declared_encoding(_version: str, encoding: str | None, _standalone: int) -> None:
+    if encoding is not None and encoding.strip().lower().replace("_", "-") not in ("utf-8", "utf8"):
+        raise _Refused("declares a non-UTF-8 encoding")
 
 
 def _external_entity(*_: object) -> int:
-    return 1
+    raise _Refused("references an external entity")
+
+
+_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+
+
+def _protocol(why: str, route: Route) -> UpstreamError:
+    return UpstreamError(f"v2 answer {why}; refused", route=route, kind="protocol")
 
 
 def parse_xml(
@@ -223,8 +265,12 @@ def parse_xml(
 ) -> dict[str, str]:
     """Parse a v2 XML answer into ``dict[str, str]``, safely.
 
-    No DTDs, no entities (no "billion laughs"), a size cap, a flat ``<xml>`` root only.
-    Empty elements become ``""``; text is stripped of surrounding whitespace.
+    The parser itself refuses (wherever they appear, in any encoding) a DOCTYPE, any entity,
+    element, attribute-list or notation declaration, and any reference to a general entity
+    other than XML's five predefined ones; it reads the document as UTF-8 whatever it declares,
+    and refuses a declared encoding other than UTF-8 and UTF-16/32 byte-order marks or NUL
+    bytes. A size cap applies; only a flat ``<xml>`` root of text elements is accepted. Empty
+    elements become ``""``; text is stripped of surrounding whitespace.
 
     Raises:
         UpstreamError: kind ``protocol``, for anything that is not a flat, safe v2 document.
@@ -235,24 +281,30 @@ def parse_xml(
             route=route,
             kind="protocol",
         )
-    head = body[:4096].lower()
-    if b"<!doctype" in head or b"<!entity" in body.lower():
-        raise UpstreamError(
-            "v2 answer carries a DTD or entity declaration; refused", route=route, kind="protocol"
-        )
+    if body.startswith(_UTF16_32_BOMS) or b"\x00" in body:
+        raise _protocol("is not UTF-8 (UTF-16/32 byte-order mark or NUL bytes)", route)
     doc = _FlatXml()
-    parser = expat.ParserCreate()
+    # The encoding argument overrides whatever the document declares: bytes are read as UTF-8.
+    parser = expat.ParserCreate("UTF-8")
     parser.ordered_attributes = True
     parser.buffer_text = True
-    # As xmltodict's disable_entities: a default handler stops internal entity expansion,
-    # and external entities are never fetched.
-    parser.DefaultHandler = _ignore
+    parser.XmlDeclHandler = _check_declared_encoding
+    parser.StartDoctypeDeclHandler = _refuse_doctype
+    parser.EntityDeclHandler = _refuse_entity_decl
+    parser.UnparsedEntityDeclHandler = _refuse_entity_decl
+    parser.ElementDeclHandler = _refuse_markup_decl
+    parser.AttlistDeclHandler = _refuse_markup_decl
+    parser.NotationDeclHandler = _refuse_markup_decl
+    parser.SkippedEntityHandler = _refuse_entity_ref
     parser.ExternalEntityRefHandler = _external_entity
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     parser.StartElementHandler = doc.start
     parser.EndElementHandler = doc.end
     parser.CharacterDataHandler = doc.text
     try:
         parser.Parse(body, True)
+    except _Refused as refused:
+        raise _protocol(str(refused), route) from None
     except (ExpatError, ValueError) as exc:
         raise UpstreamError(
             f"v2 answer is not well-formed XML ({type(exc).__name__})", route=route, kind="protocol"
@@ -339,3 +391,53 @@ def verify_answer(
             "the answer was altered on the way",
             route=route,
         )
+
+
+#: The fields of a v2 answer that name the request it answers.
+BOUND_FIELDS = ("coupon_stock_id", "mch_id", "appid")
+
+
+def checked_answer(
+    answer: Mapping[str, str],
+    request: V2Request,
+    *,
+    key: str,
+    sign_type: str,
+    route: Route = "legacy",
+    mch_id: str | None = None,
+) -> dict[str, str]:
+    """A parsed v2 answer, verified, reduced and bound to ``request``; fail closed.
+
+    1. The sign is verified (:func:`verify_answer`; ``mch_id`` names the merchant in a
+       mismatch).
+    2. An unsigned ``return_code=FAIL`` answer is reduced to ``return_code`` and
+       ``return_msg``: nothing else in it is vouched for, so nothing else is passed on.
+    3. The answer must be about this request: a ``coupon_stock_id``, ``mch_id`` or ``appid``
+       it carries must be the request's, and a successful answer (``result_code=SUCCESS``
+       without ``err_code``) must name the stock.
+
+    Raises:
+        SignatureError: the sign is missing (on SUCCESS), of the wrong type, or does not match.
+        UpstreamError: kind ``protocol``: no valid ``return_code``, or an answer naming another
+            stock, merchant or appid than the request (a mixed-up or replayed answer).
+    """
+    verify_answer(answer, key=key, sign_type=sign_type, route=route, mch_id=mch_id)
+    if answer.get("return_code") == "FAIL" and not answer.get("sign"):
+        return {"return_code": "FAIL", "return_msg": answer.get("return_msg", "")}
+    for name in BOUND_FIELDS:
+        got = answer.get(name)
+        if got is not None and got != getattr(request, name):
+            raise UpstreamError(
+                f"v2 answer names another {name} than the request; refused "
+                "(a mixed-up or replayed answer)",
+                route=route,
+                kind="protocol",
+            )
+    succeeded = answer.get("result_code") == "SUCCESS" and not answer.get("err_code")
+    if answer.get("return_code") == "SUCCESS" and succeeded and "coupon_stock_id" not in answer:
+        raise UpstreamError(
+            "v2 success answer does not name its coupon_stock_id; refused",
+            route=route,
+            kind="protocol",
+        )
+    return dict(answer)

@@ -7,14 +7,16 @@ hand-rolled crypto. Time and nonce are passed in.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 from wechatpayv3.utils import rsa_sign, rsa_verify
 
 from shim.config import V3Credentials
 from shim.errors import InputError, SignatureError, UpstreamError
+from shim.wire import ascii_token, parse_uint
 
 __all__ = [
     "FRESHNESS_S",
@@ -22,6 +24,7 @@ __all__ = [
     "authorization",
     "parse_error_body",
     "parse_json_object",
+    "request_id_of",
     "stock_path",
     "verify_answer",
 ]
@@ -29,6 +32,12 @@ __all__ = [
 SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
 #: Answers whose ``Wechatpay-Timestamp`` is this many seconds or more away from now are refused.
 FRESHNESS_S = 300
+
+# What each answer header may hold (ASCII only; anything else is refused, typed).
+_SERIAL: Final = re.compile(r"[0-9A-Za-z_]+")
+_NONCE: Final = re.compile(r"[\x21-\x7e]+")
+_BASE64: Final = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_CODE: Final = re.compile(r"[A-Za-z0-9_]+")
 
 
 def stock_path(stock_id: str, creator_mchid: str) -> str:
@@ -66,6 +75,11 @@ def authorization(
     )
 
 
+def request_id_of(headers: Mapping[str, str]) -> str | None:
+    """The answer's ``Request-ID`` when it is 1-128 printable ASCII characters, else None."""
+    return ascii_token(headers.get("request-id"), _NONCE, max_len=128)
+
+
 def verify_answer(
     creds: V3Credentials,
     headers: Mapping[str, str],
@@ -83,7 +97,7 @@ def verify_answer(
             ``WECHATPAY/SIGNTEST/`` probe, the serial is unknown, the timestamp is 5 minutes or
             more off, or the signature does not verify.
     """
-    request_id = headers.get("request-id")
+    request_id = request_id_of(headers)
 
     def refuse(why: str) -> SignatureError:
         return SignatureError(
@@ -108,12 +122,19 @@ def verify_answer(
         raise refuse("unsupported Wechatpay-Signature-Type")
     if signature.startswith("WECHATPAY/SIGNTEST/"):
         raise refuse("signature is a WECHATPAY/SIGNTEST/ probe")
+    if ascii_token(signature, _BASE64, max_len=2048) is None:
+        raise refuse("Wechatpay-Signature is not Base64")
+    if ascii_token(nonce, _NONCE, max_len=64) is None:
+        raise refuse("Wechatpay-Nonce is not 1-64 printable ASCII characters")
+    if ascii_token(serial, _SERIAL, max_len=64) is None:
+        raise refuse("Wechatpay-Serial is not an ASCII serial")
     public_key = creds.verifiers.get(serial) or creds.verifiers.get(serial.upper())
     if public_key is None:
         raise refuse("Wechatpay-Serial is not a configured WeChat Pay key or certificate")
-    if not timestamp.isdigit() or len(timestamp) > 12:
-        raise refuse("Wechatpay-Timestamp is not a Unix time")
-    if abs(now - int(timestamp)) >= FRESHNESS_S:
+    sent_at = parse_uint(timestamp, max_digits=12)
+    if sent_at is None:
+        raise refuse("Wechatpay-Timestamp is not a Unix time in ASCII digits")
+    if abs(now - sent_at) >= FRESHNESS_S:
         raise refuse("Wechatpay-Timestamp is 5 minutes or more away from local time")
     try:
         text = body.decode("utf-8")
@@ -157,6 +178,4 @@ def parse_error_body(body: bytes) -> str | None:
     except (ValueError, RecursionError):
         return None
     code = data.get("code") if isinstance(data, dict) else None
-    if isinstance(code, str) and 0 < len(code) <= 64 and code.replace("_", "").isalnum():
-        return code
-    return None
+    return ascii_token(code, _CODE, max_len=64)

@@ -24,6 +24,17 @@ and the fallback switch:
 - ``unmapped`` (a signed v3 4xx the mapping has no v2 form for): one request, an
   :class:`UpstreamError` of kind ``http_status``; not fallen back from.
 - ``business`` / ``return_fail``: a signed answer the caller receives as a v2 dict.
+- ``reduced``: an unsigned ``return_code=FAIL`` carrying forged data; the caller receives only
+  its ``return_code`` and ``return_msg``.
+- ``stall`` (a drip: every byte inside the read timeout, the whole answer never in time): one
+  request, cut at the deadline (the serving route's, which leaves the fallback its share); then
+  served by the other side when fallback is on, else an :class:`UpstreamError`. These cases run
+  with ``budget_s = STALL_BUDGET_S``.
+- ``credentials`` (v3 refuses the shim's own credentials: an unsigned 401, as WeChat Pay sends
+  it): one request, not retried; served by legacy when ``fallback_to_legacy`` is on (event
+  ``fallback_kind`` and metrics cause ``credentials_refused``), else the mapping's
+  ``return_code=FAIL`` answer for ``401 SIGN_ERROR`` (built by the shim, nothing of the
+  unsigned body in it).
 """
 
 from __future__ import annotations
@@ -45,7 +56,16 @@ else:  # pragma: no cover
 
 Mode = Literal["v3", "canary", "shadow", "legacy"]
 Effect = Literal[
-    "none", "transient", "protocol", "signature", "unmapped", "business", "return_fail"
+    "none",
+    "transient",
+    "protocol",
+    "signature",
+    "unmapped",
+    "business",
+    "return_fail",
+    "reduced",
+    "stall",
+    "credentials",
 ]
 
 STOCK_ID = "1757"
@@ -56,6 +76,21 @@ ATTEMPTS = 2
 BUDGET_S = 2.0
 #: Delay of a ``delay`` fault: longer than the read timeout, so it times out.
 DELAY_S = 1.0
+#: Pause between the bytes of a drip fault: far inside the read timeout.
+DRIP_S = 0.02
+#: ``header_drip`` per side: a v2 head is about 80 bytes, a v3 head about 700 (its signature
+#: header), so the whole head takes about 2.5 s on either side, several budgets.
+HEAD_DRIP_S = {"v2": 0.03, "v3": 0.004}
+#: Budget and read timeout of a call in the ``stall`` cases (a drip runs until the deadline
+#: cuts it; the fallback then has ``min(timeout_s, budget_s / 2)`` = 0.3 s).
+STALL_BUDGET_S = 0.8
+STALL_TIMEOUT_S = 0.3
+#: What the emulator's encoding bombs inflate to in the matrix (``stacked_encodings``: 4x):
+#: far over ``max_body_bytes`` (1 MiB), small enough for a test run.
+BOMB_BYTES = 8 * 1024 * 1024
+#: A stalled call ends as the deadline cuts it: ``budget`` (the shim's own deadline check) or
+#: ``timeout`` (a socket or task deadline), whichever fires first.
+STALL_KIND = "budget|timeout"
 
 #: Config tables of every matrix case (``routing`` is completed per case).
 MATRIX_TABLES: dict[str, dict[str, Any]] = {
@@ -78,6 +113,7 @@ class Fault:
             unmapped), or the shadow label of a signature failure.
         status: the HTTP status the error carries, when there is one.
         err_code: the v2 ``err_code`` of a business answer.
+        loopback_only: the fault needs a real socket (every mode runs over loopback only).
     """
 
     side: Literal["v2", "v3"]
@@ -86,6 +122,14 @@ class Fault:
     kind: str | None = None
     status: int | None = None
     err_code: str | None = None
+    loopback_only: bool = False
+
+    @property
+    def delay_s(self) -> float:
+        """The ``delay_s`` the fault is armed with."""
+        if self.fault == "header_drip":
+            return HEAD_DRIP_S[self.side]
+        return DRIP_S if self.fault.endswith("_drip") else DELAY_S
 
     @property
     def label(self) -> str:
@@ -114,7 +158,14 @@ V3_FAULTS: tuple[Fault, ...] = (
     Fault("v3", "v3_error:500:SYSTEM_ERROR", "transient", "http_status", 500),
     Fault("v3", "v3_error:403:SOME_NEW_CODE", "unmapped", "http_status", 403),
     Fault("v3", "v3_error:404:RESOURCE_NOT_EXISTS", "business", err_code="COUPON_STOCK_NOT_FOUND"),
-    Fault("v3", "v3_error:401:SIGN_ERROR", "return_fail"),
+    Fault("v3", "v3_error:401:SIGN_ERROR", "credentials", "http_status"),
+    Fault("v3", "header_drip", "stall", STALL_KIND, loopback_only=True),
+    Fault("v3", "body_drip", "stall", STALL_KIND),
+    Fault("v3", "encoding_bomb", "protocol", "protocol"),
+    Fault("v3", "stacked_encodings", "protocol", "protocol"),
+    Fault("v3", "oversized_headers", "transient", "connection"),
+    Fault("v3", "wrong_stock", "protocol", "protocol"),
+    Fault("v3", "wrong_merchant", "protocol", "protocol"),
 )
 
 V2_FAULTS: tuple[Fault, ...] = (
@@ -134,10 +185,29 @@ V2_FAULTS: tuple[Fault, ...] = (
     Fault("v2", "missing_signature", "signature"),
     Fault("v2", "tampered_body", "signature"),
     Fault("v2", "err_code:SYSTEMERROR", "business", err_code="SYSTEMERROR"),
+    Fault("v2", "header_drip", "stall", STALL_KIND, loopback_only=True),
+    Fault("v2", "body_drip", "stall", STALL_KIND),
+    Fault("v2", "encoding_bomb", "protocol", "protocol"),
+    Fault("v2", "stacked_encodings", "protocol", "protocol"),
+    Fault("v2", "oversized_headers", "transient", "connection"),
+    Fault("v2", "wrong_stock", "protocol", "protocol"),
+    Fault("v2", "wrong_merchant", "protocol", "protocol"),
+    Fault("v2", "wrong_appid", "protocol", "protocol"),
+    Fault("v2", "unsigned_fail", "reduced"),
 )
 
 #: Faults that only make full sense over real sockets: also run over loopback.
-SOCKET_FAULTS = frozenset({"reset", "truncated", "delay"})
+SOCKET_FAULTS = frozenset(
+    {
+        "reset",
+        "truncated",
+        "delay",
+        "body_drip",
+        "encoding_bomb",
+        "stacked_encodings",
+        "oversized_headers",
+    }
+)
 
 _SIDE_ROUTE = {"v2": "legacy", "v3": "v3"}
 
@@ -150,6 +220,8 @@ class Expect:
         served_by: the route whose answer the caller gets, or None when an error is raised.
         err_code: the ``err_code`` of the answer (None: a success answer or an error).
         return_fail: the answer is ``return_code=FAIL``.
+        reduced: that answer holds ``return_code`` and ``return_msg`` only.
+        fallback_cause: the event's ``fallback_cause`` when it is not the error kind.
         error: ``(exception class name, kind)`` of the raised error.
         shadow: the shadow outcome (``match``, ``mismatch``, ``error:<kind>``) in shadow mode.
         requests: requests each emulator side receives (``{"v2": n, "v3": m}``).
@@ -163,6 +235,8 @@ class Expect:
     shadow: str | None = None
     requests: tuple[tuple[str, int], ...] = ()
     fallback: bool = False
+    reduced: bool = False
+    fallback_cause: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +247,18 @@ class Case:
     mode: Mode
     fallback: bool
     via: Literal["inprocess", "loopback"] = "inprocess"
+
+    @property
+    def budget_s(self) -> float:
+        """The call's budget in this case."""
+        return STALL_BUDGET_S if self.fault.effect == "stall" else BUDGET_S
+
+    @property
+    def timeout_s(self) -> float:
+        """The read timeout of one attempt in this case."""
+        if self.fault.effect == "stall":
+            return STALL_TIMEOUT_S
+        return float(MATRIX_TABLES["upstream"]["timeout_s"])
 
     @property
     def id(self) -> str:
@@ -204,6 +290,25 @@ class Case:
             return Expect(primary, err_code=f.err_code, requests=((side, 1), (other_side, 0)))
         if f.effect == "return_fail":
             return Expect(primary, return_fail=True, requests=((side, 1), (other_side, 0)))
+        if f.effect == "reduced":
+            return Expect(
+                primary, return_fail=True, reduced=True, requests=((side, 1), (other_side, 0))
+            )
+        if f.effect in ("stall", "credentials"):
+            assert f.kind is not None
+            if self.fallback and (f.effect == "stall" or other == "legacy"):
+                cause = "credentials_refused" if f.effect == "credentials" else None
+                return Expect(
+                    other,
+                    requests=((side, 1), (other_side, 1)),
+                    fallback=True,
+                    fallback_cause=cause,
+                )
+            if f.effect == "credentials":
+                return Expect(primary, return_fail=True, requests=((side, 1), (other_side, 0)))
+            return Expect(
+                None, error=("UpstreamError", f.kind), requests=((side, 1), (other_side, 0))
+            )
         if f.effect == "transient":
             if self.fallback:
                 return Expect(other, requests=((side, ATTEMPTS), (other_side, 1)), fallback=True)
@@ -224,11 +329,11 @@ class Case:
 def _shadow_label(f: Fault) -> str:
     if f.effect == "none":
         return "match"
-    if f.effect in ("business", "return_fail"):
+    if f.effect in ("business", "return_fail", "reduced", "credentials"):
         return "mismatch"
     if f.effect == "signature":
         return "error:signature"
-    return f"error:{f.kind}"
+    return f"error:{f.kind}".replace("|", " or error:")
 
 
 V3_MODES: tuple[Mode, ...] = ("v3", "canary", "shadow")
@@ -241,12 +346,20 @@ def matrix_cases() -> list[Case]:
     for fault in V3_FAULTS:
         for mode in V3_MODES:
             for fb in (True, False):
-                cases.append(Case(fault, mode, fb))
+                cases.append(
+                    Case(fault, mode, fb, "loopback" if fault.loopback_only else "inprocess")
+                )
     for fault in V2_FAULTS:
         for fb in (True, False):
-            cases.append(Case(fault, "legacy", fb))
+            cases.append(
+                Case(fault, "legacy", fb, "loopback" if fault.loopback_only else "inprocess")
+            )
     for case in list(cases):
-        if case.fault.fault in SOCKET_FAULTS and case.mode in ("v3", "legacy"):
+        if (
+            case.fault.fault in SOCKET_FAULTS
+            and case.mode in ("v3", "legacy")
+            and case.via == "inprocess"
+        ):
             cases.append(Case(case.fault, case.mode, case.fallback, "loopback"))
     return cases
 
@@ -262,13 +375,18 @@ def _cell(case: Case) -> str:
     side = case.fault.side
     if e.error is not None:
         cls, kind = e.error
+        kind = kind.replace("|", " or ")
         text = f"`{cls}` {kind}" if cls != "SignatureError" else "`SignatureError`"
         return text + (f" ({tries[side]} tries)" if tries[side] > 1 else "")
     assert e.served_by is not None
     if e.fallback:
+        if e.fallback_cause:
+            return f"**{e.served_by}** serves (cause `{e.fallback_cause}`)"
         return f"**{e.served_by}** serves ({_SIDE_ROUTE[side]} tried {tries[side]}×)"
     if e.err_code:
         return f"{e.served_by} answers `{e.err_code}`"
+    if e.reduced:
+        return f"{e.served_by} answers `return_code=FAIL` with only `return_code`, `return_msg`"
     if e.return_fail:
         return f"{e.served_by} answers `return_code=FAIL`"
     return f"{e.served_by} serves"
@@ -276,7 +394,7 @@ def _cell(case: Case) -> str:
 
 def render_table() -> str:
     """The README's fault matrix (Markdown), generated from :func:`matrix_cases`."""
-    cases = [c for c in matrix_cases() if c.via == "inprocess"]
+    cases = [c for c in matrix_cases() if c.via == "inprocess" or c.fault.loopback_only]
     by_key = {(c.fault, c.mode, c.fallback): c for c in cases}
     lines = [
         "Faults armed on the v3 side (the serving side in `v3` and `canary`, the shadowed side "
@@ -302,14 +420,22 @@ def render_table() -> str:
         cells = [_cell(by_key[(fault, "legacy", fb)]) for fb in (True, False)]
         lines.append(f"| `{fault.label}` | " + " | ".join(cells) + " |")
     socket = ", ".join(f"`{k}`" for k in sorted(SOCKET_FAULTS))
+    only = sorted({f.fault for f in (*V3_FAULTS, *V2_FAULTS) if f.loopback_only})
+    loopback_only = ", ".join(f"`{k}`" for k in only)
     lines += [
         "",
         f"Config: `timeout_s = {MATRIX_TABLES['upstream']['timeout_s']}`, "
-        f"`budget_s = {BUDGET_S}`, `[retry] attempts = {ATTEMPTS}`, `canary_percent = 100`, "
-        f"`delay` faults wait {DELAY_S} s. Every case runs through both twins over the "
-        f"in-process transport; {socket} also run over real loopback sockets (modes `v3` and "
-        "`legacy`), with the same outcomes. Every call finishes within `budget_s` (+1 s "
-        "margin); every error is a `ShimError` with no secret in its text.",
+        f"`budget_s = {BUDGET_S}` (drips: `budget_s = {STALL_BUDGET_S}`, `timeout_s = "
+        f"{STALL_TIMEOUT_S}`), `[retry] attempts = "
+        f"{ATTEMPTS}`, `canary_percent = 100`, `delay` faults wait {DELAY_S} s, drips send one "
+        f"byte every {DRIP_S} s (a head: every {HEAD_DRIP_S['v2']} s on v2, "
+        f"{HEAD_DRIP_S['v3']} s on v3, about 2.5 s in all), encoding bombs inflate to "
+        f"{BOMB_BYTES // 2**20} MiB (stacked: "
+        f"{4 * BOMB_BYTES // 2**20} MiB). Every case runs through both twins over the "
+        f"in-process transport ({loopback_only} over real loopback sockets only); {socket} "
+        "also run over real loopback sockets (modes `v3` and `legacy`), with the same "
+        "outcomes. Every call finishes within its `budget_s` (+1 s margin; +0.5 s for the "
+        "drips); every error is a `ShimError` with no secret in its text.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -183,4 +183,3 @@ async def test_failed_probe_reopens_with_an_event(
         ("half_open", "reset_elapsed"),
         ("open", "probe_failed"),
     ]
-

@@ -242,7 +242,7 @@ def test_unknown_merchant_and_merchant_without_v3_fail_fast(
     code, _, err = run(capsys, "compare", "--config", str(config_path), "--mch-id", "1999", "1757")
     assert code == 3 and "no merchant entry for '1999'" in err and err.count("\n") == 1
     text = config_path.read_text("utf-8")
-    no_v3 = re.sub(r'(?m)^(v3_\w+|wechatpay_\w+|platform_cert_dir) = .*\n', "", text)
+    no_v3 = re.sub(r"(?m)^(v3_\w+|wechatpay_\w+|platform_cert_dir) = .*\n", "", text)
     config_path.write_text(no_v3, "utf-8")
     code, _, err = run(capsys, "compare", "--config", str(config_path), "--mch-id", MD5_MCH, "1757")
     assert code == 3 and "no v3 credentials" in err
@@ -270,9 +270,7 @@ def test_refused_v3_credentials_fail_fast_before_the_list_runs(
     )
     config_path.write_text(text, "utf-8")
     ids = [*MATCHING, DIVERGENT_STOCK_ID]
-    code, out, err = run(
-        capsys, "compare", "--config", str(config_path), "--mch-id", MD5_MCH, *ids
-    )
+    code, out, err = run(capsys, "compare", "--config", str(config_path), "--mch-id", MD5_MCH, *ids)
     assert (code, out) == (3, "")
     assert err.count("\n") == 1
     assert "v3 refused the shim's credentials (HTTP 401 SIGN_ERROR" in err
@@ -324,9 +322,7 @@ def comparer(make_config: Callable[..., ShimConfig], emulator: Emulator) -> Any:
         yield c
 
 
-def test_errors_are_grouped_one_line_per_cause(
-    comparer: Comparer, emulator: Emulator
-) -> None:
+def test_errors_are_grouped_one_line_per_cause(comparer: Comparer, emulator: Emulator) -> None:
     """18 stocks refused for one reason are one line, not 18 rows; other causes get theirs."""
     ids = [str(600000 + i) for i in range(18)]
     for stock in ids:
@@ -367,9 +363,10 @@ def test_compare_neither_shares_nor_trips_the_serving_breaker(
     failing = ["9856001", "9856002", "9856003"]
     for stock in failing:
         emulator.set_fault("v3", stock, "http_503")
-    with CouponStockShim(config, transport=emulator.mock_transport()) as shim, Comparer(
-        config, MD5_MCH, transport=emulator.mock_transport()
-    ) as comparer:
+    with (
+        CouponStockShim(config, transport=emulator.mock_transport()) as shim,
+        Comparer(config, MD5_MCH, transport=emulator.mock_transport()) as comparer,
+    ):
         report = run_compare(
             comparer.query, ["1757", *failing, "9856000", "1717"], ignore=IGNORE,
             table=comparer.table,

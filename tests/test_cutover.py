@@ -4,7 +4,7 @@ Which side served is read three ways: the emulator's request counts, the ``coupo
 event, and the answer itself (the divergent stock's v2 view differs from its v3 view in
 ``DIVERGENT_FIELDS``, so its answer tells the two sides apart).
 
-Fallback policy as found (``shim.routing.is_fallback_worthy``): only transient upstream
+Fallback policy as found (``shim.policy.fallback_cause``): only transient upstream
 failures fall back (timeouts, connection failures, 429/5xx, open breaker, budget) and mapping
 errors. A malformed (unparseable) v3 body is a *protocol* error: not transient, so it is
 neither retried nor served by the other side; nor are business answers or signature failures.

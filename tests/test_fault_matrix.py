@@ -7,6 +7,7 @@ fails when the README drifts.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,8 +30,7 @@ from shim.sandbox import V2_FAULT_KINDS, V3_FAULT_KINDS, Emulator, SandboxState,
 from tests import render_fault_matrix
 from tests.conftest import INPROCESS_URL, Twin
 from tests.fault_cases import (
-    BUDGET_S,
-    DELAY_S,
+    BOMB_BYTES,
     MATRIX_TABLES,
     MCH_ID,
     STOCK_ID,
@@ -125,12 +125,19 @@ async def case_twin(
 ) -> AsyncIterator[Callable[[Case], Twin]]:
     """Builds the shim of a case (the twin under test), closed after the test."""
     made: list[Twin] = []
+    bomb_bytes = emulator.bomb_bytes
+    emulator.bomb_bytes = BOMB_BYTES
 
     def build(case: Case) -> Twin:
         url = INPROCESS_URL
         if case.via == "loopback":
             url = request.getfixturevalue("server").base_url
         config = case_config(matrix_configs(url), case.mode, **case.routing())
+        if (case.budget_s, case.timeout_s) != (config.upstream.budget_s, config.upstream.timeout_s):
+            upstream = dataclasses.replace(
+                config.upstream, budget_s=case.budget_s, timeout_s=case.timeout_s
+            )
+            config = dataclasses.replace(config, upstream=upstream)
         twin = build_twin(twin_kind, config, emulator, inprocess=case.via == "inprocess")
         made.append(twin)
         return twin
@@ -138,6 +145,7 @@ async def case_twin(
     yield build
     for twin in made:
         await twin.close()
+    emulator.bomb_bytes = bomb_bytes
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -147,7 +155,7 @@ async def test_fault_matrix(
     """One fault x mode x fallback case gives its documented outcome, within the budget."""
     twin = case_twin(case)
     if case.fault.fault:
-        emulator.set_fault(case.fault.side, STOCK_ID, case.fault.fault, delay_s=DELAY_S)
+        emulator.set_fault(case.fault.side, STOCK_ID, case.fault.fault, delay_s=case.fault.delay_s)
     expect = case.expect()
 
     started = time.monotonic()
@@ -159,7 +167,7 @@ async def test_fault_matrix(
         cls, kind = expect.error
         assert type(err) is ERROR_TYPES[cls], repr(err)
         assert isinstance(err, UpstreamError)
-        assert err.kind == kind
+        assert err.kind in kind.split("|")
         assert err.route == ("legacy" if case.fault.side == "v2" else "v3")
         if case.fault.status is not None:
             assert err.status == case.fault.status
@@ -173,7 +181,10 @@ async def test_fault_matrix(
             assert answer["result_code"] == ("FAIL" if expect.err_code else "SUCCESS")
         if expect.err_code is None and not expect.return_fail:
             assert answer["coupon_stock_id"] == STOCK_ID
-    assert elapsed < BUDGET_S + 1.0
+        if expect.reduced:
+            assert set(answer) == {"return_code", "return_msg"}, answer
+    margin = 0.5 if case.fault.effect == "stall" else 1.0
+    assert elapsed < case.budget_s + margin, f"{elapsed:.2f} s against {case.budget_s} s"
 
     if expect.shadow is not None:
         assert await twin.wait_for_shadows(5.0)
@@ -184,7 +195,8 @@ async def test_fault_matrix(
         elif expect.shadow == "mismatch":
             assert totals.mismatches == 1
         else:
-            assert dict(totals.errors_by_kind) == {expect.shadow.partition(":")[2]: 1}
+            kinds = [label.partition(":")[2] for label in expect.shadow.split(" or ")]
+            assert dict(totals.errors_by_kind) in [{k: 1} for k in kinds]
     counts = emulator.request_counts
     for side, n in expect.requests:
         assert counts[side] == n, (side, dict(counts))

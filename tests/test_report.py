@@ -73,9 +73,11 @@ def test_aggregates_match_the_events(logs: list[Path]) -> None:
     }  # fmt: skip
     assert agg.match_rate == pytest.approx(287 * 100 / 300)
     assert dict(agg.fallbacks) == {"v3→legacy: UpstreamError:http_status": want["fallbacks"]}
-    assert dict(agg.errors) == {"v3: UpstreamError:timeout": want["errors"]} == {
-        "v3: UpstreamError:timeout": 4
-    }
+    assert (
+        dict(agg.errors)
+        == {"v3: UpstreamError:timeout": want["errors"]}
+        == {"v3: UpstreamError:timeout": 4}
+    )
     assert dict(agg.shadow_errors) == {"v3: UpstreamError:timeout": 4}
     pct = agg.latency_percentiles()
     for route, values in want["latency"].items():
@@ -117,9 +119,17 @@ def test_verdict_not_ready_with_reasons_then_ready(logs: list[Path], tmp_path: P
     clean = tmp_path / "clean.jsonl"
     clean.write_text(
         "\n".join(
-            json.dumps({"event": "coupon_stock.query", "route": "legacy", "outcome": "success",
-                        "shadow": "match", "shadow_route": "v3", "latency_ms": 3,
-                        "timestamp": 1_700_000_000 + i})
+            json.dumps(
+                {
+                    "event": "coupon_stock.query",
+                    "route": "legacy",
+                    "outcome": "success",
+                    "shadow": "match",
+                    "shadow_route": "v3",
+                    "latency_ms": 3,
+                    "timestamp": 1_700_000_000 + i,
+                }
+            )
             for i in range(150)
         ),
         "utf-8",

@@ -21,6 +21,7 @@ from shim.errors import (
     SignatureError,
     UpstreamError,
 )
+from shim.policy import credentials_refused, fallback_cause, fallback_target
 from shim.routing import (
     BUCKETS,
     DEFAULT_ROUTING,
@@ -31,8 +32,6 @@ from shim.routing import (
     apply_env_overrides,
     bucket_of,
     decide,
-    fallback_route,
-    is_fallback_worthy,
     kill_switch_on,
     parse_routing,
     parse_shadow,
@@ -381,30 +380,51 @@ _ERRORS: dict[str, BaseException] = {
     "keyboard": KeyboardInterrupt(),
 }
 _WORTHY = {"timeout", "connection", "circuit_open", "budget", "http_503", "http_429", "mapping"}
+_ERRORS["http_401"] = UpstreamError("r", route="v3", kind="http_status", status=401)
+_ERRORS["sign_error_400"] = UpstreamError(
+    "r", route="v3", kind="http_status", status=400, code="SIGN_ERROR"
+)
+_REFUSED = {"http_401", "sign_error_400"}
+
+
+def _fallback(cfg: RoutingConfig, decision: Decision, err: BaseException) -> str | None:
+    target = fallback_target(cfg, decision, v3_available=True)
+    return target if fallback_cause(err, target) is not None else None
 
 
 @pytest.mark.parametrize("name", sorted(_ERRORS))
 @pytest.mark.parametrize("to_legacy", [True, False])
 @pytest.mark.parametrize("to_v3", [True, False])
 def test_fallback_policy_table(name: str, to_legacy: bool, to_v3: bool) -> None:
-    """Fallback happens only for transient errors, in the direction the config enables."""
+    """Fallback happens only for transient errors, mapping errors and (towards legacy) v3
+    refusing the shim's credentials, in the direction the config enables."""
     err = _ERRORS[name]
     cfg = RoutingConfig(fallback_to_legacy=to_legacy, fallback_to_v3=to_v3)
     worthy = name in _WORTHY
-    assert is_fallback_worthy(err) is worthy
     on_v3 = Decision("v3", None, "mode")
     on_legacy = Decision("legacy", None, "mode")
-    assert fallback_route(cfg, on_v3, err) == ("legacy" if worthy and to_legacy else None)
-    assert fallback_route(cfg, on_legacy, err) == ("v3" if worthy and to_v3 else None)
+    assert _fallback(cfg, on_v3, err) == (
+        "legacy" if (worthy or name in _REFUSED) and to_legacy else None
+    )
+    assert _fallback(cfg, on_legacy, err) == ("v3" if worthy and to_v3 else None)
+    if name in _REFUSED and to_legacy:
+        assert fallback_cause(err, "legacy") == "credentials_refused"
+        assert credentials_refused(err)
 
 
-@pytest.mark.parametrize("reason", ["kill_switch", "force_legacy_mch_id", "force_legacy_stock_id"])
+@pytest.mark.parametrize(
+    "reason", ["kill_switch", "force_legacy_mch_id", "force_legacy_stock_id", "no_v3_credentials"]
+)
 def test_demanded_legacy_never_falls_back_to_v3(reason: str) -> None:
-    """Kill switch and force-legacy decisions never fall back to v3, even with fallback_to_v3."""
+    """Kill switch, force-legacy and no-v3 decisions have no fallback target at all (so no
+    budget is reserved for one), even with fallback_to_v3; force-v3 still falls back."""
     cfg = RoutingConfig(fallback_to_v3=True)
-    err = _ERRORS["timeout"]
-    assert fallback_route(cfg, Decision("legacy", None, reason), err) is None
-    assert fallback_route(cfg, Decision("v3", None, "force_v3_mch_id"), err) == "legacy"
+    assert fallback_target(cfg, Decision("legacy", None, reason), v3_available=True) is None
+    assert fallback_target(cfg, Decision("v3", None, "force_v3_mch_id"), v3_available=True) == (
+        "legacy"
+    )
+    assert fallback_target(cfg, Decision("legacy", None, "mode"), v3_available=False) is None
+    assert fallback_target(cfg, Decision("legacy", None, "mode"), v3_available=True) == "v3"
 
 
 def test_unknown_kill_switch_value_is_a_loud_warning_once() -> None:

@@ -338,19 +338,21 @@ def test_non_numeric_stock_id_is_not_valid(client: httpx.Client, state: SandboxS
     assert answer["err_code"] == "COUPON_STOCK_ID_NOT_VALID"
 
 
-def test_missing_mch_id_is_unsigned_mch_id_empty(client: httpx.Client) -> None:
-    """No mch_id gives MCH_ID_EMPTY, unsigned (no merchant key is known)."""
+def test_missing_mch_id_is_unsigned_return_fail(client: httpx.Client) -> None:
+    """No mch_id gives an unsigned return_code=FAIL naming MCH_ID_EMPTY (no key to sign with;
+    v2 signs every return_code=SUCCESS answer)."""
     answer = post(client, render_xml({"appid": "wx5edab3bdfba3dc1c", "nonce_str": "x"}))
-    assert answer["err_code"] == "MCH_ID_EMPTY"
-    assert "sign" not in answer
+    assert answer == {"return_code": "FAIL", "return_msg": answer["return_msg"]}
+    assert answer["return_msg"].startswith("MCH_ID_EMPTY")
 
 
-def test_unknown_mch_id_is_code_2_id_err(client: httpx.Client) -> None:
-    """An unknown mch_id gives CODE_2_ID_ERR, unsigned."""
+def test_unknown_mch_id_is_unsigned_return_fail(client: httpx.Client) -> None:
+    """An unknown mch_id gives an unsigned return_code=FAIL naming CODE_2_ID_ERR, never an
+    unsigned return_code=SUCCESS."""
     body = render_xml({"appid": "wx1", "mch_id": "19999999", "nonce_str": "x", "sign": "A" * 32})
     answer = post(client, body)
-    assert answer["err_code"] == "CODE_2_ID_ERR"
-    assert "sign" not in answer
+    assert answer == {"return_code": "FAIL", "return_msg": answer["return_msg"]}
+    assert answer["return_msg"].startswith("CODE_2_ID_ERR")
 
 
 def test_appid_of_another_merchant_is_code_2_id_err(
@@ -666,3 +668,93 @@ def test_handler_always_answers_xml(body: bytes, state: SandboxState) -> None:
     )
     assert reply.status == 200
     assert xmltodict.parse(reply.body)["xml"]["return_code"] in ("SUCCESS", "FAIL")
+
+
+# ----------------------------------------------------------------------------- strict as WeChat Pay
+
+
+def test_wechatpy_sees_an_unknown_merchant_as_return_fail(
+    state: SandboxState, server: RunningServer, emulator: Emulator
+) -> None:
+    """wechatpy for a merchant the emulator does not know: a return_code=FAIL exception
+    (never an unsigned return_code=SUCCESS business answer)."""
+    from wechatpy.exceptions import WeChatPayException
+
+    wc = WeChatPay("wx5edab3bdfba3dc1c", "k" * 32, "19999999")
+    wc.API_BASE_URL = server.base_url + "/"
+    try:
+        with pytest.raises(WeChatPayException) as info:
+            wc.coupon.query_stock("1717")
+    finally:
+        wc._http.close()
+    assert info.value.return_code == "FAIL"
+    assert "CODE_2_ID_ERR" in info.value.return_msg
+
+
+@pytest.mark.parametrize(
+    ("fault", "field", "changed"),
+    [
+        ("wrong_stock", "coupon_stock_id", True),
+        ("wrong_merchant", "mch_id", True),
+        ("wrong_appid", "appid", True),
+    ],
+)
+def test_mixed_up_answers_are_correctly_signed(
+    fault: str,
+    field: str,
+    changed: bool,
+    wechatpy_client: WeChatPay,
+    emulator: Emulator,
+    state: SandboxState,
+) -> None:
+    """wrong_stock / wrong_merchant / wrong_appid: wechatpy (which does not bind answers) gets
+    another stock, merchant or appid, and the answer's v2 sign verifies with the merchant key."""
+    emulator.set_fault("v2", "1717", fault)
+    answer = wechatpy_client.coupon.query_stock("1717")
+    asked = {"coupon_stock_id": "1717", "mch_id": MCH_MD5, "appid": state.merchants[MCH_MD5].appid}
+    assert answer[field] != asked[field]
+    assert sign_ok(dict(answer), state.merchants[MCH_MD5].v2_key)
+
+
+def test_unsigned_fail_carries_forged_data(
+    client: httpx.Client, emulator: Emulator, state: SandboxState
+) -> None:
+    """unsigned_fail: return_code=FAIL, no sign, and forged result_code/coupon_value."""
+    emulator.set_fault("v2", "1717", "unsigned_fail")
+    answer = post(client, signed_body(state))
+    assert answer["return_code"] == "FAIL" and "sign" not in answer
+    assert answer["result_code"] == "SUCCESS" and answer["coupon_value"] == "999999"
+
+
+@pytest.mark.parametrize(
+    "fault", ["header_drip", "body_drip", "encoding_bomb", "oversized_headers"]
+)
+def test_wire_faults_work_on_the_v2_side(
+    fault: str, server: RunningServer, emulator: Emulator, state: SandboxState
+) -> None:
+    """The transport-level faults apply to v2 answers as well (over the real socket)."""
+    import socket
+
+    emulator.bomb_bytes = 1024 * 1024
+    emulator.set_fault("v2", "1717", fault, delay_s=0.001)
+    body = signed_body(state)
+    request = (
+        f"POST {V2_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    data = b""
+    try:
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            sock.sendall(request)
+            while chunk := sock.recv(65536):
+                data += chunk
+    finally:
+        emulator.bomb_bytes = 64 * 1024 * 1024
+    head, _, payload = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    if fault == "encoding_bomb":
+        assert b"content-encoding: gzip" in head
+    elif fault == "oversized_headers":
+        assert len(head) > 256 * 1024
+    else:
+        assert b"<return_code>" in payload

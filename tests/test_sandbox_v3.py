@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import json
 import shutil
 import threading
@@ -315,7 +316,8 @@ def test_authorization_items_in_any_order(client: httpx.Client, state: SandboxSt
     ["wrong_serial", "bad_signature", "unknown_mchid", "other_merchants_key", "stale", "future"],
 )
 def test_bad_authorization_is_401(case: str, client: httpx.Client, state: SandboxState) -> None:
-    """Each kind of bad Authorization gives a signed 401 SIGN_ERROR."""
+    """Each kind of bad Authorization gives an unsigned 401 SIGN_ERROR (WeChat Pay signs an
+    answer only when the request's signature verified)."""
     kwargs: dict[str, Any] = {
         "wrong_serial": {"serial": "0" * 40},
         "bad_signature": {"nonce": "A", "body": "x"},
@@ -327,7 +329,7 @@ def test_bad_authorization_is_401(case: str, client: httpx.Client, state: Sandbo
     response = get(client, state, stock_target(), **kwargs)
     assert response.status_code == 401
     assert response.json()["code"] == "SIGN_ERROR"
-    assert verify(response, state)
+    assert not any(k.startswith("wechatpay-") for k in response.headers)
 
 
 def test_signature_over_other_target_is_401(client: httpx.Client, state: SandboxState) -> None:
@@ -441,7 +443,7 @@ def test_v3_view_shape() -> None:
 
 def test_fault_kind_lists() -> None:
     """FAULT_KINDS lists every kind; v2-only kinds are not v3 kinds."""
-    assert len(set(FAULT_KINDS)) == len(FAULT_KINDS) == 19
+    assert len(set(FAULT_KINDS)) == len(FAULT_KINDS) == 28
     assert "billion_laughs" not in V3_FAULT_KINDS
     assert "err_code" not in V3_FAULT_KINDS
 
@@ -690,7 +692,7 @@ def test_counts_prove_no_request(
 @settings(max_examples=150, deadline=None)
 @given(header=st.text(max_size=300), target=st.text(max_size=60))
 def test_hostile_authorization_is_401(header: str, target: str, state: SandboxState) -> None:
-    """Any junk Authorization header (on any v3 target) gives a signed 401, never a crash."""
+    """Any junk Authorization header (on any v3 target) gives an unsigned 401, never a crash."""
     reply = Emulator(state).handle(
         SandboxRequest(
             "GET",
@@ -700,4 +702,194 @@ def test_hostile_authorization_is_401(header: str, target: str, state: SandboxSt
     )
     assert reply.status == 401
     assert json.loads(reply.body)["code"] == "SIGN_ERROR"
-    assert reply.header("wechatpay-signature")
+    assert reply.header("wechatpay-signature") is None
+
+
+# ----------------------------------------------------------------------------- strict as WeChat Pay
+
+
+@pytest.mark.parametrize("accept", [None, "text/html", "application/xml"])
+def test_missing_or_non_json_accept_is_refused(
+    accept: str | None, client: httpx.Client, state: SandboxState
+) -> None:
+    """WeChat Pay v3 requires Accept: application/json: a well-signed request without it is a
+    signed 400 INVALID_REQUEST (the request's signature verified, so the answer is signed)."""
+    target = stock_target()
+    headers = {"Authorization": authorization(state, target), "Wechatpay-Serial": state.pub_key_id}
+    client.headers.pop("Accept", None)  # httpx sends Accept: */* unless told otherwise
+    if accept is not None:
+        headers["Accept"] = accept
+    response = client.get(target, headers=headers)
+    assert ("accept" in response.request.headers) is (accept is not None)
+    assert response.status_code == 400
+    assert response.json()["code"] == "INVALID_REQUEST"
+    assert verify(response, state)
+
+
+@pytest.mark.parametrize("accept", ["application/json", "*/*", "application/json; charset=utf-8"])
+def test_json_accepting_requests_are_served(
+    accept: str, client: httpx.Client, state: SandboxState
+) -> None:
+    """Accept values that admit JSON are served normally."""
+    target = stock_target()
+    headers = {
+        "Accept": accept,
+        "Authorization": authorization(state, target),
+        "Wechatpay-Serial": state.pub_key_id,
+    }
+    assert client.get(target, headers=headers).status_code == 200
+
+
+def test_sdk_sees_an_unsigned_401(wxpay: WeChatPay, emulator: Emulator) -> None:
+    """wechatpayv3 against a refused request: 401 SIGN_ERROR with no Wechatpay-* headers."""
+    emulator.clock = lambda: time.time() + 600
+    code, text = wxpay.marketing_favor_stock_detail(MCH_PK, "1757")
+    assert code == 401 and json.loads(text)["code"] == "SIGN_ERROR"
+    assert all(not r.fault for r in emulator.requests)
+
+
+@pytest.mark.parametrize("fault", ["wrong_stock", "wrong_merchant"])
+def test_sdk_verifies_mixed_up_answers(fault: str, wxpay: WeChatPay, emulator: Emulator) -> None:
+    """wrong_stock / wrong_merchant answers are correctly signed: wechatpayv3, verification on,
+    accepts them (the attack a client must catch by binding the answer to its request)."""
+    emulator.set_fault("v3", "1757", fault)
+    code, text = wxpay.marketing_favor_stock_detail(MCH_PK, "1757")
+    assert code == 200
+    data = json.loads(text)
+    if fault == "wrong_stock":
+        assert data["stock_id"] != "1757"
+    else:
+        assert data["stock_id"] == "1757" and data["stock_creator_mchid"] != MCH_PK
+
+
+def _raw_get(server: RunningServer, state: SandboxState, *, timeout: float = 10.0) -> Any:
+    """Send a well-signed v3 stock GET on a raw socket; return (arrival times, bytes)."""
+    import socket
+
+    target = stock_target()
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n"
+        f"Authorization: {authorization(state, target)}\r\n"
+        f"Wechatpay-Serial: {state.pub_key_id}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    arrivals: list[tuple[float, int]] = []
+    data = b""
+    with socket.create_connection((server.host, server.port), timeout=timeout) as sock:
+        sock.sendall(request)
+        started = time.monotonic()
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            arrivals.append((time.monotonic() - started, len(chunk)))
+            data += chunk
+    return arrivals, data
+
+
+def test_header_drip_sends_the_head_one_byte_at_a_time(
+    server: RunningServer, emulator: Emulator, state: SandboxState
+) -> None:
+    """header_drip over a real socket: bytes of the status line and headers arrive one by one,
+    each well inside a 0.2 s read timeout, and the whole head takes far longer than that."""
+    emulator.set_fault("v3", "1757", "header_drip", delay_s=0.005)
+    arrivals, data = _raw_get(server, state)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"wechatpay-signature" in head
+    assert json.loads(body)["stock_id"] == "1757"
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals)]
+    assert len(arrivals) > 100 and max(gaps) < 0.2
+    assert arrivals[-1][0] > 1.0
+
+
+def test_body_drip_sends_the_body_one_byte_at_a_time(
+    server: RunningServer, emulator: Emulator, state: SandboxState
+) -> None:
+    """body_drip: the head at once, then the body in one-byte chunks, each inside 0.2 s."""
+    emulator.set_fault("v3", "1757", "body_drip", delay_s=0.002)
+    with httpx.Client(base_url=server.base_url, timeout=0.2) as c:
+        target = stock_target()
+        headers = {
+            "Accept": "application/json",
+            "Authorization": authorization(state, target),
+            "Wechatpay-Serial": state.pub_key_id,
+        }
+        started = time.monotonic()
+        with c.stream("GET", target, headers=headers) as response:
+            chunks = list(response.iter_raw())
+        elapsed = time.monotonic() - started
+    assert response.status_code == 200 and len(chunks) > 100
+    assert max(len(c) for c in chunks) <= 4  # one byte per send (the kernel may join a few)
+    assert elapsed > 0.2  # no read timeout fired although the whole answer took longer
+
+
+@pytest.mark.parametrize(("fault", "layers"), [("encoding_bomb", 1), ("stacked_encodings", 2)])
+def test_encoding_bombs_are_small_and_inflate_far(
+    fault: str, layers: int, server: RunningServer, emulator: Emulator, state: SandboxState
+) -> None:
+    """encoding_bomb / stacked_encodings: a small gzip body (one or two layers) declaring
+    Content-Encoding gzip (gzip, gzip) that inflates to bomb_bytes (x4 stacked)."""
+    import zlib
+
+    emulator.bomb_bytes = 4 * 1024 * 1024
+    try:
+        emulator.set_fault("v3", "1757", fault)
+        _, data = _raw_get(server, state)
+    finally:
+        emulator.bomb_bytes = 64 * 1024 * 1024
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert (b"content-encoding: " + b", ".join([b"gzip"] * layers)) in head
+    assert len(body) < 64 * 1024
+    for _ in range(layers - 1):
+        body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    total = 0
+    while body:
+        total += len(inflate.decompress(body, 1 << 20))
+        body = inflate.unconsumed_tail
+    assert total == 4 * 1024 * 1024 * (4 if layers == 2 else 1)
+
+
+def test_oversized_headers_exceed_what_clients_accept(
+    server: RunningServer, emulator: Emulator, state: SandboxState
+) -> None:
+    """oversized_headers: over 256 KiB of headers on the socket; httpx refuses the answer."""
+    emulator.set_fault("v3", "1757", "oversized_headers", times=2)
+    _, data = _raw_get(server, state)
+    assert len(data.partition(b"\r\n\r\n")[0]) > 256 * 1024
+    target = stock_target()
+    headers = {
+        "Accept": "application/json",
+        "Authorization": authorization(state, target),
+        "Wechatpay-Serial": state.pub_key_id,
+    }
+    with httpx.Client(base_url=server.base_url) as c, pytest.raises(httpx.RemoteProtocolError):
+        c.get(target, headers=headers)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "header_drip",
+        "body_drip",
+        "encoding_bomb",
+        "stacked_encodings",
+        "wrong_stock",
+        "wrong_merchant",
+        "oversized_headers",
+    ],
+)
+def test_new_v3_faults_can_be_armed_through_the_admin_endpoint(
+    fault: str, server: RunningServer, emulator: Emulator
+) -> None:
+    """Each new fault kind is armable from loopback through /__admin/faults."""
+    spec = {"side": "v3", "stock_id": "1757", "fault": fault, "delay_s": 0.01}
+    response = httpx.post(server.base_url + "/__admin/faults", json=spec)
+    assert response.status_code == 201
+    assert [f.fault for f in emulator.faults] == [fault]
+
+
+@pytest.mark.parametrize("fault", ["wrong_appid", "unsigned_fail"])
+def test_v2_only_faults_are_refused_on_v3(fault: str, emulator: Emulator) -> None:
+    """wrong_appid and unsigned_fail are v2 notions."""
+    with pytest.raises(ValueError, match="meaningless"):
+        emulator.set_fault("v3", "1757", fault)

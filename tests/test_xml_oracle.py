@@ -73,6 +73,53 @@ def test_parse_xml_matches_xmltodict(body: bytes) -> None:
     assert got == expected
 
 
+PROLOGS = [
+    "",
+    '<?xml version="1.0"?>',
+    '<?xml version="1.0" encoding="utf-8"?>',
+    '<?xml version="1.0" encoding="ISO-8859-1"?>',
+    "<!DOCTYPE xml>",
+    '<!DOCTYPE xml [<!ENTITY e "v">]>',
+    "<!--" + "x" * 5000 + "--><!DOCTYPE xml>",
+    '<!DOCTYPE xml [<!ATTLIST xml k CDATA "&#38;">]>',
+]
+_REFUSED_PROLOG = ("<!DOCTYPE", "ISO-8859-1")
+
+
+@st.composite
+def hostile_documents(draw: Any) -> bytes:
+    prolog = draw(st.sampled_from(PROLOGS))
+    body = draw(documents()).decode()
+    if draw(st.booleans()):
+        body = body.replace("</xml>", "<r>&e;</r></xml>", 1)
+    text = prolog + body
+    return text.encode(draw(st.sampled_from(["utf-8", "utf-8", "utf-16", "utf-16-le"])))
+
+
+def _hostile_oracle(body: bytes) -> dict[str, str] | None:
+    """xmltodict's answer, except that any DOCTYPE and any encoding but UTF-8 are refusals."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in text or any(marker in text for marker in _REFUSED_PROLOG):
+        return None
+    return _oracle(body)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(hostile_documents())
+def test_parse_xml_matches_xmltodict_on_hostile_prologs(body: bytes) -> None:
+    """With DOCTYPEs, entities, declared encodings and UTF-16 in the mix, the parser accepts
+    exactly what xmltodict accepts once DTDs and non-UTF-8 documents are ruled out."""
+    expected = _hostile_oracle(body)
+    try:
+        got: dict[str, str] | None = v2.parse_xml(body)
+    except UpstreamError:
+        got = None
+    assert got == expected
+
+
 @settings(max_examples=400)
 @given(documents())
 def test_the_fast_flat_reader_agrees_with_the_full_parser(doc: bytes) -> None:

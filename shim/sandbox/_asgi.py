@@ -11,6 +11,10 @@ need the connection itself:
   server decides (uvicorn would send a 500; ``httpx.ASGITransport`` re-raises it).
 * ``truncated``: the headers (with the full Content-Length) and half the body are sent, then the
   connection is closed; elsewhere the exception is raised after the partial body.
+* ``header_drip``: under uvicorn the emulator writes the status line and headers on the raw
+  connection one byte per interval, then the body, then closes; elsewhere it drips the body.
+  ``body_drip`` sends the headers, then one body byte per interval. Both stop when the client
+  goes away or the server stops.
 
 ``delay`` sleeps with ``anyio.sleep`` in short steps, so other requests are served meanwhile
 and a stopping ``serve()`` cuts the wait short.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -88,8 +93,65 @@ async def _sleep(delay_s: float, scope: Scope) -> None:
         await anyio.sleep(min(left, 0.02))
 
 
-async def _send_reply(reply: SandboxReply, send: Send) -> None:
+def _raw_head(reply: SandboxReply) -> bytes:
+    """The status line and headers of ``reply`` as HTTP/1.1 bytes."""
+    try:
+        reason = HTTPStatus(reply.status).phrase
+    except ValueError:
+        reason = "Unknown"
+    lines = [f"HTTP/1.1 {reply.status} {reason}", *(f"{k}: {v}" for k, v in reply.headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _gone(cycle: Any, transport: Any, scope: Scope) -> bool:
+    stopping = scope.get(STOPPING_SCOPE_KEY)
+    return (
+        bool(getattr(cycle, "disconnected", False))
+        or transport.is_closing()
+        or (isinstance(stopping, threading.Event) and stopping.is_set())
+    )
+
+
+async def _drip_headers(reply: SandboxReply, send: Send, scope: Scope) -> None:
+    """Write the whole answer on the raw connection, head one byte at a time, then close."""
+    found = _uvicorn_cycle(send)
+    if found is None:  # not uvicorn: the best an ASGI app can do is drip the body
+        await _drip_body(reply, send, scope)
+        return
+    cycle, transport = found
+    for i, byte in enumerate(_raw_head(reply)):
+        if _gone(cycle, transport, scope):
+            break
+        if i:
+            await _sleep(reply.drip_interval_s, scope)
+        transport.write(bytes((byte,)))
+    else:
+        transport.write(reply.body)
+    transport.close()
+    await _wait_disconnected(cycle)
+
+
+async def _drip_body(reply: SandboxReply, send: Send, scope: Scope) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    found = _uvicorn_cycle(send)
+    for i in range(len(reply.body)):
+        if found is not None and _gone(*found, scope):
+            return
+        if i:
+            await _sleep(reply.drip_interval_s, scope)
+        await send({"type": "http.response.body", "body": reply.body[i : i + 1], "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _send_reply(reply: SandboxReply, send: Send, scope: Scope | None = None) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+    if reply.drip == "headers":
+        await _drip_headers(reply, send, scope or {})
+        return
+    if reply.drip == "body":
+        await _drip_body(reply, send, scope or {})
+        return
     if reply.drop == "reset":
         found = _uvicorn_cycle(send)
         if found is None:
@@ -152,7 +214,7 @@ class SandboxApp(Starlette):
         reply = self.emulator.handle(request)
         if reply.delay_s > 0:
             await _sleep(reply.delay_s, scope)
-        await _send_reply(reply, send)
+        await _send_reply(reply, send, scope)
 
 
 def build_asgi_app(emulator: Emulator) -> SandboxApp:

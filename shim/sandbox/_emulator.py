@@ -7,18 +7,24 @@
 Decisions the spec leaves open (documented here once):
 
 * v2: an unparseable body (bad XML, DTD/entities, over 64 KiB, not POST) gets the unsigned
-  ``return_code=FAIL`` answer. Every other error is a business error
-  (``return_code=SUCCESS, result_code=FAIL, err_code, err_code_des``), signed with the
-  merchant's v2 key in the request's sign type, except when no merchant key is known
-  (``MCH_ID_EMPTY``, ``CODE_2_ID_ERR`` for an unknown mch_id): those are unsigned.
+  ``return_code=FAIL`` answer. A request WeChat Pay cannot tie to a merchant key (no
+  ``mch_id``, an unknown ``mch_id``) gets the unsigned ``return_code=FAIL`` answer too, its
+  ``return_msg`` naming the problem (``MCH_ID_EMPTY`` / ``CODE_2_ID_ERR``): v2 signs every
+  ``return_code=SUCCESS`` answer, and without a key there is nothing to sign with. Every other
+  error is a business error (``return_code=SUCCESS, result_code=FAIL, err_code,
+  err_code_des``), signed with the merchant's v2 key in the request's sign type.
   Checks run in this order: mch_id present, mch_id known, sign, appid/nonce_str present
   (``REQ_PARAM_XML_ERR``), appid belongs to mch_id (``CODE_2_ID_ERR``), coupon_stock_id present,
   id is 1-32 digits (``COUPON_STOCK_ID_NOT_VALID``), stock exists (``COUPON_STOCK_NOT_FOUND``),
   stock created by mch_id (``COUPON_STOCK_ID_NOT_VALID``).
-* v3: authentication first (401 ``SIGN_ERROR``), then parameters (400 ``PARAM_ERROR``), then the
-  stock. A ``stock_creator_mchid`` that did not create the stock gets 404
-  ``RESOURCE_NOT_EXISTS`` (not 403): the stock does not exist for that creator. The calling
-  merchant need not be the creator. Error bodies are signed like success bodies.
+* v3: authentication first (401 ``SIGN_ERROR``, **unsigned**: WeChat Pay signs an answer
+  only when the request's own signature verified), then the ``Accept`` header (missing, or
+  not admitting ``application/json``: a signed 400 ``INVALID_REQUEST``; WeChat Pay requires
+  ``Accept: application/json`` and the code it answers is not documented), then parameters
+  (400 ``PARAM_ERROR``), then the stock. A ``stock_creator_mchid`` that did not create the
+  stock gets 404 ``RESOURCE_NOT_EXISTS`` (not 403): the stock does not exist for that
+  creator. The calling merchant need not be the creator. Other error bodies are signed like
+  success bodies.
 * v3 answer key: a request carrying ``Wechatpay-Serial: PUB_KEY_ID_…`` equal to the emulator's
   id is answered with the WeChat Pay public-key pair and that id; any other ``PUB_KEY_ID_…`` is
   a 400 ``PARAM_ERROR``; otherwise the platform certificate's key and serial sign.
@@ -28,6 +34,8 @@ Decisions the spec leaves open (documented here once):
 from __future__ import annotations
 
 import base64
+import functools
+import gzip
 import hmac
 import json
 import re
@@ -74,6 +82,14 @@ ADMIN_FAULTS_PATH = "/__admin/faults"
 V3_TIMESTAMP_WINDOW_S = 300
 #: Size of a ``huge_body`` answer.
 DEFAULT_HUGE_BODY_BYTES = 5 * 1024 * 1024
+#: What an ``encoding_bomb`` answer inflates to (``stacked_encodings``: 4 times that).
+DEFAULT_BOMB_BYTES = 64 * 1024 * 1024
+#: ``oversized_headers``: this many extra headers of this many bytes each.
+OVERSIZED_HEADER_COUNT = 64
+OVERSIZED_HEADER_BYTES = 4096
+#: The merchant id / appid an answer names under ``wrong_merchant`` / ``wrong_appid``.
+OTHER_MCH_ID = "1900000109"
+OTHER_APPID = "wxd678efh567hg6787"
 SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
 
 _XML_CT = "text/xml; charset=utf-8"
@@ -105,6 +121,26 @@ _V3_TRANSIENT: Mapping[str, tuple[int, str, str]] = {
     F.HTTP_429: (429, "FREQUENCY_LIMIT_EXCEED", "频率超限"),
 }
 _HTTP_FAULT_STATUS = {F.HTTP_500: 500, F.HTTP_502: 502, F.HTTP_503: 503, F.HTTP_429: 429}
+
+
+#: Faults that change how an answer travels, not what it says (both sides alike).
+_WIRE_FAULTS = frozenset(
+    {F.HEADER_DRIP, F.BODY_DRIP, F.ENCODING_BOMB, F.STACKED_ENCODINGS, F.OVERSIZED_HEADERS}
+)
+_V2_ENVELOPE = frozenset(
+    {"return_code", "return_msg", "appid", "mch_id", "device_info", "nonce_str"}
+)
+
+
+def _accepts_json(accept: str | None) -> bool:
+    """Whether an ``Accept`` header admits ``application/json`` (a missing one does not)."""
+    if not accept:
+        return False
+    for item in accept.split(","):
+        media = item.split(";")[0].strip().lower()
+        if media in ("application/json", "application/*", "*/*"):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -139,6 +175,8 @@ class SandboxReply:
         delay_s: wait this long before answering.
         drop: ``"reset"``: drop the connection without an answer; ``"truncate"``: send the
             headers and ``body`` (shorter than content-length), then close.
+        drip: ``"headers"``: send the status line and headers one byte at a time, every
+            ``drip_interval_s``; ``"body"``: the headers at once, then the body that way.
     """
 
     status: int
@@ -146,6 +184,8 @@ class SandboxReply:
     body: bytes
     delay_s: float = 0.0
     drop: Literal["reset", "truncate"] | None = None
+    drip: Literal["headers", "body"] | None = None
+    drip_interval_s: float = 0.0
 
     def header(self, name: str) -> str | None:
         """The first header of that name (case-insensitive), or None."""
@@ -177,6 +217,7 @@ class _V3Answer:
     payload: Any
     private_key: rsa.RSAPrivateKey
     serial: str
+    signed: bool = True
 
 
 def _reply(
@@ -190,10 +231,57 @@ def _json_bytes(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+@functools.lru_cache(maxsize=4)
+def _gzip_zeros(size: int) -> bytes:
+    """``size`` zero bytes, gzip-compressed, built in chunks (never ``size`` bytes at once)."""
+    import io
+
+    out = io.BytesIO()
+    chunk = bytes(1 << 20)
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as f:
+        left = size
+        while left > 0:
+            f.write(chunk[: min(left, len(chunk))])
+            left -= len(chunk)
+    return out.getvalue()
+
+
+@functools.lru_cache(maxsize=4)
+def _stacked_zeros(size: int) -> bytes:
+    """``size`` zero bytes gzip-compressed twice (``Content-Encoding: gzip, gzip``)."""
+    return gzip.compress(_gzip_zeros(size), compresslevel=9, mtime=0)
+
+
 def _is_loopback(host: str | None) -> bool:
     if host is None:
         return False
     return host in ("::1", "localhost") or host.startswith(("127.", "::ffff:127."))
+
+
+def _wire_fault(fault: Fault, reply: SandboxReply, bomb_bytes: int) -> SandboxReply:
+    """Apply a transport-level fault to a rendered answer."""
+    kind = fault.kind
+    if kind in (F.HEADER_DRIP, F.BODY_DRIP):
+        return SandboxReply(
+            reply.status,
+            reply.headers,
+            reply.body,
+            drip="headers" if kind == F.HEADER_DRIP else "body",
+            drip_interval_s=fault.delay_s,
+        )
+    if kind == F.OVERSIZED_HEADERS:
+        filler = tuple(
+            (f"x-sandbox-filler-{i}", "x" * OVERSIZED_HEADER_BYTES)
+            for i in range(OVERSIZED_HEADER_COUNT)
+        )
+        return SandboxReply(reply.status, filler + reply.headers, reply.body)
+    if kind == F.ENCODING_BOMB:
+        body, encoding = _gzip_zeros(bomb_bytes), "gzip"
+    else:
+        body, encoding = _stacked_zeros(bomb_bytes * 4), "gzip, gzip"
+    kept = tuple((k, v) for k, v in reply.headers if k.lower() != "content-length")
+    headers = (*kept, ("content-encoding", encoding), ("content-length", str(len(body))))
+    return SandboxReply(reply.status, headers, body)
 
 
 class Emulator:
@@ -204,6 +292,7 @@ class Emulator:
         stocks: the stock table; the seeded table by default.
         clock: seconds since the epoch; checks request timestamps and stamps answers.
         huge_body_bytes: size of a ``huge_body`` answer.
+        bomb_bytes: what an ``encoding_bomb`` answer inflates to.
 
     Attributes:
         stocks: id → stock; may be changed by tests.
@@ -217,8 +306,10 @@ class Emulator:
         stocks: Mapping[str, SeededStock] | None = None,
         clock: Callable[[], float] = time.time,
         huge_body_bytes: int = DEFAULT_HUGE_BODY_BYTES,
+        bomb_bytes: int = DEFAULT_BOMB_BYTES,
     ) -> None:
         self.state = state
+        self.bomb_bytes = bomb_bytes
         self.stocks: dict[str, SeededStock] = dict(seeded_stocks() if stocks is None else stocks)
         self.clock = clock
         self.huge_body_bytes = huge_body_bytes
@@ -259,6 +350,12 @@ class Emulator:
             ValueError: unknown kind, bad arguments, or a kind meaningless on that side.
         """
         armed = make_fault(side, stock_id, fault, times, delay_s)
+        # Build a bomb when it is armed, not when it is served: compressing hundreds of MiB
+        # takes a while, and the answer must not be late because of it.
+        if armed.kind == F.ENCODING_BOMB:
+            _gzip_zeros(self.bomb_bytes)
+        elif armed.kind == F.STACKED_ENCODINGS:
+            _stacked_zeros(self.bomb_bytes * 4)
         self._faults.set(armed)
         return armed
 
@@ -435,10 +532,18 @@ class Emulator:
             )
         mch_id = fields.get("mch_id", "")
         if not mch_id:
-            return self._v2_error(fields, "MCH_ID_EMPTY", None, SIGN_TYPE_MD5)
+            return _V2Answer(
+                [("return_code", "FAIL"), ("return_msg", "MCH_ID_EMPTY: 商户号为空")],
+                None,
+                SIGN_TYPE_MD5,
+            )
         merchant = self.state.merchants.get(mch_id)
         if merchant is None:
-            return self._v2_error(fields, "CODE_2_ID_ERR", None, SIGN_TYPE_MD5)
+            return _V2Answer(
+                [("return_code", "FAIL"), ("return_msg", "CODE_2_ID_ERR: 商户号错误 (不存在)")],
+                None,
+                SIGN_TYPE_MD5,
+            )
         req_sign_type = fields.get("sign_type") or SIGN_TYPE_MD5
         sign_type = req_sign_type if req_sign_type in V2_SIGN_TYPES else SIGN_TYPE_MD5
         key = merchant.v2_key
@@ -503,8 +608,44 @@ class Emulator:
         reply = _reply(200, _XML_CT, body)
         return SandboxReply(reply.status, reply.headers, reply.body, delay_s=delay_s)
 
+    def _other_stock(self, stock_id: str | None, creator: str | None) -> SeededStock:
+        """Another stock than ``stock_id`` (one of ``creator``'s when there is one)."""
+        others = [st for sid, st in sorted(self.stocks.items()) if sid != stock_id]
+        mine = [st for st in others if st.creator_mchid == creator]
+        return (mine or others)[0]
+
+    def _v2_replaced(self, answer: _V2Answer, **values: str) -> _V2Answer:
+        fields = [(k, values.get(k, v)) for k, v in answer.fields]
+        names = {k for k, _ in fields}
+        fields += [(k, v) for k, v in values.items() if k not in names]
+        return _V2Answer(fields, answer.key, answer.sign_type)
+
     def _v2_mutate(self, fault: Fault, answer: _V2Answer) -> SandboxReply:
         kind = fault.kind
+        if kind in _WIRE_FAULTS:
+            return _wire_fault(fault, self._v2_render(answer), self.bomb_bytes)
+        sent = dict(answer.fields)
+        if kind == F.WRONG_STOCK:
+            another = self._other_stock(sent.get("coupon_stock_id"), sent.get("mch_id"))
+            envelope = [(k, v) for k, v in answer.fields if k in _V2_ENVELOPE]
+            fields = [*envelope, ("result_code", "SUCCESS"), *another.v2_fields().items()]
+            return self._v2_render(_V2Answer(fields, answer.key, answer.sign_type))
+        if kind == F.WRONG_MERCHANT:
+            return self._v2_render(self._v2_replaced(answer, mch_id=OTHER_MCH_ID))
+        if kind == F.WRONG_APPID:
+            return self._v2_render(self._v2_replaced(answer, appid=OTHER_APPID))
+        if kind == F.UNSIGNED_FAIL:
+            stock = self.stocks.get(sent.get("coupon_stock_id", "")) or self._other_stock(
+                None, sent.get("mch_id")
+            )
+            forged = [
+                ("return_code", "FAIL"),
+                ("return_msg", "系统繁忙,请稍后再试"),
+                *[(k, v) for k, v in answer.fields if k in ("appid", "mch_id", "nonce_str")],
+                ("result_code", "SUCCESS"),
+                *{**stock.v2_fields(), "coupon_value": "999999"}.items(),
+            ]
+            return _reply(200, _XML_CT, render_xml(forged))
         if kind == F.DELAY:
             return self._v2_render(answer, delay_s=fault.delay_s)
         if kind == F.HUGE_BODY:
@@ -566,14 +707,15 @@ class Emulator:
             if fault.kind == F.V3_ERROR:
                 status, code = int(fault.args[0]), fault.args[1]
                 payload = {"code": code, "message": f"sandbox fault {code}"}
-                return self._v3_render(_V3Answer(status, payload, key, serial))
+                # a 401 means the request's signature did not verify: WeChat Pay signs nothing
+                return self._v3_render(_V3Answer(status, payload, key, serial, status != 401))
             if fault.kind == F.RESET:
                 return SandboxReply(0, (), b"", drop="reset")
 
         answer = self._v3_answer(request, path, key, serial, serial_ok, stock_id, is_stock)
-        if fault is None:
+        if fault is None or (not answer.signed and fault.kind not in _WIRE_FAULTS):
             return self._v3_render(answer)
-        return self._v3_mutate(fault, answer)
+        return self._v3_mutate(fault, answer, request)
 
     def _v3_error(
         self, status: int, code: str, message: str, key: rsa.RSAPrivateKey, serial: str
@@ -592,7 +734,17 @@ class Emulator:
     ) -> _V3Answer:
         merchant, problem = self._v3_authenticate(request)
         if merchant is None:
-            return self._v3_error(401, "SIGN_ERROR", f"签名错误: {problem}", key, serial)
+            refused = self._v3_error(401, "SIGN_ERROR", f"签名错误: {problem}", key, serial)
+            refused.signed = False  # the request's signature did not verify: no answer signature
+            return refused
+        if not _accepts_json(request.headers.get("accept")):
+            return self._v3_error(
+                400,
+                "INVALID_REQUEST",
+                "HTTP头缺少 Accept: application/json (Accept header missing or not JSON)",
+                key,
+                serial,
+            )
         if not serial_ok:
             return self._v3_error(
                 400, "PARAM_ERROR", "Wechatpay-Serial 不是该商户的微信支付公钥ID", key, serial
@@ -728,12 +880,34 @@ class Emulator:
 
     def _v3_render(self, answer: _V3Answer, delay_s: float = 0.0) -> SandboxReply:
         body = _json_bytes(answer.payload)
-        headers = self._v3_headers(body, answer.private_key, answer.serial)
+        if not answer.signed:
+            headers: tuple[tuple[str, str], ...] = (
+                ("content-type", _JSON_CT),
+                ("request-id", uuid.uuid4().hex.upper() + "-0"),
+                ("content-length", str(len(body))),
+            )
+        else:
+            headers = self._v3_headers(body, answer.private_key, answer.serial)
         return SandboxReply(answer.status, headers, body, delay_s=delay_s)
 
-    def _v3_mutate(self, fault: Fault, answer: _V3Answer) -> SandboxReply:
+    def _v3_mutate(self, fault: Fault, answer: _V3Answer, request: SandboxRequest) -> SandboxReply:
         kind = fault.kind
         key, serial = answer.private_key, answer.serial
+        if kind in _WIRE_FAULTS:
+            return _wire_fault(fault, self._v3_render(answer), self.bomb_bytes)
+        if kind == F.WRONG_STOCK:
+            asked = unquote(request.target.partition(b"?")[0].decode("latin-1"))
+            asked_id = asked.rsplit("/", 1)[-1]
+            creator = parse_qs(request.target.partition(b"?")[2].decode("latin-1")).get(
+                "stock_creator_mchid", [None]
+            )[0]
+            other = self._other_stock(asked_id, creator)
+            return self._v3_render(_V3Answer(200, other.v3_view(), key, serial))
+        if kind == F.WRONG_MERCHANT:
+            payload = dict(answer.payload)
+            if "stock_creator_mchid" in payload:
+                payload["stock_creator_mchid"] = OTHER_MCH_ID
+            return self._v3_render(_V3Answer(answer.status, payload, key, serial))
         if kind == F.DELAY:
             return self._v3_render(answer, delay_s=fault.delay_s)
         if kind == F.HUGE_BODY:

@@ -26,8 +26,27 @@ tampered_body      yes  yes  one value changed after signing
 huge_body          yes  yes  a valid, correctly signed body of several MB
 billion_laughs     yes  no   an XML entity-expansion body
 err_code:<CODE>    yes  no   signed v2 business error with that err_code
-v3_error:<S>:<C>   no   yes  signed v3 error ``{"code": C, "message": ...}`` with status S
+v3_error:<S>:<C>   no   yes  v3 error ``{"code": C, "message": ...}`` with status S, signed
+                             (a 401 is unsigned, as WeChat Pay sends it)
+header_drip        yes  yes  the status line and headers sent one byte every ``delay_s``
+                             seconds (each byte well inside any read timeout), then the
+                             answer; in-process: a plain wait of the whole drip
+body_drip          yes  yes  headers at once, then the body one byte every ``delay_s`` s
+encoding_bomb      yes  yes  ``Content-Encoding: gzip``: a small body that inflates to
+                             ``bomb_bytes`` (64 MiB by default)
+stacked_encodings  yes  yes  ``Content-Encoding: gzip, gzip``: a body of about 1 KB that
+                             inflates twice to ``bomb_bytes`` x 4
+wrong_stock        yes  yes  a correctly signed answer about another stock
+wrong_merchant     yes  yes  a correctly signed answer naming another merchant (v2
+                             ``mch_id``, v3 ``stock_creator_mchid``)
+wrong_appid        yes  no   a correctly signed answer naming another ``appid``
+oversized_headers  yes  yes  the normal answer with 64 extra headers of 4 KiB each (256 KiB
+                             of headers, over what HTTP clients accept)
+unsigned_fail      yes  no   an unsigned ``return_code=FAIL`` that also carries forged data
+                             (``result_code=SUCCESS``, the stock, ``coupon_value=999999``)
 ================== ==== ==== =============================================================
+
+Drips use ``delay_s`` as the pause between bytes (give a small one, e.g. ``0.05``).
 """
 
 from __future__ import annotations
@@ -59,6 +78,15 @@ HUGE_BODY = "huge_body"
 BILLION_LAUGHS = "billion_laughs"
 ERR_CODE = "err_code"
 V3_ERROR = "v3_error"
+HEADER_DRIP = "header_drip"
+BODY_DRIP = "body_drip"
+ENCODING_BOMB = "encoding_bomb"
+STACKED_ENCODINGS = "stacked_encodings"
+WRONG_STOCK = "wrong_stock"
+WRONG_MERCHANT = "wrong_merchant"
+WRONG_APPID = "wrong_appid"
+OVERSIZED_HEADERS = "oversized_headers"
+UNSIGNED_FAIL = "unsigned_fail"
 
 #: Every fault kind (``err_code`` and ``v3_error`` are written with their arguments).
 FAULT_KINDS: tuple[str, ...] = (
@@ -81,10 +109,19 @@ FAULT_KINDS: tuple[str, ...] = (
     BILLION_LAUGHS,
     ERR_CODE,
     V3_ERROR,
+    HEADER_DRIP,
+    BODY_DRIP,
+    ENCODING_BOMB,
+    STACKED_ENCODINGS,
+    WRONG_STOCK,
+    WRONG_MERCHANT,
+    WRONG_APPID,
+    OVERSIZED_HEADERS,
+    UNSIGNED_FAIL,
 )
 
 _V3_ONLY = frozenset({STALE_SIGNATURE, UNKNOWN_SERIAL, SIGNTEST, V3_ERROR})
-_V2_ONLY = frozenset({BILLION_LAUGHS, ERR_CODE})
+_V2_ONLY = frozenset({BILLION_LAUGHS, ERR_CODE, WRONG_APPID, UNSIGNED_FAIL})
 
 #: Fault kinds that apply to the v2 side / the v3 side.
 V2_FAULT_KINDS: tuple[str, ...] = tuple(k for k in FAULT_KINDS if k not in _V3_ONLY)
@@ -107,7 +144,7 @@ class Fault:
         kind: the bare kind (``err_code``).
         args: the kind's arguments.
         times: how many more requests it applies to (None: until cleared).
-        delay_s: the delay of a ``delay`` fault.
+        delay_s: the delay of a ``delay`` fault; the pause between bytes of a drip.
     """
 
     side: Side

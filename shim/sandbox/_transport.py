@@ -5,7 +5,10 @@ when the client's read timeout is shorter than the delay, it sleeps that long an
 ``httpx.ReadTimeout``, as a real socket would (a MockTransport is otherwise blind to timeouts);
 ``reset`` raises ``httpx.ReadError`` (what httpx raises on a connection reset);
 ``truncated`` streams the partial body then raises ``httpx.RemoteProtocolError`` (what httpx
-raises when a peer closes before the promised Content-Length).
+raises when a peer closes before the promised Content-Length); ``body_drip`` streams the body
+one byte per interval; ``header_drip`` waits as long as the head would take to drip (there is
+no socket to drip on); an answer head over 100 KiB (``oversized_headers``) raises
+``httpx.RemoteProtocolError`` as httpcore's parser does on a socket.
 """
 
 from __future__ import annotations
@@ -45,6 +48,35 @@ class _TruncatedStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         self._fail()
 
 
+class _DripStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body one byte per interval (``body_drip``)."""
+
+    def __init__(self, body: bytes, interval_s: float) -> None:
+        self._body = body
+        self._interval_s = interval_s
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(len(self._body)):
+            if i:
+                time.sleep(self._interval_s)
+            yield self._body[i : i + 1]
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i in range(len(self._body)):
+            if i:
+                await anyio.sleep(self._interval_s)
+            yield self._body[i : i + 1]
+
+
+#: What httpcore's HTTP/1.1 parser accepts for a status line and headers (``h11``'s
+#: ``max_incomplete_event_size`` as httpcore sets it); larger heads fail as on a socket.
+MAX_HEAD_BYTES = 100 * 1024
+
+
+def _head_bytes(reply: SandboxReply) -> int:
+    return 20 + sum(len(k) + len(v) + 4 for k, v in reply.headers)
+
+
 def _wait_for(reply: SandboxReply, request: httpx.Request) -> tuple[float, bool]:
     timeouts = request.extensions.get("timeout") or {}
     read = timeouts.get("read") if isinstance(timeouts, dict) else None
@@ -74,6 +106,15 @@ class SandboxTransport(httpx.MockTransport):
         )
 
     def _to_httpx(self, reply: SandboxReply, request: httpx.Request) -> httpx.Response:
+        if _head_bytes(reply) > MAX_HEAD_BYTES:
+            raise httpx.RemoteProtocolError("Receive buffer too long", request=request)
+        if reply.drip == "body":
+            return httpx.Response(
+                reply.status,
+                headers=list(reply.headers),
+                stream=_DripStream(reply.body, reply.drip_interval_s),
+                request=request,
+            )
         if reply.drop == "reset":
             raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
         if reply.drop == "truncate":
@@ -89,6 +130,8 @@ class SandboxTransport(httpx.MockTransport):
         """Answer a sync client's request."""
         request.read()
         reply = self.emulator.handle(self._to_sandbox(request))
+        if reply.drip == "headers":
+            time.sleep(_head_bytes(reply) * reply.drip_interval_s)
         if reply.delay_s > 0:
             wait, timed_out = _wait_for(reply, request)
             time.sleep(wait)
@@ -100,6 +143,8 @@ class SandboxTransport(httpx.MockTransport):
         """Answer an async client's request without blocking the event loop."""
         await request.aread()
         reply = self.emulator.handle(self._to_sandbox(request))
+        if reply.drip == "headers":
+            await anyio.sleep(_head_bytes(reply) * reply.drip_interval_s)
         if reply.delay_s > 0:
             wait, timed_out = _wait_for(reply, request)
             await anyio.sleep(wait)

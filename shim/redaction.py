@@ -1,0 +1,213 @@
+"""The one home of secret detection: which names are secret, what text looks secret, and how
+any value (strings, bytes, containers, objects whose ``repr`` carries a secret) is redacted.
+
+Used by the structlog processor (:func:`shim.events.redact_secrets`), by shadow diffs
+(:func:`shim.shadow.is_secret_field`) and by every ``repr`` that could otherwise show a key, a
+signature or an ``Authorization`` header. Pure: no I/O, no logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Callable, Coroutine, Mapping
+from types import FrameType
+from typing import Any, Final, ParamSpec, TypeVar
+
+__all__ = [
+    "REDACTED",
+    "is_secret_name",
+    "redact_text",
+    "redact_value",
+    "scrub_traceback",
+    "scrubs_locals",
+    "scrubs_locals_async",
+]
+
+REDACTED: Final = "<redacted>"
+
+# A name is secret when, lower-cased with separators removed (``paySign`` -> ``paysign``,
+# ``Wechatpay-Signature`` -> ``wechatpaysignature``), it ends in one of these...
+_SECRET_SUFFIXES: Final = (
+    "sign",
+    "signature",
+    "key",
+    "secret",
+    "authorization",
+    "password",
+    "passwd",
+    "token",
+    "pem",
+    "credential",
+    "credentials",
+)
+# ... or contains one of these anywhere.
+_SECRET_PARTS: Final = ("signature", "authorization", "privatekey", "password", "secret", "apikey")
+_SEPARATORS: Final = re.compile(r"[^a-z0-9]")
+
+# A secret-named item inside text: ``sign=ABC``, ``"paySign": "ABC"``, ``v2_key='abc'``,
+# ``signature="..."``, ``Authorization: WECHATPAY2...``. The name must end in a secret word
+# (``sign_type=MD5`` is not one).
+_NAME_WORDS: Final = "|".join(sorted({*_SECRET_SUFFIXES, "paysign"}, key=len, reverse=True))
+_ITEM: Final = re.compile(
+    rf"""(?P<name>\b[A-Za-z0-9_\-]*(?:{_NAME_WORDS}))(?P<q>['"]?)\s*[:=]\s*"""
+    r"""(?:b?(?P<v>['"])(?:(?!(?P=v)).)*(?P=v)?|[^&\s,;)}\]<>'"]{6,})""",
+    re.IGNORECASE | re.DOTALL,
+)
+_PATTERNS: Final = (
+    # Authorization header values (v3), to the end of the line
+    re.compile(r"WECHATPAY2-SHA256-RSA2048\s+[^\n]*", re.IGNORECASE),
+    # PEM blocks (a cut-off one to the end of the text)
+    re.compile(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", re.DOTALL),
+    # <sign>…</sign>, <paySign>…</paySign> and other secret-named XML elements
+    re.compile(r"<(\w*(?:sign|key|signature))>.*?(</\1>|$)", re.IGNORECASE | re.DOTALL),
+    # Bare long Base64 runs (an RSA-2048 signature is 344 characters)
+    re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{120,}={0,2}"),
+)
+_MAX_DEPTH: Final = 8
+_PLAIN: Final = (int, float, bool, type(None))
+
+
+def is_secret_name(name: object) -> bool:
+    """True for field, header or attribute names whose values must never be shown.
+
+    Case-insensitive and separator-blind: ``sign``, ``paySign``, ``signature``,
+    ``Wechatpay-Signature``, ``key``, ``v2_key``, ``api_key``, ``private_key``, ``secret``,
+    ``authorization``, ``password``, ``token`` and the like. ``sign_type`` is not secret.
+    """
+    if isinstance(name, (bytes, bytearray)):
+        name = bytes(name).decode("latin-1")
+    if not isinstance(name, str):
+        return False
+    compact = _SEPARATORS.sub("", name.lower())
+    if not compact:
+        return False
+    return compact.endswith(_SECRET_SUFFIXES) or any(p in compact for p in _SECRET_PARTS)
+
+
+def _item(match: re.Match[str]) -> str:
+    return f"{match.group('name')}{match.group('q')}={REDACTED}"
+
+
+def redact_text(text: str) -> str:
+    """Replace anything in ``text`` that looks like a key, a signature or an Authorization."""
+    for pattern in _PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return _ITEM.sub(_item, text)
+
+
+def _redact(value: Any, depth: int) -> Any:
+    if isinstance(value, _PLAIN):
+        return value
+    if depth > _MAX_DEPTH:
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value) if len(value) > 8 else value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        text = bytes(value).decode("utf-8", "replace")
+        clean = redact_text(text)
+        return value if clean == text else clean
+    if isinstance(value, Mapping):
+        return {
+            k: (REDACTED if is_secret_name(k) else _redact(v, depth + 1)) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [_redact(v, depth + 1) for v in items]
+    if isinstance(value, BaseException):
+        return redact_text(f"{type(value).__name__}: {value}")
+    try:
+        shown = repr(value)
+    except Exception:  # a broken __repr__ must not break logging
+        return f"<{type(value).__name__}>"
+    clean = redact_text(shown)
+    return value if clean == shown else clean
+
+
+def redact_value(value: Any) -> Any:
+    """``value`` with every secret redacted.
+
+    Strings and bytes are scrubbed of secret-looking text; mappings lose the values of
+    secret-named keys (:func:`is_secret_name`) and are redacted recursively, as are lists,
+    tuples and sets (returned as lists); an object whose ``repr`` carries a secret is replaced
+    by its redacted ``repr``. Numbers, booleans and None pass unchanged; nesting deeper than 8
+    levels is redacted whole.
+    """
+    return _redact(value, 0)
+
+
+# ---------------------------------------------------------------------------- traceback locals
+#
+# Error reporters that capture frame locals (Sentry does by default, so does
+# ``traceback.TracebackException(..., capture_locals=True)``) read every local of every frame an
+# exception passed through, at the time they report it. The shim's own frames hold what they
+# work on: v2 keys about to sign, signed request fields, Authorization headers, answer signatures.
+# Every public entry point therefore clears the locals of the shim's own finished frames in the
+# traceback of any error it lets out (the stack itself, file, line and function, stays), and the
+# values that must survive (requests, answers, credentials) have redacted reprs.
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _is_shim_frame(frame: FrameType) -> bool:
+    name = frame.f_globals.get("__name__", "")
+    return isinstance(name, str) and (name == "shim" or name.startswith("shim."))
+
+
+def scrub_traceback(exc: BaseException) -> BaseException:
+    """Clear the local variables of the shim's own frames in ``exc``'s tracebacks.
+
+    Walks ``exc``, its ``__cause__`` and ``__context__`` chains; frames of other code (the
+    application, libraries) keep their locals, and frames still executing (the entry point
+    that is raising) are left as they are. Returns ``exc``.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            if _is_shim_frame(tb.tb_frame):
+                # RuntimeError: the frame is still executing (the raising entry point)
+                with contextlib.suppress(RuntimeError):
+                    tb.tb_frame.clear()
+            tb = tb.tb_next
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                pending.append(linked)
+    return exc
+
+
+def scrubs_locals(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorate a public entry point: errors it lets out carry no shim frame locals."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            scrub_traceback(exc)
+            raise
+
+    return wrapper
+
+
+def scrubs_locals_async(
+    fn: Callable[_P, Coroutine[Any, Any, _R]],
+) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    """:func:`scrubs_locals` for coroutine functions."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await fn(*args, **kwargs)
+        except BaseException as exc:
+            scrub_traceback(exc)
+            raise
+
+    return wrapper
