@@ -416,20 +416,29 @@ async def test_retry_backoff(
     import shim.transport as transport
 
     waits: list[float] = []
-    real_sleep, real_asleep = time.sleep, asyncio.sleep
+    real_asleep = asyncio.sleep
 
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        real_sleep(0)
+    class Recording:
+        """The driver module's view of ``time`` / ``asyncio``: sleeps are recorded, not
+        waited (only shim.transport sees it; other threads keep the real modules)."""
 
-    async def asleep(seconds: float) -> None:
-        waits.append(seconds)
-        await real_asleep(0)
+        def __init__(self, module: Any) -> None:
+            self._module = module
 
-    # the drivers call time.sleep / asyncio.sleep through their modules: record what the
-    # flow asked for and do not wait
-    monkeypatch.setattr(transport.time, "sleep", sleep)
-    monkeypatch.setattr(transport.asyncio, "sleep", asleep)
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._module, name)
+
+    class Time(Recording):
+        def sleep(self, seconds: float) -> None:
+            waits.append(seconds)
+
+    class Asyncio(Recording):
+        async def sleep(self, seconds: float) -> None:
+            waits.append(seconds)
+            await real_asleep(0)
+
+    monkeypatch.setattr(transport, "time", Time(time))
+    monkeypatch.setattr(transport, "asyncio", Asyncio(asyncio))
     w, twin = watched("v3")
     w.set("routing", "fallback_to_legacy", "false").apply()
     emulator.set_fault("v3", "1757", "http_500")

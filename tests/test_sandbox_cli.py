@@ -38,6 +38,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Sandbox:
     """A running ``coupon-shim sandbox`` process whose stdout lines are collected."""
 
@@ -51,6 +55,9 @@ class Sandbox:
             text=True,
             env=env,
             cwd=ROOT,
+            # as from a terminal: a runner started in the background (CI) hands its children
+            # SIGINT ignored, and Python then keeps it ignored, so Ctrl+C could not be tested
+            preexec_fn=_default_sigint,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
