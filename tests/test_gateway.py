@@ -6,6 +6,7 @@ Every gateway here is a real uvicorn server on 127.0.0.1 in front of the loopbac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import socket
 import ssl
@@ -630,3 +631,74 @@ def test_config_reload_applies_without_restart(
         time.sleep(0.5)
         assert httpx.get(gw.base_url + "/readyz").json()["mode"] == "v3"
         assert parse_answer(post(gw, body).content)["result_code"] == "SUCCESS"
+
+
+class _CountingForwarder:
+    """A loopback TCP forwarder in front of the emulator that counts the connections made."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.accepted = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for src, dst in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_connections_are_kept_alive_both_sides(
+    sandbox_state: SandboxState, server: Any, tmp_path: Path
+) -> None:
+    """Sequential calls reuse one upstream connection, and the caller's one stays open.
+
+    A new upstream connection per call (or a caller connection closed after each answer)
+    costs a TCP handshake per call on the latency the gateway adds.
+    """
+    port = int(server.base_url.rsplit(":", 1)[1])
+    forwarder = _CountingForwarder(port)
+    try:
+        cfg = write_config(
+            sandbox_state,
+            tmp_path / "shim.toml",
+            upstream_url=f"http://127.0.0.1:{forwarder.port}",
+        )
+        with running(cfg) as gw, httpx.Client(base_url=gw.base_url, timeout=20) as http:
+            ports = set()
+            for _ in range(5):
+                resp = http.post(
+                    QUERY_PATH, content=to_xml(request_fields(sandbox_state, MD5_MCH, "1757"))
+                )
+                assert resp.status_code == 200
+                key = sandbox_state.merchants[MD5_MCH].v2_key
+                assert answer_verifies(parse_answer(resp.content), key)
+                assert "close" not in resp.headers.get("connection", "")
+                stream = resp.extensions["network_stream"]
+                ports.add(stream.get_extra_info("client_addr")[1])
+            assert len(ports) == 1  # the caller's connection was reused
+            assert forwarder.accepted == 1  # so was the gateway's upstream one
+    finally:
+        forwarder.close()
