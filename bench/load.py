@@ -36,8 +36,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim.config import ShimConfig, parse_config
-from shim.errors import ShimError
+from shim._config import ShimConfig, parse_config
+from shim._errors import ShimError
 from shim.sandbox import Emulator, SandboxState
 
 if sys.version_info >= (3, 11):

@@ -52,19 +52,19 @@ import trustme
 from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpayv3.utils import load_private_key, load_public_key, rsa_sign, rsa_verify
 
-import shim.client
-import shim.v3
+import shim._client
+import shim._v3
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim.config import ShimConfig, load_config
-from shim.events import configure_cli_logging
-from shim.flow import HttpRequest, HttpResponse
+from shim._config import ShimConfig, load_config
+from shim._events import configure_cli_logging
+from shim._flow import HttpRequest, HttpResponse
+from shim._transport import DeadlineTransport
 from shim.sandbox import Emulator, SandboxState
-from shim.transport import DeadlineTransport
 
 HERE = Path(__file__).resolve().parent
 MCH = "10000098"  # public-key mode, MD5 v2 key
 STOCK = "1757"
-LIMITS = shim.client.DEFAULT_LIMITS
+LIMITS = shim._client.DEFAULT_LIMITS
 PACED_GAP_S = 0.015
 TARGETS = {
     "a_http": ("shim / floor, sync v3, HTTP", "<=", 1.05),
@@ -712,15 +712,15 @@ def canned_network(env: Env) -> Iterator[Callable[[], None]]:
             return done.value
 
     def stub_rsa() -> None:
-        shim.v3.rsa_sign = lambda key, message: fake_sig  # type: ignore[assignment]
-        shim.v3.rsa_verify = lambda *a: True  # type: ignore[assignment]
+        shim._v3.rsa_sign = lambda key, message: fake_sig  # type: ignore[assignment]
+        shim._v3.rsa_verify = lambda *a: True  # type: ignore[assignment]
 
-    saved = (shim.client.run_sync, shim.v3.rsa_sign, shim.v3.rsa_verify)
-    shim.client.run_sync = canned_driver  # type: ignore[assignment]
+    saved = (shim._client.run_sync, shim._v3.rsa_sign, shim._v3.rsa_verify)
+    shim._client.run_sync = canned_driver  # type: ignore[assignment]
     try:
         yield stub_rsa
     finally:
-        shim.client.run_sync, shim.v3.rsa_sign, shim.v3.rsa_verify = saved  # type: ignore[assignment]
+        shim._client.run_sync, shim._v3.rsa_sign, shim._v3.rsa_verify = saved  # type: ignore[assignment]
 
 
 def _per_call_us(fn: Callable[[], Any], n: int, batches: int) -> dict[str, float]:
@@ -783,7 +783,7 @@ def bench_cpu(env: Env, p: argparse.Namespace) -> dict[str, Any]:
 
 
 def _short(file: str) -> str:
-    """A file name without machine paths: ``shim/flow.py``, ``httpx/_models.py``, ``~``."""
+    """A file name without machine paths: ``shim/_flow.py``, ``httpx/_models.py``, ``~``."""
     if file.startswith("<") or file == "~":
         return file
     parts = Path(file).parts
@@ -819,7 +819,7 @@ URL = "http://wechatpay.emulator"
 def _cold_load_s(path: Path) -> float:
     """Load ``path`` in a fresh interpreter (no key parsed yet): seconds."""
     code = (
-        "import time,sys;from shim.config import load_config;t=time.perf_counter();"
+        "import time,sys;from shim._config import load_config;t=time.perf_counter();"
         f"c=load_config({str(path)!r},env={{}});print(time.perf_counter()-t, len(c.merchants))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -840,7 +840,7 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         load_pem_private_key,
     )
 
-    import shim.config as shim_config
+    import shim._config as shim_config
 
     out: dict[str, Any] = {}
     big = _many_merchants(env, 10_000, "m10000")

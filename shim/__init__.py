@@ -17,15 +17,15 @@ had its own helper can call the process-wide default shim, configured from the f
 wechatpy users change only their import: ``from shim.compat.wechatpy import WeChatPay``.
 """
 
+from shim._client import AsyncCouponStockShim, CouponStockShim
+from shim._config import LiveConfig, ShimConfig, load_config
 from shim._default import (
     aquery_coupon_stock,
     close_default_shims,
     default_shim,
     query_coupon_stock,
 )
-from shim.client import AsyncCouponStockShim, CouponStockShim
-from shim.config import LiveConfig, ShimConfig, load_config
-from shim.errors import (
+from shim._errors import (
     ClosedError,
     ConfigError,
     InputError,
@@ -36,8 +36,8 @@ from shim.errors import (
     SignatureError,
     UpstreamError,
 )
-from shim.events import redact_secrets
-from shim.shadow import ShadowTotals
+from shim._events import redact_secrets
+from shim._shadow import ShadowTotals
 
 __version__ = "0.1.0"
 

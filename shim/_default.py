@@ -5,14 +5,14 @@ needs no object and no constructor. The shim behind it is built on first use fro
 named by ``COUPON_SHIM_CONFIG`` (else ``./shim.toml``) and then shared:
 
 - **lazily**: importing :mod:`shim` reads no file and opens no connection;
-- **thread-safe**: one :class:`~shim.client.CouponStockShim` per config file, built once under
+- **thread-safe**: one :class:`~shim._client.CouponStockShim` per config file, built once under
   a lock and shared by every thread (the shim itself is thread-safe);
 - **fork-safe**: a forked child never uses its parent's shim (whose pooled connections and
   shadow threads belong to the parent); it builds its own on first use. Both
   ``os.register_at_fork`` and a pid check guard this;
 - **closed at exit**: an ``atexit`` hook closes every default shim of the process (finishing
   in-flight shadow comparisons, bounded by the shadow timeout);
-- **per event loop** for the async twin: an :class:`~shim.client.AsyncCouponStockShim` belongs
+- **per event loop** for the async twin: an :class:`~shim._client.AsyncCouponStockShim` belongs
   to the loop it was built in (its connections do), so each running loop gets its own, closed
   when the loop shuts down its async generators (``asyncio.run`` does) or at exit.
 
@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from shim.errors import ConfigError
+from shim._errors import ConfigError
 
 if TYPE_CHECKING:
-    from shim.client import AsyncCouponStockShim, CouponStockShim
+    from shim._client import AsyncCouponStockShim, CouponStockShim
 
 __all__ = [
     "CONFIG_ENV",
@@ -243,7 +243,7 @@ def _default_path() -> Path:
 
 
 def default_shim() -> CouponStockShim:
-    """The process-wide default :class:`~shim.client.CouponStockShim` (built on first use).
+    """The process-wide default :class:`~shim._client.CouponStockShim` (built on first use).
 
     Configured from ``$COUPON_SHIM_CONFIG``, else ``./shim.toml``; the file is watched and
     reloaded like any shim's. Use it for what the module-level function does not offer
@@ -256,7 +256,7 @@ def default_shim() -> CouponStockShim:
     path = _default_path()
 
     def build() -> CouponStockShim:
-        from shim.client import CouponStockShim
+        from shim._client import CouponStockShim
 
         return CouponStockShim.from_file(path)
 
@@ -267,7 +267,7 @@ async def _default_async_shim() -> AsyncCouponStockShim:
     path = _default_path()
 
     def build() -> AsyncCouponStockShim:
-        from shim.client import AsyncCouponStockShim
+        from shim._client import AsyncCouponStockShim
 
         return AsyncCouponStockShim.from_file(path)
 
@@ -293,7 +293,7 @@ def query_coupon_stock(
     """``CouponStockShim.query_coupon_stock`` on the process-wide default shim.
 
     Same arguments, answers and errors as
-    :meth:`shim.client.CouponStockShim.query_coupon_stock`; the shim is configured from
+    :meth:`shim._client.CouponStockShim.query_coupon_stock`; the shim is configured from
     ``$COUPON_SHIM_CONFIG`` (else ``./shim.toml``).
 
     Example:

@@ -1,7 +1,7 @@
 """The ``coupon-shim`` command: the parser, the global options, exit codes and error lines.
 
-Each subcommand lives in its own module under :mod:`shim.commands` and defines a
-:class:`~shim.commands.Command` named ``COMMAND``; adding one is a module plus one line in
+Each subcommand lives in its own module under :mod:`shim._commands` and defines a
+:class:`~shim._commands.Command` named ``COMMAND``; adding one is a module plus one line in
 :data:`COMMANDS`. The global options (:func:`add_global_options`) are added to every
 subcommand's parser too, so ``coupon-shim --quiet query …`` and ``coupon-shim query … --quiet``
 mean the same.
@@ -9,7 +9,7 @@ mean the same.
 The CLI, unlike the library, configures structlog (JSON or console, always with the secret
 redactor) and sends events to stderr so that stdout carries only answers. Errors are one line
 on stderr (``coupon-shim: ConfigError: shim.toml: merchants."M".v2_key: …``), never a
-traceback, and the exit code says what kind of failure it was (:class:`~shim.commands.ExitCode`).
+traceback, and the exit code says what kind of failure it was (:class:`~shim._commands.ExitCode`).
 """
 
 from __future__ import annotations
@@ -23,21 +23,21 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from shim import __version__
-from shim.commands import Command, CommandError, ExitCode
-from shim.errors import ConfigError, InputError, ShimError
+from shim._commands import Command, CommandError, ExitCode
+from shim._errors import ConfigError, InputError, ShimError
 
 __all__ = ["COMMANDS", "add_global_options", "build_parser", "load_commands", "main"]
 
 #: The subcommand modules, in ``coupon-shim --help`` order. Each defines ``COMMAND``.
 COMMANDS: tuple[str, ...] = (
-    "shim.commands.demo",
-    "shim.commands.query",
-    "shim.commands.compare",
-    "shim.commands.report",
-    "shim.commands.check",
-    "shim.commands.sandbox",
+    "shim._commands.demo",
+    "shim._commands.query",
+    "shim._commands.compare",
+    "shim._commands.report",
+    "shim._commands.check",
+    "shim._commands.sandbox",
     "shim.gateway.cli",
-    "shim.commands.migration_doc",
+    "shim._commands.migration_doc",
 )
 
 _EPILOG = """\
@@ -109,7 +109,7 @@ def load_commands() -> list[Command]:
     for module_name in COMMANDS:
         command = importlib.import_module(module_name).COMMAND
         if not isinstance(command, Command):  # pragma: no cover - a registration bug
-            raise TypeError(f"{module_name}.COMMAND is not a shim.commands.Command")
+            raise TypeError(f"{module_name}.COMMAND is not a shim._commands.Command")
         commands.append(command)
     return commands
 
@@ -169,9 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit code (:class:`~shim.commands.ExitCode`).
+        The exit code (:class:`~shim._commands.ExitCode`).
     """
-    from shim.events import configure_cli_logging, redact_text
+    from shim._events import configure_cli_logging, redact_text
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -59,14 +59,14 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from shim.errors import ConfigError, Route
-from shim.observe import fallback_kind
+from shim._errors import ConfigError, Route
+from shim._observe import fallback_kind
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from shim.observe import CallRecord
-    from shim.policy import BreakerTransition
+    from shim._observe import CallRecord
+    from shim._policy import BreakerTransition
 
 __all__ = [
     "DURATION_BUCKETS",

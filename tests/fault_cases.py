@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim.config import ShimConfig, parse_config
+from shim._config import ShimConfig, parse_config
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import Twin
 

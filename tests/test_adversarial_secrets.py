@@ -29,8 +29,8 @@ from sentry_sdk.scrubber import EventScrubber
 from sentry_sdk.transport import Transport
 
 from shim import AsyncCouponStockShim, CouponStockShim, redact_secrets
-from shim.config import ShimConfig, load_config
-from shim.errors import (
+from shim._config import ShimConfig, load_config
+from shim._errors import (
     ConfigError,
     InputError,
     MappingError,
@@ -38,9 +38,9 @@ from shim.errors import (
     SignatureError,
     UpstreamError,
 )
-from shim.events import redact_text
-from shim.mapping import default_mapping_dir
-from shim.redaction import REDACTED, is_secret_name, redact_value
+from shim._events import redact_text
+from shim._mapping import default_mapping_dir
+from shim._redaction import REDACTED, is_secret_name, redact_value
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 from tests.test_no_secrets import RecordingTransport, static_secrets

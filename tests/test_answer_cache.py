@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from shim import v2
-from shim.cache import AnswerCache, cacheable
-from shim.events import EVENT
+from shim import _v2 as v2
+from shim._cache import AnswerCache, cacheable
+from shim._events import EVENT
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shim.routing import bucket_of
+from shim._routing import bucket_of
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shim import v2
+from shim import _v2 as v2
 from shim.cli import main
 from shim.sandbox import DIVERGENT_FIELDS, Emulator, SandboxState
 from tests.conftest import MD5_MCH

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 import shim
+from shim._commands import ExitCode
 from shim.cli import build_parser
-from shim.commands import ExitCode
 from shim.sandbox import SandboxState
 from tests.conftest import MD5_MCH
 

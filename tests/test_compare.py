@@ -1,7 +1,7 @@
 """``coupon-shim compare``: classes, verdict, exit codes, grouping, breakers, concurrency, JSON.
 
 Against the emulator's seeded stocks over real loopback HTTP (the CLI) and over the in-process
-transport (the :class:`~shim.compare.Comparer`), plus the pure classification on hand-made
+transport (the :class:`~shim._compare.Comparer`), plus the pure classification on hand-made
 answers.
 """
 
@@ -20,8 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from rich.cells import cell_len
 
 from shim import CouponStockShim
-from shim.cli import main
-from shim.compare import (
+from shim._compare import (
     Comparer,
     classify,
     dedupe_ids,
@@ -30,10 +29,11 @@ from shim.compare import (
     render_table,
     run_compare,
 )
-from shim.config import ShimConfig
-from shim.errors import InputError, UpstreamError
-from shim.flow import RouteResult
-from shim.mapping import load_mapping
+from shim._config import ShimConfig
+from shim._errors import InputError, UpstreamError
+from shim._flow import RouteResult
+from shim._mapping import load_mapping
+from shim.cli import main
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState
 from tests.conftest import MD5_MCH
 
@@ -522,7 +522,7 @@ def test_progress_on_a_terminal_shows_count_rate_and_eta(
     a terminal, one closing line."""
     import io
 
-    from shim.compare import _progress
+    from shim._compare import _progress
 
     monkeypatch.setenv("FORCE_COLOR", "1")
     err = io.StringIO()

@@ -21,8 +21,8 @@ from wechatpy.exceptions import WeChatPayException
 
 import shim
 from shim import CouponStockShim
+from shim._errors import ConfigError, InputError, UpstreamError
 from shim.compat import wechatpy as compat
-from shim.errors import ConfigError, InputError, UpstreamError
 from shim.sandbox import Emulator, RunningServer, SandboxState
 
 from .test_no_secrets import assert_clean, error_texts, static_secrets

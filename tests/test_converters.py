@@ -1,4 +1,4 @@
-"""Tests of the mapping's value converters (shim.converters)."""
+"""Tests of the mapping's value converters (shim._converters)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shim.converters import (
+from shim._converters import (
     CONVERTER_NAMES,
     CONVERTERS,
     MAX_INTEGER,

@@ -4,7 +4,7 @@ Which side served is read three ways: the emulator's request counts, the ``coupo
 event, and the answer itself (the divergent stock's v2 view differs from its v3 view in
 ``DIVERGENT_FIELDS``, so its answer tells the two sides apart).
 
-Fallback policy as found (``shim.policy.fallback_cause``): only transient upstream
+Fallback policy as found (``shim._policy.fallback_cause``): only transient upstream
 failures fall back (timeouts, connection failures, 429/5xx, open breaker, budget) and mapping
 errors. A malformed (unparseable) v3 body is a *protocol* error: not transient, so it is
 neither retried nor served by the other side; nor are business answers or signature failures.
@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from shim import AsyncCouponStockShim, CouponStockShim, v2
-from shim.config import ShimConfig
-from shim.errors import SignatureError, UpstreamError
-from shim.events import EVENT
-from shim.routing import bucket_of
+from shim import AsyncCouponStockShim, CouponStockShim
+from shim import _v2 as v2
+from shim._config import ShimConfig
+from shim._errors import SignatureError, UpstreamError
+from shim._events import EVENT
+from shim._routing import bucket_of
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState, seeded_stocks
 from tests.conftest import MD5_MCH, Twin
 

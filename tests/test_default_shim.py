@@ -23,7 +23,7 @@ import pytest
 
 import shim
 from shim import _default
-from shim.errors import ConfigError
+from shim._errors import ConfigError
 from shim.sandbox import Emulator, SandboxState
 
 MCH = "10000098"
@@ -239,7 +239,7 @@ def test_one_shim_for_all_threads(
 ) -> None:
     """Threads racing on first use get one shim, built once; their calls all answer."""
     monkeypatch.setenv("COUPON_SHIM_CONFIG", str(config_path))
-    from shim.client import CouponStockShim
+    from shim._client import CouponStockShim
 
     builds: list[int] = []
     real = CouponStockShim.from_file.__func__  # type: ignore[attr-defined]

@@ -13,10 +13,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
 
-from shim import routing, v2
-from shim.commands import ExitCode
-from shim.config import ShimConfig, load_config
-from shim.errors import ConfigError, SignatureError
+from shim import _routing as routing
+from shim import _v2 as v2
+from shim._commands import ExitCode
+from shim._config import ShimConfig, load_config
+from shim._errors import ConfigError, SignatureError
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 from tests.test_cli_conventions import assert_one_line_error, coupon_shim

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from shim import AsyncCouponStockShim, CouponStockShim, routing
-from shim.config import ShimConfig
-from shim.errors import SignatureError
-from shim.events import CREDENTIALS_REFUSED_EVENT, EVENT
+from shim import AsyncCouponStockShim, CouponStockShim
+from shim import _routing as routing
+from shim._config import ShimConfig
+from shim._errors import SignatureError
+from shim._events import CREDENTIALS_REFUSED_EVENT, EVENT
 from shim.sandbox import Emulator
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 
@@ -26,7 +27,7 @@ DELAY_S = 2.0
 
 
 def test_routing_no_longer_decides_fallback() -> None:
-    """The second decider is gone: only shim.policy says whether a fallback is possible."""
+    """The second decider is gone: only shim._policy says whether a fallback is possible."""
     assert not hasattr(routing, "fallback_route")
     assert not hasattr(routing, "is_fallback_worthy")
 

@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from shim import cli
-from shim.config import ShimConfig
-from shim.errors import (
+from shim._config import ShimConfig
+from shim._errors import (
     ConfigError,
     InputError,
     MappingError,

@@ -1,4 +1,4 @@
-"""Tests for shim.flags: the OpenFeature route source, driven by the SDK's in-memory provider."""
+"""Tests for shim._flags: the OpenFeature route source, driven by the SDK's in-memory provider."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
 
-from shim.errors import ConfigError
-from shim.flags import OpenFeatureRouteSource
-from shim.routing import RoutingConfig, decide, routing_key
+from shim._errors import ConfigError
+from shim._flags import OpenFeatureRouteSource
+from shim._routing import RoutingConfig, decide, routing_key
 
 FLAG = "coupon-shim-route"
 SEEN: list[EvaluationContext] = []

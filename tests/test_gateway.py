@@ -26,8 +26,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from shim.config import load_config
-from shim.errors import ConfigError
+from shim._config import load_config
+from shim._errors import ConfigError
 from shim.gateway import ACCESS_EVENT, REFUSALS, running
 from shim.gateway._settings import GatewaySettings, load_gateway_settings
 from shim.sandbox import Emulator, SandboxState, billion_laughs_xml
@@ -473,7 +473,7 @@ def test_events_through_the_cli_redactor(
     """With the CLI's logging (as coupon-shim serve runs), events are JSON and redacted."""
     import io
 
-    from shim.events import configure_cli_logging
+    from shim._events import configure_cli_logging
 
     stream = io.StringIO()
     configure_cli_logging("json", stream=stream)

@@ -22,8 +22,8 @@ from wechatpy.exceptions import WeChatPayException
 from wechatpy.pay import WeChatPay
 from wechatpy.pay.utils import calculate_signature_hmac
 
+from shim._routing import bucket_of
 from shim.gateway import RunningGateway, running
-from shim.routing import bucket_of
 from shim.sandbox import Emulator, SandboxState
 from tests.gateway_support import (
     HMAC_MCH,

@@ -1,6 +1,6 @@
 """Closing: typed errors after and during close, breakers untouched, shadows finished.
 
-Calls after ``close()``/``aclose()`` raise :class:`~shim.errors.ClosedError` (not httpx's
+Calls after ``close()``/``aclose()`` raise :class:`~shim._errors.ClosedError` (not httpx's
 ``RuntimeError``); a call stuck on a silent upstream when the shim closes ends promptly with
 ``ClosedError`` and never counts against its breaker; close finishes queued and running
 shadow comparisons (six with four workers: all six compared) within the shadow timeout and
@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim.config import ShimConfig
-from shim.errors import ClosedError, ShimError
+from shim._config import ShimConfig
+from shim._errors import ClosedError, ShimError
 from shim.sandbox import Emulator, SandboxState
 from tests.fault_cases import parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request, head, real_answer

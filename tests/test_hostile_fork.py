@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim.errors import ShimError
+from shim._errors import ShimError
 from shim.sandbox import Emulator, SandboxState
 from tests.fault_cases import parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request, head, real_answer

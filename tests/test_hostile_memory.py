@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from shim.errors import ShimError, UpstreamError
+from shim._errors import ShimError, UpstreamError
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import Twin
 from tests.fault_cases import build_twin, parse_emulator_config

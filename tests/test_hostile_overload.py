@@ -3,7 +3,7 @@
 A thousand concurrent async calls (and hundreds of threads on the sync twin) against the
 real emulator over loopback all end within their budget and mostly succeed; calls that
 cannot get an admission slot (``[upstream] max_in_flight``) or a pooled connection within
-their budget fail with :class:`~shim.errors.OverloadError`, and local congestion never
+their budget fail with :class:`~shim._errors.OverloadError`, and local congestion never
 counts against a circuit breaker.
 """
 
@@ -22,10 +22,10 @@ import pytest
 import structlog
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim.config import ShimConfig
-from shim.errors import OverloadError, ShimError, UpstreamError
+from shim._config import ShimConfig
+from shim._errors import OverloadError, ShimError, UpstreamError
+from shim._transport import DeadlineTransport
 from shim.sandbox import SandboxState
-from shim.transport import DeadlineTransport
 from tests.fault_cases import parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request
 

@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim.events import EVENT
+from shim._events import EVENT
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import MD5_MCH, Twin
 
@@ -166,13 +166,13 @@ def test_mapping_edits_apply_live_and_a_broken_edit_keeps_the_last_good(
     from structlog.testing import capture_logs
 
     from shim import CouponStockShim
-    from shim.mapping import default_mapping_dir
+    from shim._mapping import default_mapping_dir
 
     folder = tmp_path / "live-mappings"
     shutil.copytree(default_mapping_dir(), folder)
     path = folder / "query_coupon_stock.toml"
     original = path.read_text(encoding="utf-8")
-    from shim.config import LiveConfig
+    from shim._config import LiveConfig
 
     config = make_config("v3", mapping={"dir": str(folder)}, reload={"check_interval_s": 1.0})
     live = LiveConfig(config=config, env={}, watch=False)

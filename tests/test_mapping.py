@@ -1,4 +1,4 @@
-"""Tests of the declarative v3 → v2 mapping (shim.mapping and mappings/query_coupon_stock.toml)."""
+"""Tests of the declarative v3 → v2 mapping (shim._mapping and mappings/query_coupon_stock.toml)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from shim.errors import ConfigError, MappingError
-from shim.mapping import (
+from shim._errors import ConfigError, MappingError
+from shim._mapping import (
     KNOWN_V3_ENUMS,
     ErrorOutcome,
     MappingTable,
@@ -893,9 +893,9 @@ def test_shipped_mapping_validates_and_matches_the_spec(table: MappingTable) -> 
 
 def test_default_directory_is_the_packaged_or_repository_mappings() -> None:
     """The default folder is the packaged copy if installed, else the repository's mappings/."""
-    import shim.mapping
+    import shim._mapping
 
-    packaged = Path(shim.mapping.__file__).resolve().parent / "mappings"
+    packaged = Path(shim._mapping.__file__).resolve().parent / "mappings"
     expected = packaged if packaged.is_dir() else REPO_MAPPINGS
     assert default_mapping_dir() == expected
     assert load_mapping().fields == load_mapping(REPO_MAPPINGS).fields

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from shim.errors import MappingError
-from shim.mapping import default_mapping_dir
+from shim._errors import MappingError
+from shim._mapping import default_mapping_dir
 from shim.sandbox import Emulator
 from tests.conftest import MD5_MCH, Twin
 

@@ -1,4 +1,4 @@
-"""Tests of MIGRATION.md's generated mapping tables (shim.migration_doc)."""
+"""Tests of MIGRATION.md's generated mapping tables (shim._migration_doc)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from shim.errors import ConfigError
-from shim.mapping import clear_mapping_cache, load_mapping
-from shim.migration_doc import BEGIN_MARKER, END_MARKER, main, render_tables, sync_migration_md
+from shim._errors import ConfigError
+from shim._mapping import clear_mapping_cache, load_mapping
+from shim._migration_doc import BEGIN_MARKER, END_MARKER, main, render_tables, sync_migration_md
 
 REPO = Path(__file__).resolve().parent.parent
 REPO_MAPPINGS = REPO / "mappings"
@@ -35,7 +35,7 @@ def doc_copy(tmp_path: Path) -> Path:
 
 
 def test_repository_migration_md_is_in_sync_with_the_mapping() -> None:
-    """MIGRATION.md's generated tables match mappings/ (run python -m shim.migration_doc)."""
+    """MIGRATION.md's generated tables match mappings/ (run python -m shim._migration_doc)."""
     assert sync_migration_md(REPO_MIGRATION, load_mapping(REPO_MAPPINGS), check=True)
 
 

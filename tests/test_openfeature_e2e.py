@@ -17,8 +17,8 @@ from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvid
 from structlog.testing import capture_logs
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim.events import EVENT
-from shim.routing import bucket_of
+from shim._events import EVENT
+from shim._routing import bucket_of
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 

@@ -27,9 +27,9 @@ import pytest
 import uvicorn
 
 from shim import CouponStockShim
-from shim.errors import ShimError, UpstreamError
+from shim._errors import ShimError, UpstreamError
+from shim._transport import DeadlineTransport, proxy_mounts
 from shim.sandbox import Emulator, SandboxState
-from shim.transport import DeadlineTransport, proxy_mounts
 from tests.conftest import Twin
 from tests.fault_cases import build_twin, parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
 
 from shim import ConfigError, CouponStockShim, LiveConfig, ShimError, load_config
-from shim import config as config_module
+from shim import _config as config_module
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH
 

@@ -21,8 +21,8 @@ import structlog
 from structlog.testing import LogCapture
 
 from shim import AsyncCouponStockShim, CouponStockShim, InputError, UpstreamError
-from shim.config import LiveConfig
-from shim.observe import CallRecord
+from shim._config import LiveConfig
+from shim._observe import CallRecord
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH, Twin
 
@@ -413,14 +413,14 @@ async def test_retry_backoff(
     import asyncio
     import time
 
-    import shim.transport as transport
+    import shim._transport as transport
 
     waits: list[float] = []
     real_asleep = asyncio.sleep
 
     class Recording:
         """The driver module's view of ``time`` / ``asyncio``: sleeps are recorded, not
-        waited (only shim.transport sees it; other threads keep the real modules)."""
+        waited (only shim._transport sees it; other threads keep the real modules)."""
 
         def __init__(self, module: Any) -> None:
             self._module = module

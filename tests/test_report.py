@@ -14,10 +14,10 @@ import pytest
 import structlog
 
 from shim import CouponStockShim
+from shim._events import configure_cli_logging
+from shim._report import Thresholds, aggregate, judge, percentile, read_inputs
+from shim._report_html import CHART_IDS, render_html
 from shim.cli import main
-from shim.events import configure_cli_logging
-from shim.report import Thresholds, aggregate, judge, percentile, read_inputs
-from shim.report_html import CHART_IDS, render_html
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState
 from tests import report_data
 from tests.conftest import MD5_MCH

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from shim.report import Thresholds, aggregate, judge, read_inputs
-from shim.report_html import render_html
+from shim._report import Thresholds, aggregate, judge, read_inputs
+from shim._report_html import render_html
 from tests import report_data
 
 ROOT = Path(__file__).resolve().parent.parent

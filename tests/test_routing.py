@@ -1,4 +1,4 @@
-"""Tests for shim.routing: parsing, overrides, sticky buckets, decisions, fallback policy."""
+"""Tests for shim._routing: parsing, overrides, sticky buckets, decisions, fallback policy."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-import shim.routing
-from shim.errors import (
+import shim._routing
+from shim._errors import (
     ConfigError,
     InputError,
     MappingError,
@@ -21,8 +21,8 @@ from shim.errors import (
     SignatureError,
     UpstreamError,
 )
-from shim.policy import credentials_refused, fallback_cause, fallback_target
-from shim.routing import (
+from shim._policy import credentials_refused, fallback_cause, fallback_target
+from shim._routing import (
     BUCKETS,
     DEFAULT_ROUTING,
     DEFAULT_SHADOW,
@@ -69,10 +69,10 @@ def test_bucket_range_and_routing_key() -> None:
 def test_buckets_identical_in_other_processes() -> None:
     """10,000+ keys get the same buckets in fresh interpreters with different hash seeds."""
     local = [bucket_of(k) for k in KEYS]
-    package_root = str(Path(shim.routing.__file__).resolve().parent.parent)
+    package_root = str(Path(shim._routing.__file__).resolve().parent.parent)
     code = (
         "import json, sys\n"
-        "from shim.routing import bucket_of\n"
+        "from shim._routing import bucket_of\n"
         "keys = json.load(sys.stdin)\n"
         "print(json.dumps([bucket_of(k) for k in keys]))\n"
     )
@@ -432,7 +432,7 @@ def test_unknown_kill_switch_value_is_a_loud_warning_once() -> None:
     distinct value; known values log nothing."""
     from structlog.testing import capture_logs
 
-    from shim import routing
+    from shim import _routing as routing
 
     routing._WARNED_KILL_VALUES.clear()
     cfg = RoutingConfig(kill_switch_env="MY_KILL")

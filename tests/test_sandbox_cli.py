@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from shim.commands import ExitCode
+from shim._commands import ExitCode
 from shim.sandbox import SandboxState
 from tests.conftest import MD5_MCH
 from tests.test_cli_conventions import assert_one_line_error, coupon_shim

@@ -1,4 +1,4 @@
-"""Tests for shim.shadow: diffing, totals, and the bounded thread and async runners."""
+"""Tests for shim._shadow: diffing, totals, and the bounded thread and async runners."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from shim.errors import SignatureError, UpstreamError
-from shim.routing import ShadowConfig
-from shim.shadow import (
+from shim._errors import SignatureError, UpstreamError
+from shim._routing import ShadowConfig
+from shim._shadow import (
     REDACTED,
     AsyncShadowRunner,
     FieldDiff,

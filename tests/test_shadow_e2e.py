@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from shim.events import EVENT
+from shim._events import EVENT
+from shim._shadow import ShadowTotals
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, seeded_stocks
-from shim.shadow import ShadowTotals
 from tests.conftest import MD5_MCH, Twin
 
 DELAY_S = 0.6

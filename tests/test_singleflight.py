@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from shim import AsyncCouponStockShim, CouponStockShim, UpstreamError, v2
-from shim.events import EVENT
-from shim.flow import CallOutcome, RouteResult
+from shim import AsyncCouponStockShim, CouponStockShim, UpstreamError
+from shim import _v2 as v2
+from shim._events import EVENT
+from shim._flow import CallOutcome, RouteResult
+from shim._singleflight import AsyncFlights, ThreadFlights
 from shim.sandbox import Emulator, SandboxState
-from shim.singleflight import AsyncFlights, ThreadFlights
 from tests.conftest import MD5_MCH, Twin
 
 N = 8

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shim import v2
-from shim.errors import InputError, SignatureError, UpstreamError
+from shim import _v2 as v2
+from shim._errors import InputError, SignatureError, UpstreamError
 
 VECTOR = {
     "appid": "wxd930ea5d5a258f4f",

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from shim import v2
-from shim.errors import SignatureError, UpstreamError
-from shim.mapping import default_mapping_dir, load_mapping
+from shim import _v2 as v2
+from shim._errors import SignatureError, UpstreamError
+from shim._mapping import default_mapping_dir, load_mapping
 from shim.sandbox import Emulator, SandboxState, seeded_stocks
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 

@@ -11,7 +11,7 @@ Change one import::
 
 :class:`WeChatPay` *is* a ``wechatpy.pay.WeChatPay`` (a subclass): ``order``, ``refund``,
 ``coupon.send``, ``jsapi``… work unchanged. Only ``coupon.query_stock(stock_id, op_user_id=None,
-device_info=None)`` is served by a :class:`~shim.client.CouponStockShim` (routing, v3 mapping,
+device_info=None)`` is served by a :class:`~shim._client.CouponStockShim` (routing, v3 mapping,
 re-signing with the v2 key) and then keeps wechatpy's contract: it returns the answer dict
 (every value a string) when ``return_code`` and ``result_code`` are ``SUCCESS``, and raises
 ``wechatpy.exceptions.WeChatPayException`` with the same ``return_code``, ``result_code``,
@@ -30,7 +30,7 @@ Where the shim's configuration comes from (the keyword-only ``shim=`` argument):
 4. ``shim=CouponStockShim(...)``: a shim you built (and close).
 
 A config file must hold a ``[merchants."<mch_id>"]`` table whose ``v2_key`` is the ``api_key``
-given to the constructor (a mismatch is a :class:`~shim.errors.ConfigError`, never a silent
+given to the constructor (a mismatch is a :class:`~shim._errors.ConfigError`, never a silent
 re-sign with another key). Shims are shared per process (one pooled client per configuration,
 however many ``WeChatPay`` objects are built), rebuilt in a forked child and closed at exit.
 
@@ -51,7 +51,7 @@ failure ``requests.exceptions.ConnectionError``, and any other unusable answer (
 status, a forged or unparsable answer, an open circuit, an unmappable v3 answer) a
 ``WeChatPayException`` with ``return_code=None`` — where wechatpy would have handed back an
 unparsable body as a string, the shim refuses it. Invalid arguments raise
-:class:`~shim.errors.InputError` (a ``ValueError``) before any request is sent.
+:class:`~shim._errors.InputError` (a ``ValueError``) before any request is sent.
 """
 
 from __future__ import annotations
@@ -78,10 +78,10 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra onl
         "shim.compat.wechatpy needs wechatpy: pip install 'coupon-shim[wechatpy]'"
     ) from exc
 
+from shim._client import CouponStockShim
+from shim._config import LiveConfig, Secret, ShimConfig, parse_config
 from shim._default import CONFIG_ENV, DEFAULT_CONFIG_FILE, REGISTRY, default_config_path
-from shim.client import CouponStockShim
-from shim.config import LiveConfig, Secret, ShimConfig, parse_config
-from shim.errors import ConfigError, InputError, MappingError, UpstreamError
+from shim._errors import ConfigError, InputError, MappingError, UpstreamError
 
 __all__ = ["WeChatPay", "WeChatPayException"]
 

@@ -24,10 +24,10 @@ import structlog
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
-from shim import v2
-from shim.client import AsyncCouponStockShim
-from shim.config import ShimConfig
-from shim.errors import ShimError
+from shim import _v2 as v2
+from shim._client import AsyncCouponStockShim
+from shim._config import ShimConfig
+from shim._errors import ShimError
 from shim.gateway import _metrics
 from shim.gateway._passthrough import forward, new_client, refusal_body
 from shim.gateway._protocol import (

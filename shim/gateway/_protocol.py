@@ -18,8 +18,8 @@ from typing import Final
 from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
-from shim import v2
-from shim.errors import (
+from shim import _v2 as v2
+from shim._errors import (
     ConfigError,
     InputError,
     MappingError,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from shim.errors import ConfigError
+from shim._errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from shim.commands import Command, CommandError, ExitCode
+from shim._commands import Command, CommandError, ExitCode
 
 __all__ = ["COMMAND"]
 

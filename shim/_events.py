@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from shim.redaction import REDACTED, is_secret_name, redact_text, redact_value
+from shim._redaction import REDACTED, is_secret_name, redact_text, redact_value
 
 __all__ = [
     "CREDENTIALS_REFUSED_EVENT",
@@ -39,7 +39,7 @@ def redact_secrets(
 
     Values of secret-named keys (``sign``, ``paySign``, ``signature``, ``key``,
     ``authorization``, ``private_key``, … in any case) are replaced whole; every other value is
-    scrubbed with :func:`shim.redaction.redact_value` (strings, bytes, lists, tuples, sets,
+    scrubbed with :func:`shim._redaction.redact_value` (strings, bytes, lists, tuples, sets,
     nested mappings, and objects whose ``repr`` carries a secret).
     """
     for k in list(event_dict):

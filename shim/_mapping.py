@@ -2,7 +2,7 @@
 
 The mapping file says, for every v2 key of the ``query_coupon_stock`` answer, where its value
 comes from (a v3 JSON path, a field of the caller's request, or a constant) and which
-converter (:mod:`shim.converters`) turns it into the v2 string. It also holds the enum tables
+converter (:mod:`shim._converters`) turns it into the v2 string. It also holds the enum tables
 (v3 ``status`` → v2 ``coupon_stock_status``) and the table that turns v3 errors into v2
 answers. :func:`load_mapping` validates all of it once into frozen values and precompiles
 paths and converters; :func:`map_success` and :func:`map_error` are then pure lookups (no I/O,
@@ -11,8 +11,8 @@ no clock, no randomness) that take a few microseconds.
 ``nonce_str`` and ``sign`` are never produced here: the caller adds a fresh nonce and signs the
 dict with the merchant's v2 key and sign type.
 
-Errors: a broken mapping file raises :class:`~shim.errors.ConfigError` naming the file and the
-entry; an answer that cannot be mapped raises :class:`~shim.errors.MappingError` (and nothing
+Errors: a broken mapping file raises :class:`~shim._errors.ConfigError` naming the file and the
+entry; an answer that cannot be mapped raises :class:`~shim._errors.MappingError` (and nothing
 else, whatever the input).
 """
 
@@ -29,8 +29,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal, cast
 
-from shim.converters import CONVERTER_NAMES, CONVERTERS, ConversionError, Converter, make_enum
-from shim.errors import ConfigError, MappingError
+from shim._converters import CONVERTER_NAMES, CONVERTERS, ConversionError, Converter, make_enum
+from shim._errors import ConfigError, MappingError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -173,7 +173,7 @@ class ErrorOutcome:
     Attributes:
         kind: ``business`` / ``return_fail``: answer the caller with ``fields``;
             ``transient``: retry, fall back, then raise; ``unmapped``: raise a typed
-            :class:`~shim.errors.UpstreamError` (no v2 code is invented).
+            :class:`~shim._errors.UpstreamError` (no v2 code is invented).
         fields: the v2 dict without ``nonce_str`` and ``sign`` (empty for ``transient`` and
             ``unmapped``).
         rule: the matching error-table row, or ``None`` when the status-class rule decided.

@@ -1,10 +1,10 @@
 """``coupon-shim report``: an offline HTML readiness report and a terminal summary (see
-:mod:`shim.report`, which holds the command's code)."""
+:mod:`shim._report`, which holds the command's code)."""
 
 from __future__ import annotations
 
-from shim import report
-from shim.commands import Command
+from shim import _report as report
+from shim._commands import Command
 
 COMMAND = Command(
     name="report",

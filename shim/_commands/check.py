@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from shim.commands import Command, ExitCode
+from shim._commands import Command, ExitCode
 
 __all__ = ["COMMAND", "CheckReport", "ProbeResult", "check_config", "probe"]
 
@@ -83,7 +83,7 @@ class CheckReport:
 
 
 def _origin(secret: Any) -> str:
-    """``env:NAME`` / ``file:PATH`` / ``literal`` of a :class:`~shim.config.Secret`."""
+    """``env:NAME`` / ``file:PATH`` / ``literal`` of a :class:`~shim._config.Secret`."""
     return str(getattr(secret, "_origin", "literal"))
 
 
@@ -93,7 +93,7 @@ def _percent(value: float) -> str:
 
 def _merchant_routing(cfg: Any, m: Any, kill: bool) -> tuple[str, list[str]]:
     """How routing treats this merchant (one line) and the findings it raises."""
-    from shim.routing import bucket_of, routing_key
+    from shim._routing import bucket_of, routing_key
 
     r = cfg.routing
     findings: list[str] = []
@@ -161,14 +161,14 @@ def check_config(
     """Load and validate ``path`` (config and mapping) and resolve its routing per merchant.
 
     Returns:
-        The report and the loaded :class:`~shim.config.ShimConfig`.
+        The report and the loaded :class:`~shim._config.ShimConfig`.
 
     Raises:
         ConfigError: the config or its mapping does not validate.
     """
-    from shim.config import LiteralSecretWarning, load_config
-    from shim.mapping import load_mapping
-    from shim.routing import kill_switch_on
+    from shim._config import LiteralSecretWarning, load_config
+    from shim._mapping import load_mapping
+    from shim._routing import kill_switch_on
 
     env = os.environ if env is None else env
     with warnings.catch_warnings(record=True) as caught:
@@ -268,9 +268,9 @@ def probe(cfg: Any, stock_id: str, *, events: bool = False) -> list[ProbeResult]
     not exist); a refused signature, a credential error or no answer does not. Per-call
     events are logged only with ``events`` (the report says it all).
     """
-    from shim.client import CouponStockShim
-    from shim.config import RetryConfig
-    from shim.errors import ShimError
+    from shim._client import CouponStockShim
+    from shim._config import RetryConfig
+    from shim._errors import ShimError
 
     probe_cfg = replace(cfg, retry=RetryConfig(attempts=1))
     results: list[ProbeResult] = []

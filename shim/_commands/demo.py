@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from shim.commands import Command, ExitCode
+from shim._commands import Command, ExitCode
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,11 @@ class EventTap(io.TextIOBase):
 
 def _run_scenarios(rows: list[Row], tap: EventTap, out: TextIO) -> tuple[str, list[Any]]:
     """Run every scenario against a fresh emulator; returns its URL and the shadow diff."""
-    from shim.client import CouponStockShim
-    from shim.errors import ShimError
+    from shim._client import CouponStockShim
+    from shim._errors import ShimError
+    from shim._shadow import diff_answers
+    from shim._v2 import verify_answer
     from shim.sandbox import Emulator, SandboxState, serve
-    from shim.shadow import diff_answers
-    from shim.v2 import verify_answer
 
     with tempfile.TemporaryDirectory(prefix="coupon-shim-demo-") as tmp:
         out.write("Starting the WeChat Pay emulator (new test keys)...\n")
@@ -236,7 +236,7 @@ def _next_steps(out: TextIO) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from shim.events import configure_cli_logging
+    from shim._events import configure_cli_logging
 
     out = sys.stdout
     rows = [Row(sc) for sc in SCENARIOS]

@@ -43,8 +43,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast, get_args
 
-from shim.errors import ConfigError, Route
-from shim.logs import get_logger
+from shim._errors import ConfigError, Route
+from shim._logs import get_logger
 
 __all__ = [
     "BUCKETS",

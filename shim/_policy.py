@@ -1,8 +1,8 @@
 """Retry and circuit-breaker policies: pure decisions, clock and randomness injected.
 
-The retry loop itself lives in the flow (``shim.flow``) so that the sync and async drivers
+The retry loop itself lives in the flow (``shim._flow``) so that the sync and async drivers
 share it: the flow asks these predicates whether to try again and how long to sleep, and
-yields a :class:`~shim.flow.Sleep` for the driver to carry out. (A library such as tenacity
+yields a :class:`~shim._flow.Sleep` for the driver to carry out. (A library such as tenacity
 wraps a callable per driver; here the loop must stay inside one sans-IO generator, so the
 policy is a few pure functions in the style of stripe's ``_should_retry``.)
 """
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from shim.config import BreakerConfig, RetryConfig
-from shim.errors import MappingError, Route, ShimError, SignatureError, UpstreamError
-from shim.routing import Decision, RoutingConfig
+from shim._config import BreakerConfig, RetryConfig
+from shim._errors import MappingError, Route, ShimError, SignatureError, UpstreamError
+from shim._routing import Decision, RoutingConfig
 
 __all__ = [
     "BreakerState",
@@ -65,7 +65,7 @@ def credentials_refused(error: BaseException) -> bool:
 
     That is WeChat Pay refusing *our request* (a wrong private key or serial, a skewed
     clock), not a forged answer: a bad signature on an answer is a
-    :class:`~shim.errors.SignatureError` and never counts here.
+    :class:`~shim._errors.SignatureError` and never counts here.
     """
     return (
         isinstance(error, UpstreamError)

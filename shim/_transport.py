@@ -23,7 +23,7 @@ Bounds every exchange keeps, whatever the peer does:
 - **Admission.** At most ``[upstream] max_in_flight`` exchanges run at once per shim; beyond
   that an exchange waits for a slot within its deadline, then fails as ``overload``. Local
   congestion (this wait, httpx pool timeouts) is reported as ``overload`` and a closed shim
-  as ``closed``: the flow turns both into :class:`~shim.errors.LocalError`, which never
+  as ``closed``: the flow turns both into :class:`~shim._errors.LocalError`, which never
   counts against a circuit breaker.
 """
 
@@ -49,8 +49,8 @@ from typing import Any
 import httpcore
 import httpx
 
-from shim.flow import Flow, HttpRequest, HttpResponse, Sleep, T, TransportFailure
-from shim.wire import parse_uint
+from shim._flow import Flow, HttpRequest, HttpResponse, Sleep, T, TransportFailure
+from shim._wire import parse_uint
 
 __all__ = [
     "MAX_ENCODINGS",

@@ -3,7 +3,7 @@
 A flow yields :class:`HttpRequest` (the driver answers with an :class:`HttpResponse` or a
 :class:`TransportFailure`) or :class:`Sleep` (the driver sleeps and answers ``None``), and
 finally returns its result. All logic — signing, verification, parsing, mapping, retries,
-circuit breaking and fallback — lives here; ``shim.transport`` holds the two small drivers
+circuit breaking and fallback — lives here; ``shim._transport`` holds the two small drivers
 (sync and async) that only do I/O, so the twins cannot drift.
 """
 
@@ -16,9 +16,10 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
-from shim import v2, v3
-from shim.config import MerchantConfig, ShimConfig
-from shim.errors import (
+from shim import _v2 as v2
+from shim import _v3 as v3
+from shim._config import MerchantConfig, ShimConfig
+from shim._errors import (
     ClosedError,
     ConfigError,
     LocalError,
@@ -27,9 +28,9 @@ from shim.errors import (
     ShimError,
     UpstreamError,
 )
-from shim.flatxml import read_flat
-from shim.mapping import MappingTable, map_error, map_success
-from shim.policy import (
+from shim._flatxml import read_flat
+from shim._mapping import MappingTable, map_error, map_success
+from shim._policy import (
     CircuitBreaker,
     FallbackCause,
     backoff_delay,
@@ -37,7 +38,7 @@ from shim.policy import (
     fallback_target,
     should_retry,
 )
-from shim.routing import Decision
+from shim._routing import Decision
 
 __all__ = [
     "CallContext",
@@ -462,10 +463,10 @@ def call_flow(
 ) -> Flow[CallOutcome]:
     """Serve a call on ``decision.serve``; fall back to the other route when the policy says so.
 
-    :func:`shim.policy.fallback_target` decides once, before any I/O, whether a fallback is
+    :func:`shim._policy.fallback_target` decides once, before any I/O, whether a fallback is
     possible; only then does the serving route stop early enough to leave the fallback
     ``min(timeout_s, budget_s / 2)`` of the call's budget (under the kill switch, for
-    example, the serving route keeps the whole budget). :func:`shim.policy.fallback_cause`
+    example, the serving route keeps the whole budget). :func:`shim._policy.fallback_cause`
     then says whether the serving route's failure lets the call fall back.
     """
     target = fallback_target(ctx.config.routing, decision, v3_available=can_serve("v3"))

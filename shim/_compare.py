@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TextIO
 
-from shim.errors import (
+from shim._errors import (
     ConfigError,
     InputError,
     MappingError,
@@ -49,14 +49,14 @@ from shim.errors import (
     SignatureError,
     UpstreamError,
 )
-from shim.shadow import FieldDiff, diff_answers
+from shim._shadow import FieldDiff, diff_answers
 
 if TYPE_CHECKING:
     import httpx
 
-    from shim.config import MerchantConfig, ShimConfig
-    from shim.flow import RouteResult
-    from shim.mapping import MappingTable
+    from shim._config import MerchantConfig, ShimConfig
+    from shim._flow import RouteResult
+    from shim._mapping import MappingTable
 
 __all__ = [
     "EXIT_BELOW_THRESHOLD",
@@ -521,8 +521,8 @@ def run_compare(
     """Query every stock through both routes, classify, summarise and judge.
 
     Args:
-        query: ``query(route, stock_id)`` returns the route's :class:`~shim.flow.RouteResult`
-            or raises a :class:`~shim.errors.ShimError` (recorded for that stock and route).
+        query: ``query(route, stock_id)`` returns the route's :class:`~shim._flow.RouteResult`
+            or raises a :class:`~shim._errors.ShimError` (recorded for that stock and route).
             Other exceptions are bugs and propagate. Called from ``concurrency`` threads.
         stock_ids: the stocks; rows keep this order.
         ignore: v2 fields left out of the diff (``nonce_str``, ``sign``).
@@ -606,7 +606,7 @@ class Comparer:
     ) -> None:
         import httpx
 
-        from shim.mapping import load_mapping
+        from shim._mapping import load_mapping
 
         self.config = config
         where = f" in {config.source.name}" if config.source else ""
@@ -639,7 +639,7 @@ class Comparer:
         Raises:
             InputError: the id is not a valid ``coupon_stock_id``.
         """
-        from shim import v2
+        from shim import _v2 as v2
 
         v2.validate_request(
             {"coupon_stock_id": stock_id, "appid": self.appid, "mch_id": self.merchant.mch_id}
@@ -647,10 +647,10 @@ class Comparer:
 
     def query(self, route: Route, stock_id: str) -> RouteResult:
         """One route for one stock (retries and budget as configured, a private breaker)."""
-        from shim import v2
-        from shim.flow import CallContext, route_flow
-        from shim.policy import CircuitBreaker
-        from shim.transport import run_sync
+        from shim import _v2 as v2
+        from shim._flow import CallContext, route_flow
+        from shim._policy import CircuitBreaker
+        from shim._transport import run_sync
 
         cfg = self.config
         request = v2.validate_request(
@@ -953,7 +953,7 @@ def command(
         return _fail(
             "needs the 'cli' extra for its tables: pip install 'coupon-shim[cli]'", EXIT_USAGE, err
         )
-    from shim.config import load_config
+    from shim._config import load_config
 
     try:
         ids_in = list(args.stock_ids)

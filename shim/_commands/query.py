@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from shim.commands import Command, ExitCode
+from shim._commands import Command, ExitCode
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,8 +23,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shim.client import CouponStockShim
-    from shim.observe import CallRecord, describe_route
+    from shim._client import CouponStockShim
+    from shim._observe import CallRecord, describe_route
 
     records: list[CallRecord] = []
     with CouponStockShim.from_file(args.config) as shim:

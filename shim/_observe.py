@@ -6,7 +6,7 @@ are never called from the flow. Two observers ship with the library:
 
 - :class:`EventSink` turns each record into the ``coupon_stock.query`` event (and each breaker
   change into a ``coupon_shim.circuit_breaker`` event) on the library's logger
-  (:mod:`shim.logs`: silent unless the application configures logging or structlog);
+  (:mod:`shim._logs`: silent unless the application configures logging or structlog);
 - :class:`shim.metrics.ShimMetrics` counts them in a Prometheus registry.
 
 Event schema of ``coupon_stock.query`` (one event per call; readers such as
@@ -64,15 +64,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from shim.errors import Route, ShimError, UpstreamError
-from shim.events import CREDENTIALS_REFUSED_EVENT, EVENT
-from shim.logs import LibraryLogger, get_logger
-from shim.policy import BreakerTransition, credentials_refused
-from shim.routing import Decision
-from shim.shadow import ShadowOutcome, error_kind_of
+from shim._errors import Route, ShimError, UpstreamError
+from shim._events import CREDENTIALS_REFUSED_EVENT, EVENT
+from shim._logs import LibraryLogger, get_logger
+from shim._policy import BreakerTransition, credentials_refused
+from shim._routing import Decision
+from shim._shadow import ShadowOutcome, error_kind_of
 
 if TYPE_CHECKING:
-    from shim.flow import CallOutcome
+    from shim._flow import CallOutcome
 
 __all__ = [
     "BREAKER_EVENT",
@@ -201,7 +201,7 @@ def describe_route(record: CallRecord) -> str:
 
 
 class EventSink:
-    """Logs records as events on the library's logger (see :mod:`shim.logs`)."""
+    """Logs records as events on the library's logger (see :mod:`shim._logs`)."""
 
     __slots__ = ("_log",)
 

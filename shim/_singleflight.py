@@ -20,7 +20,7 @@ Two groups, one per twin:
   and its followers run the call themselves: they get an answer or a typed error, never the
   leader's ``CancelledError``.
 
-Only :class:`~shim.errors.ShimError` outcomes are shared. A leader that ends any other way (a
+Only :class:`~shim._errors.ShimError` outcomes are shared. A leader that ends any other way (a
 bug, ``KeyboardInterrupt``) abandons the flight, and its followers run the call themselves.
 The groups hold only calls in flight, so their size is bounded by the calls in progress.
 """
@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from shim.errors import ShimError
+from shim._errors import ShimError
 
 __all__ = ["AsyncFlights", "FlightStats", "ThreadFlights"]
 

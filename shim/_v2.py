@@ -15,7 +15,7 @@ from typing import Any, Final, NamedTuple, TypeGuard
 from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
-from shim.errors import InputError, Route, SignatureError, UpstreamError
+from shim._errors import InputError, Route, SignatureError, UpstreamError
 
 __all__ = [
     "BOUND_FIELDS",

@@ -1,10 +1,10 @@
 """``coupon-shim compare``: both routes per stock, classified, with a verdict (see
-:mod:`shim.compare`, which holds the command's code)."""
+:mod:`shim._compare`, which holds the command's code)."""
 
 from __future__ import annotations
 
-from shim import compare
-from shim.commands import Command
+from shim import _compare as compare
+from shim._commands import Command
 
 COMMAND = Command(
     name="compare",

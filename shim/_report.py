@@ -5,7 +5,7 @@ stdlib-logging JSON; many files from many processes; ``.gz`` accepted; lines wit
 before the JSON object, as log shippers add, are read from the first ``{``) and/or
 ``compare --json`` documents, aggregates them (:class:`Aggregate`), judges readiness against
 :class:`Thresholds` (:func:`judge`) and writes one self-contained offline HTML file
-(:mod:`shim.report_html`, the ``report`` extra) plus a one-screen terminal summary (``rich``).
+(:mod:`shim._report_html`, the ``report`` extra) plus a one-screen terminal summary (``rich``).
 
 Only aggregates leave this module: counts by route, outcome, cause and field, latency
 percentiles, rates over time. No event's free text (error messages, request fields) is copied
@@ -800,7 +800,7 @@ def command(
     verdict = judge(agg, limits)
     out.write(render_summary(agg, verdict))
     if not args.no_html:
-        from shim.report_html import render_html
+        from shim._report_html import render_html
 
         html = render_html(agg, verdict, title=args.title, limits=limits)
         Path(args.output).write_text(html, encoding="utf-8")

@@ -6,7 +6,7 @@ The generated text sits between two markers in MIGRATION.md::
     ...
     <!-- END GENERATED: mapping tables -->
 
-Run ``python -m shim.migration_doc`` to rewrite it, ``python -m shim.migration_doc --check``
+Run ``python -m shim._migration_doc`` to rewrite it, ``python -m shim._migration_doc --check``
 in CI to fail on drift (also exposed as ``coupon-shim migration-doc``).
 """
 
@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from shim.errors import ConfigError, ShimError
-from shim.mapping import ErrorRule, FieldRule, MappingTable, load_mapping
+from shim._errors import ConfigError, ShimError
+from shim._mapping import ErrorRule, FieldRule, MappingTable, load_mapping
 
 __all__ = ["BEGIN_MARKER", "END_MARKER", "main", "render_tables", "sync_migration_md"]
 
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         0 when in sync (or updated), 1 when ``--check`` found a drift, 2 on errors.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m shim.migration_doc",
+        prog="python -m shim._migration_doc",
         description="Regenerate the mapping tables in MIGRATION.md from the mapping file.",
     )
     parser.add_argument(
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.check:
         print(
-            f"{args.file}: mapping tables are out of date; run python -m shim.migration_doc",
+            f"{args.file}: mapping tables are out of date; run python -m shim._migration_doc",
             file=sys.stderr,
         )
         return 1

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from shim import v2
-from shim.cache import AnswerCache, Entry
-from shim.config import LiveConfig, ShimConfig
-from shim.errors import ClosedError, InputError, Route, ShimError, UpstreamError
-from shim.flags import OpenFeatureRouteSource
-from shim.flow import (
+from shim import _v2 as v2
+from shim._cache import AnswerCache, Entry
+from shim._config import LiveConfig, ShimConfig
+from shim._errors import ClosedError, InputError, Route, ShimError, UpstreamError
+from shim._flags import OpenFeatureRouteSource
+from shim._flow import (
     CallContext,
     CallOutcome,
     Flow,
@@ -33,13 +33,12 @@ from shim.flow import (
     resign,
     route_flow,
 )
-from shim.mapping import MappingTable, load_mapping
-from shim.metrics import ShimMetrics, metrics_for
-from shim.observe import CallRecord, EventSink
-from shim.policy import BreakerTransition, CircuitBreaker
-from shim.redaction import scrubs_locals, scrubs_locals_async
-from shim.routing import Decision, decide, kill_switch_on, routing_key
-from shim.shadow import (
+from shim._mapping import MappingTable, load_mapping
+from shim._observe import CallRecord, EventSink
+from shim._policy import BreakerTransition, CircuitBreaker
+from shim._redaction import scrubs_locals, scrubs_locals_async
+from shim._routing import Decision, decide, kill_switch_on, routing_key
+from shim._shadow import (
     AsyncShadowRunner,
     ShadowOutcome,
     ShadowStats,
@@ -47,8 +46,8 @@ from shim.shadow import (
     ThreadShadowRunner,
     compare_answers,
 )
-from shim.singleflight import AsyncFlights, ThreadFlights
-from shim.transport import (
+from shim._singleflight import AsyncFlights, ThreadFlights
+from shim._transport import (
     Admission,
     AsyncAdmission,
     DeadlineTransport,
@@ -56,6 +55,7 @@ from shim.transport import (
     run_async,
     run_sync,
 )
+from shim.metrics import ShimMetrics, metrics_for
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -143,7 +143,7 @@ class _ShimCore:
         self._mapping: tuple[ShimConfig, MappingTable] | None = None
         self._stats = ShadowStats()
         # Observers of call records and breaker changes: events always, metrics when
-        # prometheus_client is installed (see shim.observe, shim.metrics).
+        # prometheus_client is installed (see shim._observe, shim.metrics).
         self._events = EventSink(logger)
         self._metrics: ShimMetrics | None = metrics_for(registry) if metrics else None
         self._observers: tuple[CallObserver, ...] = ()
@@ -156,7 +156,7 @@ class _ShimCore:
         self._closed = False
 
     def subscribe(self, observer: Callable[[CallRecord], None]) -> None:
-        """Call ``observer`` with the :class:`~shim.observe.CallRecord` of every finished call.
+        """Call ``observer`` with the :class:`~shim._observe.CallRecord` of every finished call.
 
         It runs on the thread (or task) that finished the call; its exceptions are swallowed.
         """
@@ -710,7 +710,7 @@ class CouponStockShim(_ShimCore):
         Each comparison ends by its own ``[shadow] timeout_s`` (from its submission), so
         this returns within about that long; a comparison it still cuts is counted as
         dropped. Calls still running when the client closes end with
-        :class:`~shim.errors.ClosedError`; later calls raise it at once. Closing never
+        :class:`~shim._errors.ClosedError`; later calls raise it at once. Closing never
         counts against a circuit breaker. A client you passed in is not closed.
         """
         if self._pid != _PID:
@@ -889,7 +889,7 @@ class AsyncCouponStockShim(_ShimCore):
 
         Each comparison ends by its own ``[shadow] timeout_s``, so this returns within about
         that long. Calls still running when the client closes end with
-        :class:`~shim.errors.ClosedError`; later calls raise it at once. Closing never
+        :class:`~shim._errors.ClosedError`; later calls raise it at once. Closing never
         counts against a circuit breaker. A client you passed in is not closed.
         """
         if self._pid != _PID:

@@ -39,12 +39,12 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from shim.changes import config_changes
-from shim.errors import ConfigError, InputError
-from shim.logs import get_logger
-from shim.mapping import MappingTable, load_mapping
-from shim.redaction import scrubs_locals
-from shim.routing import (
+from shim._changes import config_changes
+from shim._errors import ConfigError, InputError
+from shim._logs import get_logger
+from shim._mapping import MappingTable, load_mapping
+from shim._redaction import scrubs_locals
+from shim._routing import (
     DEFAULT_ROUTING,
     DEFAULT_SHADOW,
     RoutingConfig,

@@ -1,8 +1,8 @@
 """The one home of secret detection: which names are secret, what text looks secret, and how
 any value (strings, bytes, containers, objects whose ``repr`` carries a secret) is redacted.
 
-Used by the structlog processor (:func:`shim.events.redact_secrets`), by shadow diffs
-(:func:`shim.shadow.is_secret_field`) and by every ``repr`` that could otherwise show a key, a
+Used by the structlog processor (:func:`shim._events.redact_secrets`), by shadow diffs
+(:func:`shim._shadow.is_secret_field`) and by every ``repr`` that could otherwise show a key, a
 signature or an ``Authorization`` header. Pure: no I/O, no logging.
 """
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shim.commands import Command, ExitCode
+from shim._commands import Command, ExitCode
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,8 +27,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shim.mapping import load_mapping
-    from shim.migration_doc import sync_migration_md
+    from shim._mapping import load_mapping
+    from shim._migration_doc import sync_migration_md
 
     path = Path(args.file)
     table = load_mapping(Path(args.mappings) if args.mappings else None)

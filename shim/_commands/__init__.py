@@ -4,7 +4,7 @@ A subcommand module defines one :class:`Command` named ``COMMAND`` and is listed
 :data:`shim.cli.COMMANDS`; the CLI builds its parser, adds the global options to it (so they
 work before or after the subcommand), runs it and turns its errors into one line and an exit
 code (:class:`ExitCode`). A command returns an exit code; it raises :class:`CommandError` (or a
-:class:`~shim.errors.ShimError`) for anything the user must fix, never prints a traceback.
+:class:`~shim._errors.ShimError`) for anything the user must fix, never prints a traceback.
 
 Every option needs a ``help`` text (``tests/test_cli_conventions.py`` checks each one).
 """

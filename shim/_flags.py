@@ -5,7 +5,7 @@ whose value is one of ``legacy``, ``shadow``, ``canary`` or ``v3``. Each evaluat
 an :class:`openfeature.evaluation_context.EvaluationContext` with the routing key as
 ``targeting_key`` and ``mch_id`` / ``coupon_stock_id`` as attributes, so flagd, Unleash or
 LaunchDarkly rules can target merchants and stocks. The value is passed to
-:func:`shim.routing.decide` as ``flag_mode``; kill switch and force lists still win.
+:func:`shim._routing.decide` as ``flag_mode``; kill switch and force lists still win.
 
 A flag evaluation never breaks a call: an evaluation error or a value that is not a mode gives
 ``None`` (the config file decides) and is counted in :attr:`OpenFeatureRouteSource.errors`.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
-from shim.errors import ConfigError
-from shim.routing import Mode, parse_mode
+from shim._errors import ConfigError
+from shim._routing import Mode, parse_mode
 
 if TYPE_CHECKING:
     from openfeature.client import OpenFeatureClient

@@ -19,10 +19,10 @@ import json
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
-from shim.events import redact_text
+from shim._events import redact_text
 
 if TYPE_CHECKING:
-    from shim.report import Aggregate, ReportVerdict, Thresholds
+    from shim._report import Aggregate, ReportVerdict, Thresholds
 
 __all__ = ["CHART_IDS", "render_html"]
 

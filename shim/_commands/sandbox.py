@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from shim.commands import Command, CommandError, ExitCode
+from shim._commands import Command, CommandError, ExitCode
 
 DEFAULT_STATE_DIR = ".coupon-shim-sandbox"
 

@@ -14,9 +14,9 @@ from urllib.parse import quote
 
 from wechatpayv3.utils import rsa_sign, rsa_verify
 
-from shim.config import V3Credentials
-from shim.errors import InputError, SignatureError, UpstreamError
-from shim.wire import ascii_token, parse_uint
+from shim._config import V3Credentials
+from shim._errors import InputError, SignatureError, UpstreamError
+from shim._wire import ascii_token, parse_uint
 
 __all__ = [
     "FRESHNESS_S",

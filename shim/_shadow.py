@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
-from shim.errors import (
+from shim._errors import (
     ConfigError,
     InputError,
     MappingError,
@@ -47,8 +47,8 @@ from shim.errors import (
     SignatureError,
     UpstreamError,
 )
-from shim.redaction import REDACTED, is_secret_name
-from shim.routing import ShadowConfig
+from shim._redaction import REDACTED, is_secret_name
+from shim._routing import ShadowConfig
 
 __all__ = [
     "REDACTED",
@@ -71,7 +71,7 @@ OutcomeKind = Literal["match", "mismatch", "error", "dropped", "sampled_out"]
 
 def is_secret_field(name: str) -> bool:
     """True for fields whose values must never be shown: ``sign`` and key/secret-like names
-    (one rule for the whole shim: :func:`shim.redaction.is_secret_name`)."""
+    (one rule for the whole shim: :func:`shim._redaction.is_secret_name`)."""
     return is_secret_name(name)
 
 

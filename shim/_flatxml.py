@@ -6,7 +6,7 @@ that shape with a few regular expressions costs a fraction of a full XML parse w
 callback per element, which was most of the legacy route's CPU.
 
 :func:`read_flat` accepts only a strict subset of XML and returns ``None`` for anything else,
-so the full parser (:func:`shim.v2.parse_xml`) decides every other document, with all its
+so the full parser (:func:`shim._v2.parse_xml`) decides every other document, with all its
 checks. The subset: UTF-8 without a byte-order mark or XML declaration; nothing but XML
 whitespace (space, tab, LF; no CR, whose line-end normalisation the parser would apply) around
 the elements; ASCII element names; no attributes, comments, processing instructions, DOCTYPE,
