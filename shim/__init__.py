@@ -36,7 +36,7 @@ from shim._errors import (
     SignatureError,
     UpstreamError,
 )
-from shim._events import redact_secrets
+from shim._redaction import redact_secrets
 from shim._shadow import ShadowTotals
 
 __version__ = "0.1.0"

@@ -64,7 +64,6 @@ __all__ = ["AsyncCouponStockShim", "CouponStockShim"]
 
 CallObserver = Callable[[CallRecord], None]
 _IGNORED_PAYLOAD_KEYS = frozenset({"nonce_str", "sign", "sign_type"})
-_NO_V3 = "no_v3_credentials"
 _REQUEST_FIELD_SET = frozenset(v2.REQUEST_FIELDS)
 _MEMO_SIZE = 4096
 DEFAULT_LIMITS = httpx.Limits(
@@ -124,7 +123,6 @@ class _ShimCore:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         nonce: Callable[[], str] = new_nonce,
-        logger: Any = None,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
     ) -> None:
@@ -144,7 +142,7 @@ class _ShimCore:
         self._stats = ShadowStats()
         # Observers of call records and breaker changes: events always, metrics when
         # prometheus_client is installed (see shim._observe, shim.metrics).
-        self._events = EventSink(logger)
+        self._events = EventSink()
         self._metrics: ShimMetrics | None = metrics_for(registry) if metrics else None
         self._observers: tuple[CallObserver, ...] = ()
         self._cache = AnswerCache(self._live.current().cache.max_entries)
@@ -304,13 +302,12 @@ class _ShimCore:
                 mch_id=request.mch_id,
                 coupon_stock_id=request.coupon_stock_id,
                 kill_switch=kill_switch_on(routing, self._env),
+                v3_available=merchant.v3 is not None,
                 bucket_by=merchant.bucket_by,
                 flag_mode=self._flag_mode(
                     snapshot, request.mch_id, request.coupon_stock_id, bucket_by
                 ),
             )
-            if merchant.v3 is None and (decision.serve == "v3" or decision.shadow == "v3"):
-                decision = Decision("legacy", None, _NO_V3, decision.bucket)
         ctx = CallContext(
             config=snapshot,
             merchant=merchant,
@@ -381,10 +378,7 @@ class _ShimCore:
         )
 
     def _flow(self, call: _Call) -> Flow[CallOutcome]:
-        merchant = call.ctx.merchant
-        return call_flow(
-            call.ctx, call.decision, can_serve=lambda r: r == "legacy" or merchant.v3 is not None
-        )
+        return call_flow(call.ctx, call.decision)
 
     def _shadow_ctx(self, call: _Call, submitted: float) -> CallContext:
         snap = call.ctx.config

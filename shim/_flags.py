@@ -120,16 +120,3 @@ class OpenFeatureRouteSource:
             self._count_failure()
             return None
         return self._interpret(details)
-
-    async def mode_for_async(
-        self, mch_id: str, coupon_stock_id: str, routing_key: str
-    ) -> Mode | None:
-        """The async twin of :meth:`mode_for` (uses the provider's async resolver)."""
-        try:
-            details = await self._client.get_string_details_async(
-                self.flag_key, "", self._context(mch_id, coupon_stock_id, routing_key)
-            )
-        except Exception:
-            self._count_failure()
-            return None
-        return self._interpret(details)

@@ -38,9 +38,8 @@ from shim._errors import (
     SignatureError,
     UpstreamError,
 )
-from shim._events import redact_text
 from shim._mapping import default_mapping_dir
-from shim._redaction import REDACTED, is_secret_name, redact_value
+from shim._redaction import REDACTED, is_secret_name, redact_text, redact_value
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 from tests.test_no_secrets import RecordingTransport, static_secrets

@@ -132,15 +132,6 @@ def test_explicit_client_and_domain() -> None:
     assert _mode(OpenFeatureRouteSource(), "M_OTHER") == "legacy"
 
 
-async def test_async_mode_for() -> None:
-    """The async twin evaluates through the provider's async resolver with the same outcome."""
-    source = OpenFeatureRouteSource()
-    assert await source.mode_for_async("M_V3", "1", "M_V3:1") == "v3"
-    assert await source.mode_for_async("M_BAD", "1", "M_BAD:1") is None
-    assert await source.mode_for_async("M_BOOM", "1", "M_BOOM:1") is None
-    assert (source.evaluations, source.errors, source.invalid) == (3, 2, 1)
-
-
 def test_missing_sdk_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without openfeature-sdk the source raises ConfigError telling how to install the extra."""
     monkeypatch.setitem(sys.modules, "openfeature", None)
