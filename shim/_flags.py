@@ -19,12 +19,12 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from shim._errors import ConfigError
-from shim._routing import Mode, parse_mode
+from shim._routing import Mode, RoutingConfig, parse_mode, routing_key
 
 if TYPE_CHECKING:
     from openfeature.client import OpenFeatureClient
 
-__all__ = ["DEFAULT_FLAG_KEY", "OpenFeatureRouteSource"]
+__all__ = ["DEFAULT_FLAG_KEY", "OpenFeatureRouteSource", "RouteFlags"]
 
 DEFAULT_FLAG_KEY: Final = "coupon-shim-route"
 _INSTALL_HINT: Final = (
@@ -120,3 +120,50 @@ class OpenFeatureRouteSource:
             self._count_failure()
             return None
         return self._interpret(details)
+
+
+class RouteFlags:
+    """One shim's flag source, through its lifecycle.
+
+    With ``routing.flag_source = "openfeature"`` each call asks the source for its mode. A
+    source passed to the shim is used as it is; otherwise the shim builds its own on first
+    use (reading ``routing.openfeature_flag``), and a reload that names another flag drops
+    it, so the next call builds one that reads the new flag. With any other ``flag_source``
+    the config decides and no source is asked (nor built).
+
+    Args:
+        source: the application's source, or None to build one when needed.
+    """
+
+    __slots__ = ("_owned", "_source")
+
+    def __init__(self, source: OpenFeatureRouteSource | None = None) -> None:
+        self._source = source
+        self._owned = source is None
+
+    @property
+    def source(self) -> OpenFeatureRouteSource | None:
+        """The source in use (None until a call needed one the shim builds itself)."""
+        return self._source
+
+    def mode_for(
+        self, routing: RoutingConfig, mch_id: str, coupon_stock_id: str, bucket_by: str
+    ) -> Mode | None:
+        """The flag's mode for one call, or None (no flag source configured, or no valid mode).
+
+        Raises:
+            ConfigError: the source must be built and ``openfeature-sdk`` is not installed.
+        """
+        if routing.flag_source != "openfeature":
+            return None
+        source = self._source
+        if source is None:
+            source = self._source = OpenFeatureRouteSource(flag_key=routing.openfeature_flag)
+        key = routing_key(bucket_by, mch_id, coupon_stock_id)
+        return source.mode_for(mch_id, coupon_stock_id, key)
+
+    def reconfigure(self, routing: RoutingConfig) -> None:
+        """Follow a reloaded ``[routing]``: a source the shim built for another flag goes."""
+        source = self._source
+        if self._owned and source is not None and source.flag_key != routing.openfeature_flag:
+            self._source = None

@@ -139,3 +139,29 @@ def test_missing_sdk_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None
         OpenFeatureRouteSource()
     assert "pip install 'coupon-shim[openfeature]'" in str(ei.value)
     assert ei.value.key == "routing.flag_source"
+
+
+def test_route_flags_lifecycle() -> None:
+    """RouteFlags builds its own source only when the config asks for OpenFeature, follows a
+    reloaded flag key by dropping the source it built, and never replaces the caller's."""
+    from shim._flags import RouteFlags
+
+    config = RoutingConfig()
+    openfeature = RoutingConfig(flag_source="openfeature")
+    other_flag = RoutingConfig(flag_source="openfeature", openfeature_flag="other-flag")
+    own = RouteFlags()
+    assert own.mode_for(config, "M_V3", "1", "mch_id") is None and own.source is None
+    assert own.mode_for(openfeature, "M_V3", "1", "mch_id") == "v3"
+    built = own.source
+    assert built is not None and built.flag_key == FLAG
+    own.reconfigure(openfeature)
+    assert own.source is built  # same flag: kept
+    own.reconfigure(other_flag)
+    assert own.source is None  # another flag: the next call builds a source for it
+    assert own.mode_for(other_flag, "M_V3", "1", "mch_id") is None  # no such flag: config
+    assert own.source is not None and own.source.flag_key == "other-flag"
+    given = OpenFeatureRouteSource()
+    theirs = RouteFlags(given)
+    theirs.reconfigure(other_flag)
+    assert theirs.source is given
+    assert theirs.mode_for(other_flag, "M_V3", "1", "mch_id") == "v3"  # reads its own flag
