@@ -1,8 +1,10 @@
 """The facades: the v2 call signature, sync and async, over one flow.
 
-``CouponStockShim`` and ``AsyncCouponStockShim`` share :class:`_ShimCore`, which validates
-the call, picks the merchant, decides the route and builds the flow; the twins differ only in
-the driver they run it with and the shadow runner they hand comparisons to.
+``CouponStockShim`` and ``AsyncCouponStockShim`` share :class:`_ShimCore`: the wiring of the
+parts (each idea in its own module) and every decision of serving a call (cache, single-flight,
+settlement, shadow hand-off). The twins differ only in their I/O: the driver that runs the
+sans-IO flow, the httpx client, the admission gate, the single-flight group and the shadow
+runner of their kind.
 """
 
 from __future__ import annotations
@@ -240,7 +242,9 @@ class _ShimCore:
         for breaker in kept:
             breaker.reconfigure(new.breaker)  # the others follow the reloaded settings
         self._shadows.reconfigure(new.shadow)
-        self._gate.limit = new.upstream.max_in_flight
+        gate = getattr(self, "_gate", None)  # (None while the twin is still being built)
+        if gate is not None:
+            gate.limit = new.upstream.max_in_flight
         self._flags.reconfigure(new.routing)
         # Cached answers were verified and mapped under the old snapshot: start afresh.
         self._cache.resize(new.cache.max_entries)
