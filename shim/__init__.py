@@ -18,7 +18,6 @@ wechatpy users change only their import: ``from shim.compat.wechatpy import WeCh
 """
 
 from shim._client import AsyncCouponStockShim, CouponStockShim
-from shim._config import LiveConfig, ShimConfig, load_config
 from shim._default import (
     aquery_coupon_stock,
     close_default_shims,
@@ -37,7 +36,10 @@ from shim._errors import (
     UpstreamError,
 )
 from shim._events import redact_secrets
+from shim._live import LiveConfig
+from shim._loader import load_config
 from shim._shadow import ShadowTotals
+from shim._values import ShimConfig
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from shim._errors import ConfigError
-from shim._routing import Mode, parse_mode
+from shim._routing import parse_mode
+from shim._values import Mode
 
 if TYPE_CHECKING:
     from openfeature.client import OpenFeatureClient

@@ -18,7 +18,6 @@ from typing import Literal, TypeVar
 
 from shim import _v2 as v2
 from shim import _v3 as v3
-from shim._config import MerchantConfig, ShimConfig
 from shim._errors import (
     ClosedError,
     ConfigError,
@@ -39,6 +38,7 @@ from shim._policy import (
     should_retry,
 )
 from shim._routing import Decision
+from shim._values import MerchantConfig, ShimConfig
 
 __all__ = [
     "CallContext",
