@@ -56,7 +56,7 @@ import shim._client
 import shim._v3
 from shim import AsyncCouponStockShim, CouponStockShim
 from shim._events import configure_cli_logging
-from shim._flow import HttpRequest, HttpResponse
+from shim._flow import HttpRequest, HttpResponse, header_map
 from shim._loader import load_config
 from shim._transport import DeadlineTransport
 from shim._values import ShimConfig
@@ -707,7 +707,9 @@ def canned_network(env: Env) -> Iterator[Callable[[], None]]:
                         resp = c.request(
                             step.method, step.url, headers=step.headers, content=step.body
                         )
-                    canned[step.route] = HttpResponse(resp.status_code, resp.headers, resp.content)
+                    canned[step.route] = HttpResponse(
+                        resp.status_code, header_map(resp.headers.multi_items()), resp.content
+                    )
                 step = flow.send(canned[step.route])
         except StopIteration as done:
             return done.value

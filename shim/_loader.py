@@ -23,7 +23,7 @@ from shim._environ import apply_env_overrides
 from shim._errors import ConfigError
 from shim._mapping import load_mapping
 from shim._redaction import scrubs_locals
-from shim._secrets import resolve_merchant
+from shim._secrets import resolve_merchant, resolve_path
 from shim._toml import ConfigDocument, decode_toml, parse_document
 from shim._values import MerchantConfig, ShimConfig
 
@@ -41,10 +41,13 @@ def build_config(doc: ConfigDocument, *, base_dir: Path, env: Mapping[str, str])
     """
     source = doc.source
     routing = apply_env_overrides(doc.routing, env)
-    if doc.mapping_dir is not None and not doc.mapping_dir.is_dir():
-        raise ConfigError(
-            f"folder {doc.mapping_dir_raw!r} does not exist", source=source, key="mapping.dir"
-        )
+    mapping_dir: Path | None = None
+    if doc.mapping_dir:
+        mapping_dir = resolve_path(doc.mapping_dir, base_dir)
+        if not mapping_dir.is_dir():
+            raise ConfigError(
+                f"folder {doc.mapping_dir!r} does not exist", source=source, key="mapping.dir"
+            )
     merchants: dict[str, MerchantConfig] = {}
     reads: dict[str, str] = {}  # file: references, read once per load
     for mch_id, draft in doc.merchants.items():
@@ -57,7 +60,7 @@ def build_config(doc: ConfigDocument, *, base_dir: Path, env: Mapping[str, str])
         breaker=doc.breaker,
         routing=routing,
         shadow=doc.shadow,
-        mapping_dir=doc.mapping_dir,
+        mapping_dir=mapping_dir,
         reload_interval_s=doc.reload_interval_s,
         merchants=MappingProxyType(merchants),
         source=doc.path,
@@ -103,7 +106,7 @@ def parse_config(
         ConfigError: anything is wrong; the message names the file and the key.
     """
     base_dir = base_dir or Path.cwd()
-    doc = parse_document(data, source=source, base_dir=base_dir, path=path)
+    doc = parse_document(data, source=source, path=path)
     return build_config(doc, base_dir=base_dir, env=os.environ if env is None else env)
 
 

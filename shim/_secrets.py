@@ -33,7 +33,7 @@ from shim._errors import ConfigError
 from shim._toml import MerchantDraft
 from shim._values import V2_KEY_LENGTH, MerchantConfig, Secret, V3Credentials
 
-__all__ = ["LiteralSecretWarning", "resolve_merchant", "resolve_ref"]
+__all__ = ["LiteralSecretWarning", "resolve_merchant", "resolve_path", "resolve_ref"]
 
 
 class LiteralSecretWarning(UserWarning):
@@ -231,6 +231,12 @@ def load_platform_certs(folder: Path, *, source: str, key: str) -> dict[str, RSA
     return found
 
 
+def resolve_path(raw: str, base_dir: Path) -> Path:
+    """A folder or file the config names: ``~`` expanded, relative to ``base_dir``."""
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
 def resolve_merchant(
     draft: MerchantDraft,
     *,
@@ -279,10 +285,12 @@ def resolve_merchant(
             verifiers[draft.wechatpay_public_key_id] = load_public_key(
                 pub[0], source=source, key=draft.key("wechatpay_public_key")
             )
-        if draft.platform_cert_dir is not None:
+        if draft.platform_cert_dir:
             verifiers.update(
                 load_platform_certs(
-                    draft.platform_cert_dir, source=source, key=draft.key("platform_cert_dir")
+                    resolve_path(draft.platform_cert_dir, base_dir),
+                    source=source,
+                    key=draft.key("platform_cert_dir"),
                 )
             )
         v3 = V3Credentials(

@@ -3,9 +3,9 @@
 :func:`parse_document` checks every table and key of a decoded document and returns a
 :class:`ConfigDocument`: the finished values for everything that needs no I/O, and for each
 merchant a :class:`MerchantDraft` whose secrets are still references (``env:NAME``,
-``file:PATH`` or a literal) and whose folders are paths not yet looked at. The loader
+``file:PATH`` or a literal) and whose folders are still the text the file holds. The loader
 (``_loader``) resolves those with ``_secrets`` and reads the mapping; this module never
-touches a file, the environment or a key.
+touches a file, the environment or a key (not even ``~`` in a path is expanded here).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from shim._errors import ConfigError
 from shim._validate import (
@@ -52,6 +51,9 @@ from shim._values import (
     SingleFlightConfig,
     UpstreamConfig,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -198,8 +200,8 @@ class MerchantDraft:
     """A merchant table checked for shape; its secrets are still references.
 
     ``*_ref`` fields hold what the file says (``env:NAME``, ``file:PATH`` or, discouraged, the
-    secret itself), so the repr shows only which keys are set. ``platform_cert_dir`` is
-    resolved against the config file's folder but not looked at yet.
+    secret itself), so the repr shows only which keys are set. ``platform_cert_dir`` is the
+    folder as written (``""``: none), resolved against the config file's folder by the loader.
     """
 
     mch_id: str
@@ -211,7 +213,7 @@ class MerchantDraft:
     v3_cert_serial: str
     wechatpay_public_key_ref: str | None
     wechatpay_public_key_id: str
-    platform_cert_dir: Path | None
+    platform_cert_dir: str
     stock_creator_mchid: str | None
     stock_creator_mchids: Mapping[str, str]
     bucket_by: str | None
@@ -224,9 +226,7 @@ class MerchantDraft:
         return f"MerchantDraft(mch_id={self.mch_id!r}, v3={self.v3_private_key_ref is not None})"
 
 
-def _parse_merchant(
-    mch_id: str, table: Mapping[str, Any], *, base_dir: Path, source: str
-) -> MerchantDraft:
+def _parse_merchant(mch_id: str, table: Mapping[str, Any], *, source: str) -> MerchantDraft:
     prefix = f'merchants."{mch_id}"'
     if not mch_id or len(mch_id) > 32 or not mch_id.isascii() or not mch_id.isalnum():
         raise ConfigError(
@@ -244,12 +244,7 @@ def _parse_merchant(
     serial = r.text("v3_cert_serial", "")
     pub = r.text("wechatpay_public_key", "") or None
     pub_id = r.text("wechatpay_public_key_id", "")
-    cert_dir_raw = r.text("platform_cert_dir", "")
-    cert_dir: Path | None = None
-    if cert_dir_raw:
-        cert_dir = Path(cert_dir_raw).expanduser()
-        if not cert_dir.is_absolute():
-            cert_dir = base_dir / cert_dir
+    cert_dir = r.text("platform_cert_dir", "")
     if private is not None:
         if not serial:
             raise r.error("v3_cert_serial", "is required when v3_private_key is set")
@@ -258,13 +253,13 @@ def _parse_merchant(
                 "wechatpay_public_key_id",
                 'is required with wechatpay_public_key ("PUB_KEY_ID_…")',
             )
-        if pub is None and cert_dir is None:
+        if pub is None and not cert_dir:
             raise r.error(
                 "wechatpay_public_key",
                 "v3 needs a WeChat Pay public key (wechatpay_public_key + wechatpay_public_key_id) "
                 "or platform_cert_dir to verify answers",
             )
-    elif pub is not None or cert_dir is not None:
+    elif pub is not None or cert_dir:
         raise r.error("v3_private_key", "is required when WeChat Pay keys are configured")
 
     creator = r.text("stock_creator_mchid", "") or None
@@ -303,7 +298,7 @@ class ConfigDocument:
     """A validated config document: finished values, merchants as drafts.
 
     ``routing`` is the file's table as written (environment overrides are applied by the
-    loader); ``mapping_dir`` is resolved against the file's folder but not looked at yet.
+    loader); ``mapping_dir`` is the folder as written (``""``: the packaged mapping).
     """
 
     source: str
@@ -313,8 +308,7 @@ class ConfigDocument:
     breaker: BreakerConfig
     routing: RoutingConfig
     shadow: ShadowConfig
-    mapping_dir: Path | None
-    mapping_dir_raw: str
+    mapping_dir: str
     reload_interval_s: float
     cache: CacheConfig
     single_flight: SingleFlightConfig
@@ -322,14 +316,13 @@ class ConfigDocument:
 
 
 def parse_document(
-    data: Mapping[str, Any], *, source: str, base_dir: Path, path: Path | None = None
+    data: Mapping[str, Any], *, source: str, path: Path | None = None
 ) -> ConfigDocument:
     """Validate a decoded config document (no I/O).
 
     Args:
         data: the decoded TOML document.
         source: how errors name the file.
-        base_dir: the folder relative paths resolve against (path arithmetic only).
         path: the file the data came from, if any.
 
     Raises:
@@ -382,13 +375,8 @@ def parse_document(
     shadow = parse_shadow(sub_table(data, "shadow", source), source=source)
 
     m = Table(sub_table(data, "mapping", source), "mapping", source)
-    mapping_dir_raw = m.text("dir", "")
+    mapping_dir = m.text("dir", "")
     m.finish()
-    mapping_dir: Path | None = None
-    if mapping_dir_raw:
-        mapping_dir = Path(mapping_dir_raw).expanduser()
-        if not mapping_dir.is_absolute():
-            mapping_dir = base_dir / mapping_dir
 
     rl = Table(sub_table(data, "reload", source), "reload", source)
     reload_interval = rl.number(
@@ -412,7 +400,7 @@ def parse_document(
     for mch_id, table in sub_table(data, "merchants", source).items():
         if not isinstance(table, Mapping):
             raise ConfigError("must be a table", source=source, key=f'merchants."{mch_id}"')
-        merchants[mch_id] = _parse_merchant(mch_id, table, base_dir=base_dir, source=source)
+        merchants[mch_id] = _parse_merchant(mch_id, table, source=source)
 
     return ConfigDocument(
         source=source,
@@ -423,7 +411,6 @@ def parse_document(
         routing=routing,
         shadow=shadow,
         mapping_dir=mapping_dir,
-        mapping_dir_raw=mapping_dir_raw,
         reload_interval_s=reload_interval,
         cache=cache,
         single_flight=single_flight,

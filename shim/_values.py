@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, Literal, get_args
 
@@ -31,6 +30,8 @@ from shim._validate import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from shim._mapping import MappingTable
 
 __all__ = [
