@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_CACHE",
     "DEFAULT_FLAG_KEY",
     "DEFAULT_KILL_SWITCH_ENV",
+    "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_RELOAD_INTERVAL_S",
     "DEFAULT_RETRY",
     "DEFAULT_ROUTING",
@@ -95,6 +96,8 @@ DEFAULT_KILL_SWITCH_ENV: Final = "COUPON_SHIM_KILL_SWITCH"
 DEFAULT_FLAG_KEY: Final = "coupon-shim-route"
 #: How often a live config looks for a changed file (``[reload] check_interval_s``).
 DEFAULT_RELOAD_INTERVAL_S: Final = 2.0
+#: The largest answer body read (``[upstream] max_body_bytes``).
+DEFAULT_MAX_BODY_BYTES: Final = 1_048_576
 #: A v2 API key is 32 characters (set in the WeChat Pay merchant platform).
 V2_KEY_LENGTH: Final = 32
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -134,7 +137,7 @@ class UpstreamConfig:
     timeout_s: float = 5.0
     connect_timeout_s: float = 2.0
     budget_s: float = 10.0
-    max_body_bytes: int = 1_048_576
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     #: HTTP exchanges one shim runs at once (both routes, shadow jobs included); beyond it a
     #: call waits within its budget, then fails with OverloadError.
     max_in_flight: int = 32

@@ -170,6 +170,7 @@ def check_config(
     from shim._loader import load_config
     from shim._mapping import load_mapping
     from shim._secrets import LiteralSecretWarning
+    from shim._values import ENV_CANARY_PERCENT, ENV_MODE
 
     env = os.environ if env is None else env
     with warnings.catch_warnings(record=True) as caught:
@@ -179,9 +180,7 @@ def check_config(
     table = cfg.mapping or load_mapping(cfg.mapping_dir)
     r = cfg.routing
     kill = kill_switch_on(r, env)
-    overrides = {
-        k: env[k] for k in ("COUPON_SHIM_MODE", "COUPON_SHIM_CANARY_PERCENT") if env.get(k)
-    }
+    overrides = {k: env[k] for k in (ENV_MODE, ENV_CANARY_PERCENT) if env.get(k)}
     up = cfg.upstream
     for name in ("v2_base_url", "v3_base_url"):
         found = _url_finding(name, getattr(up, name))
