@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from shim._cache import AnswerCache, Entry
-from shim._config import LiveConfig, ShimConfig
+from shim._environ import kill_switch_on
 from shim._errors import ClosedError, Route, ShimError, UpstreamError
 from shim._flags import OpenFeatureRouteSource, RouteFlags
 from shim._flow import (
@@ -34,12 +34,13 @@ from shim._flow import (
     resign,
     route_flow,
 )
+from shim._live import LiveConfig
 from shim._mapping import MappingTable, load_mapping
 from shim._observe import CallObservers, CallRecord
 from shim._policy import CircuitBreaker
 from shim._redaction import scrubs_locals, scrubs_locals_async
 from shim._request import Requests, call_values, via_values
-from shim._routing import Decision, decide, kill_switch_on
+from shim._routing import Decision, decide
 from shim._shadow import AsyncShadowRunner, ShadowOutcome, ShadowTotals, ThreadShadowRunner
 from shim._shadowing import ShadowJob, Shadows
 from shim._singleflight import AsyncFlights, ThreadFlights
@@ -51,6 +52,7 @@ from shim._transport import (
     run_async,
     run_sync,
 )
+from shim._values import ShimConfig
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -271,9 +273,7 @@ class _ShimCore:
         """Validate the call, pick the merchant, decide the route, build the context."""
         started = self._clock()
         snapshot = self._live.current()
-        request, request_fields = self._requests.normalise(
-            values, xml, lambda mch_id: snapshot.merchant(mch_id).appid
-        )
+        request, request_fields = self._requests.normalise(values, xml, snapshot)
         merchant = snapshot.merchant(request.mch_id)
         if route is not None:
             decision = Decision(route, None, "explicit")

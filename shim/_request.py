@@ -17,11 +17,14 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 from shim import _v2 as v2
 from shim._errors import InputError
+
+if TYPE_CHECKING:
+    from shim._values import ShimConfig
 
 __all__ = ["Requests", "call_values", "via_values"]
 
@@ -85,14 +88,15 @@ class Requests:
         self,
         values: dict[str, Any],
         xml: Mapping[str, Any] | None,
-        default_appid: Callable[[str], str],
+        config: ShimConfig,
     ) -> tuple[v2.V2Request, dict[str, str]]:
         """The validated request of one call and its fields.
 
         Args:
             values: the fields given as arguments (None: not given); may be filled in.
             xml: the ``xml={...}`` dict, or None.
-            default_appid: the configured appid of a merchant (raises for an unknown one).
+            config: the snapshot in force (a left-out appid is its merchant's; an unknown
+                merchant raises).
 
         Raises:
             InputError: the arguments are invalid (or name an unknown merchant).
@@ -108,7 +112,7 @@ class Requests:
         if (appid is None or (isinstance(appid, str) and not appid)) and v2.is_plausible_id(mch_id):
             # left out: the merchant's own (an unknown merchant is named as such, not as a
             # missing appid); a falsy non-string appid is the caller's error, not "left out"
-            values["appid"] = default_appid(mch_id)
+            values["appid"] = config.merchant(mch_id).appid
         return self._validated(values)
 
     def _validated(self, values: dict[str, Any]) -> tuple[v2.V2Request, dict[str, str]]:

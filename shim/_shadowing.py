@@ -22,8 +22,8 @@ from typing import Generic, Protocol, TypeVar
 
 from shim._errors import ClosedError, Route, ShimError
 from shim._flow import CallContext, Flow, RouteResult, route_flow
-from shim._routing import ShadowConfig
 from shim._shadow import ShadowOutcome, ShadowStats, ShadowTotals, compare_answers
+from shim._values import ShadowConfig
 
 __all__ = ["ShadowJob", "Shadows"]
 
