@@ -33,6 +33,7 @@ from shim.sandbox import Emulator, SandboxState
 from tests.conftest import Twin
 from tests.fault_cases import build_twin, parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request
+from tests.wait import wait_until
 
 STOCK = "1757"
 MCH = "10000098"
@@ -221,10 +222,8 @@ def tls_server(_session_emulator: Emulator, tls: Tls) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    end = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < end, "TLS emulator did not start"
-        time.sleep(0.01)
+    wait_until(lambda: server.started or not thread.is_alive(), "TLS emulator did not start")
+    assert server.started, "TLS emulator thread died"
     yield f"https://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
@@ -513,8 +512,10 @@ def test_an_unanswered_tls_proxy_tunnel_ends_within_the_budget(
     sandbox_state: SandboxState, tmp_path: Path, emulator: Emulator, tls: Tls
 ) -> None:
     """TLS to the proxy, then a CONNECT it never answers: still a budget error in time."""
-    tables = {"upstream": {"timeout_s": 5.0, "connect_timeout_s": 5.0, "budget_s": BUDGET},
-              "retry": {"attempts": 1}}
+    tables = {
+        "upstream": {"timeout_s": 5.0, "connect_timeout_s": 5.0, "budget_s": BUDGET},
+        "retry": {"attempts": 1},
+    }
     cfg = parse_emulator_config(sandbox_state, tmp_path, "https://127.0.0.1:9", tables)
     with ForwardProxy("silent", tls=tls.server) as proxy:
         transport = DeadlineTransport(
