@@ -54,6 +54,7 @@ __all__ = [
     "head",
     "real_answer",
     "run_variants",
+    "serve_encoded",
     "serving",
     "stacked_bomb",
 ]
@@ -327,6 +328,25 @@ def stacked_bomb(size: int, layers: int) -> bytes:
     for _ in range(layers - 1):
         data = gzip.compress(data, 9)
     return data
+
+
+def serve_encoded(payload: bytes, encoding: str, *, chunked: bool = False) -> Script:
+    """A script answering ``payload`` as a body in ``encoding`` (chunked if asked), then
+    holding the connection."""
+
+    def script(conn: Conn, req: Request) -> None:
+        headers = [("Content-Type", "text/xml"), ("Content-Encoding", encoding)]
+        if chunked:
+            conn.send(head(200, [*headers, ("Transfer-Encoding", "chunked")]))
+            for i in range(0, len(payload), 8192):
+                part = payload[i : i + 8192]
+                conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+            conn.send(b"0\r\n\r\n")
+        else:
+            conn.send(head(200, [*headers, ("Content-Length", str(len(payload)))]) + payload)
+        conn.hold(2.0)
+
+    return script
 
 
 @contextlib.contextmanager

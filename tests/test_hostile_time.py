@@ -10,6 +10,7 @@ typed outcome. Shadow jobs and fallbacks are held to their own budgets the same 
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import threading
 import time
@@ -25,7 +26,19 @@ from shim._errors import ShimError, UpstreamError
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import Twin
 from tests.fault_cases import build_twin, parse_emulator_config
-from tests.hostile import Conn, Request, Script, Variant, head, real_answer, run_variants, serving
+from tests.hostile import (
+    Conn,
+    Request,
+    Script,
+    Variant,
+    bomb,
+    head,
+    real_answer,
+    run_variants,
+    serve_encoded,
+    serving,
+    stacked_bomb,
+)
 
 STOCK = "1757"
 MCH = "10000098"
@@ -35,6 +48,18 @@ DRIP = 0.02  # seconds between dripped bytes: every read is far shorter than tim
 SHADOW_TIMEOUT = 0.3  # [shadow] timeout_s of the shadow variants
 TWINS = ("sync", "async")
 PLACEHOLDER = "http://127.0.0.1:9"  # replaced by each variant's own server
+BOMB_CAP = 256 * 1024  # [upstream] max_body_bytes of the bomb variants
+BOMB_BUDGET = 1.0
+BOMB_ENCODINGS = ("gzip", "deflate", "gzip, gzip", "gzip, gzip, gzip")
+
+
+@functools.cache
+def bombs(encoding: str) -> bytes:
+    """A body in ``encoding`` that inflates to 64 MiB (256 times the cap)."""
+    size = 64 * 1024 * 1024
+    if encoding == "deflate":
+        return bomb(size, wbits=zlib.MAX_WBITS)
+    return stacked_bomb(size, encoding.count("gzip"))
 
 
 class Configs:
@@ -259,6 +284,15 @@ def variants(configs: Configs, emulator: Emulator, legacy_url: str) -> dict[str,
         return register
 
     plain = configs.get(PLACEHOLDER)
+    bomb_cfg = {
+        mode: configs.get(
+            PLACEHOLDER,
+            mode,
+            upstream={"budget_s": BOMB_BUDGET, "max_body_bytes": BOMB_CAP},
+            routing={"fallback_to_legacy": False},
+        )
+        for mode in ("legacy", "v3")
+    }
     slow_cfg = configs.get(PLACEHOLDER, upstream={"budget_s": 3.0})
     fb_cfg = configs.get(PLACEHOLDER, "v3", routing={"fallback_to_legacy": True})
     slots_cfg = configs.get(
@@ -367,6 +401,26 @@ def variants(configs: Configs, emulator: Emulator, legacy_url: str) -> dict[str,
             assert elapsed <= BUDGET + SLACK, f"fallback drips: {elapsed:.2f} s"
             return f"{elapsed:.3f} s vs budget {BUDGET} s -> {result.kind}"
 
+        for encoding in BOMB_ENCODINGS:
+            for mode in ("legacy", "v3"):
+
+                @add(f"bomb {encoding} {mode} {kind}")
+                async def bombed(
+                    kind: str = kind, encoding: str = encoding, mode: str = mode
+                ) -> str:
+                    # A compression bomb (256x the cap inflated) is refused as a protocol
+                    # error within the budget (its memory bound: tests/test_hostile_memory.py).
+                    payload = bombs(encoding)
+                    script = serve_encoded(payload, encoding, chunked=len(payload) > BOMB_CAP)
+                    with serving(script) as server:
+                        cfg = configs.with_url(bomb_cfg[mode], server.url)
+                        async with twin_of(kind, cfg, emulator) as t:
+                            elapsed, result = await timed(t)
+                    assert isinstance(result, UpstreamError), result
+                    assert result.kind == "protocol", result
+                    assert elapsed <= BOMB_BUDGET + SLACK, f"bomb: {elapsed:.2f} s"
+                    return f"{elapsed:.3f} s vs budget {BOMB_BUDGET} s -> {result.kind}"
+
         @add(f"shadow slots are freed {kind}")
         async def shadow_slots(kind: str = kind) -> str:
             # Two shadow jobs drip: both end by [shadow] timeout_s as budget errors, their
@@ -398,9 +452,10 @@ def test_every_attack_on_time_ends_within_its_budget(
 ) -> None:
     """Every phase a peer can stall (status line, header bytes and lines, chunk-size lines,
     chunks, trailers, body, a body that inflates to nothing, no answer; connect; TLS), as the
-    serving route in both modes and as the shadowed side, plus the fallback and shadow-slot
-    cases, through both twins: each variant runs against its own hostile server, side by
-    side, and asserts its own wall time against its budget (+0.5 s) and its typed outcome.
+    serving route in both modes and as the shadowed side; compression bombs of every coding;
+    the fallback and shadow-slot cases; all through both twins. Each variant runs against
+    its own hostile server, side by side with the others, and asserts its own wall time
+    against its budget (+0.5 s) and its typed outcome.
     """
     for line in run_variants(variants(configs, emulator, server.base_url)):
         print("BOUND " + line)

@@ -71,8 +71,9 @@ def _reachable(source: str, modules: Iterable[ModuleType], depth: int) -> Iterab
     for _ in range(depth + 1):
         nxt: list[str] = []
         for text in frontier:
-            yield text
-            for name in set(_NAME.findall(text)) - seen:
+            code = _code(text)
+            yield code
+            for name in set(_NAME.findall(code)) - seen:
                 seen.add(name)
                 for module in modules:
                     helper = _module_sources(module).get(name)
@@ -93,9 +94,7 @@ def clock_reason(item: pytest.Item) -> str | None:
     if module is not None:
         defs = _module_sources(module)
         source += "\n".join(defs[name] for name in fixtures if name in defs)
-    for text in _reachable(source, modules, depth=2):
-        # leave docstrings and comments out: only code counts
-        code = "\n".join(line.split("#", 1)[0] for line in _strip_strings(text).splitlines())
+    for code in _reachable(source, modules, depth=2):
         match = CLOCK_USE.search(code)
         if match:
             return match.group(0).strip()
@@ -107,8 +106,9 @@ _STRING = re.compile(
 )
 
 
-def _strip_strings(code: str) -> str:
-    return _STRING.sub('""', code)
+def _code(text: str) -> str:
+    """``text`` without its strings, docstrings and comments: only code counts."""
+    return "\n".join(line.split("#", 1)[0] for line in _STRING.sub('""', text).splitlines())
 
 
 def marked(item: pytest.Item) -> bool:
