@@ -129,6 +129,16 @@ def make_config(
     return build
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand (``clock=`` of a shim, a flow's context)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Twin:
     """One awaitable call shape over either twin."""
 

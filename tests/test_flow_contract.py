@@ -42,23 +42,13 @@ from shim._mapping import load_mapping
 from shim._policy import CircuitBreaker, backoff_delay
 from shim._routing import Decision, decide
 from shim.sandbox import Emulator, SandboxRequest, SandboxState
-from tests.conftest import INPROCESS_URL
+from tests.conftest import INPROCESS_URL, FakeClock
 from tests.fault_cases import parse_emulator_config
 
 STOCK = "1757"
 MCH = "10000098"
 BUDGET = 2.0
 TIMEOUT = 0.5
-
-
-class FakeClock:
-    """A monotonic clock that moves only when the driver says time passed."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 #: One scripted step: ``"answer"`` (the emulator's genuine answer), an HTTP status (an

@@ -18,22 +18,12 @@ from shim import AsyncCouponStockShim
 from shim._config import ShimConfig
 from shim._errors import SignatureError, UpstreamError
 from shim.sandbox import Emulator, SandboxState
-from tests.conftest import INPROCESS_URL, Twin
+from tests.conftest import INPROCESS_URL, FakeClock, Twin
 from tests.fault_cases import build_twin, case_config, parse_emulator_config
 
 STOCK = "1757"
 MCH = "10000098"
 OTHER_MCH = "10000099"
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-__all__ = ["await_until", "wait_until"]
+__all__ = ["Deadline", "await_until", "wait_until"]
 
 
 def wait_until(
@@ -37,3 +37,19 @@ async def await_until(
         if time.monotonic() >= end:
             raise AssertionError(f"{message} (waited {timeout} s)")
         await asyncio.sleep(interval)
+
+
+class Deadline:
+    """A bound for a wait that is not a single condition (reading lines until one matches):
+    ``left(message)`` is the time remaining, and fails with ``message`` once there is none."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._end = time.monotonic() + timeout
+
+    def left(self, message: str) -> float:
+        """Seconds remaining; raises ``AssertionError(message)`` when the bound has passed."""
+        remaining = self._end - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"{message} (waited {self.timeout} s)")
+        return remaining
