@@ -309,8 +309,6 @@ def test_reload_event_names_changed_keys_never_values(
     assert secret not in repr(cap.entries)
 
 
-
-
 # ------------------------------------------------------------ more keys, one test each
 
 
