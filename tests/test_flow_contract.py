@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from shim import _v2 as v2
-from shim._config import ShimConfig
 from shim._errors import Route, ShimError, SignatureError, UpstreamError
 from shim._flow import (
     CallContext,
@@ -41,6 +40,7 @@ from shim._flow import (
 from shim._mapping import load_mapping
 from shim._policy import CircuitBreaker, backoff_delay
 from shim._routing import Decision, decide
+from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxRequest, SandboxState
 from tests.conftest import INPROCESS_URL, FakeClock
 from tests.fault_cases import parse_emulator_config
