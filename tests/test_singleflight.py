@@ -18,7 +18,7 @@ from shim._flow import CallOutcome, RouteResult
 from shim._singleflight import AsyncFlights, ThreadFlights
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import MD5_MCH, Twin
-from tests.wait import wait_until
+from tests.wait import await_until, wait_until
 
 N = 8
 SLOW_S = 0.4
@@ -323,14 +323,19 @@ def test_a_leader_that_dies_of_a_bug_abandons_the_flight() -> None:
 async def test_async_group_is_empty_after_errors_and_cancellations() -> None:
     """The async group holds only calls in flight, whatever way they ended."""
     flights: AsyncFlights[CallOutcome] = AsyncFlights()
+    joined: list[int] = []
+
+    def remaining() -> float:  # a follower asks just before it waits for the flight
+        joined.append(1)
+        return 5
 
     async def fail() -> CallOutcome:
-        await asyncio.sleep(0.05)
+        await await_until(lambda: len(joined) == 4, "the followers never joined", interval=0)
         raise _budget()
 
     results = await asyncio.gather(
         *(
-            flights.run("k", fail, fresh=lambda o: True, remaining=lambda: 5, expired=_budget)
+            flights.run("k", fail, fresh=lambda o: True, remaining=remaining, expired=_budget)
             for _ in range(5)
         ),
         return_exceptions=True,

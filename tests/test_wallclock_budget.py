@@ -40,7 +40,13 @@ def test_the_finder_sees_clock_use(code: str) -> None:
 
 @pytest.mark.parametrize(
     "code",
-    ["await asyncio.sleep(0)", "timestamp = int(time.time())", "Sleep(0.5)", "fake.advance(1)"],
+    [
+        "await asyncio.sleep(0)",
+        "timestamp = int(time.time())",
+        "Sleep(0.5)",
+        "fake.advance(1)",
+        "deadline=time.monotonic() + 5.0",
+    ],
 )
 def test_the_finder_leaves_clockless_code_alone(code: str) -> None:
     assert not CLOCK_USE.search(code), code
