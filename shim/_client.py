@@ -33,7 +33,8 @@ from shim._flow import (
     resign,
     route_flow,
 )
-from shim._mapping import MappingTable, load_mapping
+from shim._mapping.load import load_mapping
+from shim._mapping.model import MappingTable
 from shim._observe import CallRecord, EventSink
 from shim._policy import BreakerTransition, CircuitBreaker
 from shim._redaction import scrubs_locals, scrubs_locals_async

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
     from shim._config import MerchantConfig, ShimConfig
     from shim._flow import RouteResult
-    from shim._mapping import MappingTable
+    from shim._mapping.model import MappingTable
 
 __all__ = [
     "EXIT_BELOW_THRESHOLD",
@@ -606,7 +606,7 @@ class Comparer:
     ) -> None:
         import httpx
 
-        from shim._mapping import load_mapping
+        from shim._mapping.load import load_mapping
 
         self.config = config
         where = f" in {config.source.name}" if config.source else ""

@@ -42,7 +42,8 @@ from cryptography.hazmat.primitives.serialization import (
 from shim._changes import config_changes
 from shim._errors import ConfigError, InputError
 from shim._logs import get_logger
-from shim._mapping import MappingTable, load_mapping
+from shim._mapping.load import load_mapping
+from shim._mapping.model import MappingTable
 from shim._redaction import scrubs_locals
 from shim._routing import (
     DEFAULT_ROUTING,

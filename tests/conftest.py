@@ -20,7 +20,7 @@ import structlog
 
 from shim import AsyncCouponStockShim, CouponStockShim
 from shim._config import ShimConfig, parse_config
-from shim._mapping import clear_mapping_cache
+from shim._mapping.load import clear_mapping_cache
 from shim.sandbox import Emulator, SandboxState, serve
 
 if sys.version_info >= (3, 11):

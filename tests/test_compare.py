@@ -32,7 +32,7 @@ from shim._compare import (
 from shim._config import ShimConfig
 from shim._errors import InputError, UpstreamError
 from shim._flow import RouteResult
-from shim._mapping import load_mapping
+from shim._mapping.load import load_mapping
 from shim.cli import main
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState
 from tests.conftest import MD5_MCH

@@ -167,7 +167,7 @@ def check_config(
         ConfigError: the config or its mapping does not validate.
     """
     from shim._config import LiteralSecretWarning, load_config
-    from shim._mapping import load_mapping
+    from shim._mapping.load import load_mapping
     from shim._routing import kill_switch_on
 
     env = os.environ if env is None else env
