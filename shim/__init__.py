@@ -37,7 +37,7 @@ from shim._errors import (
     UpstreamError,
 )
 from shim._events import redact_secrets
-from shim._shadow import ShadowTotals
+from shim._shadow.totals import ShadowTotals
 
 __version__ = "0.1.0"
 

@@ -39,14 +39,9 @@ from shim._observe import CallRecord, EventSink
 from shim._policy import BreakerTransition, CircuitBreaker
 from shim._redaction import scrubs_locals, scrubs_locals_async
 from shim._routing import Decision, decide, kill_switch_on, routing_key
-from shim._shadow import (
-    AsyncShadowRunner,
-    ShadowOutcome,
-    ShadowStats,
-    ShadowTotals,
-    ThreadShadowRunner,
-    compare_answers,
-)
+from shim._shadow.outcome import ShadowOutcome, compare_answers
+from shim._shadow.runners import AsyncShadowRunner, ThreadShadowRunner
+from shim._shadow.totals import ShadowStats, ShadowTotals
 from shim._singleflight import AsyncFlights, ThreadFlights
 from shim._transport import (
     Admission,

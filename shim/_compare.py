@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TextIO
 
+from shim._diff import FieldDiff, diff_answers
 from shim._errors import (
     ConfigError,
     InputError,
@@ -49,7 +50,6 @@ from shim._errors import (
     SignatureError,
     UpstreamError,
 )
-from shim._shadow import FieldDiff, diff_answers
 
 if TYPE_CHECKING:
     import httpx
