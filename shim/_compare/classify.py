@@ -223,6 +223,7 @@ def summarise(rows: Sequence[CompareRow]) -> CompareSummary:
 
 
 def top_counts(counter: Mapping[str, int], n: int = 4) -> str:
+    """The ``n`` largest counts as ``"name count, ..."`` (ties by name), and how many more."""
     items = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
     text = ", ".join(f"{k} {v}" for k, v in items[:n])
     return text + (f", +{len(items) - n} more" if len(items) > n else "")
