@@ -23,10 +23,10 @@ from shim import CouponStockShim
 from shim._compare.classify import classify
 from shim._compare.collect import Comparer, dedupe_ids, read_ids_file, run_compare
 from shim._compare.render import render_json, render_table
-from shim._config import ShimConfig
 from shim._errors import InputError, UpstreamError
 from shim._flow import RouteResult
 from shim._mapping.load import load_mapping
+from shim._values import ShimConfig
 from shim.cli import main
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState
 from tests.conftest import MD5_MCH

@@ -12,10 +12,10 @@ import pytest
 
 from shim._diff import REDACTED, FieldDiff, diff_answers, is_secret_field, normalise
 from shim._errors import SignatureError, UpstreamError
-from shim._routing import ShadowConfig
 from shim._shadow.outcome import ShadowOutcome, compare_answers, error_kind_of
 from shim._shadow.runners import AsyncShadowRunner, ThreadShadowRunner
 from shim._shadow.totals import ShadowStats, ShadowTotals
+from shim._values import ShadowConfig
 
 IGNORE = frozenset({"nonce_str", "sign"})
 WAIT = 10.0  # generous upper bound for thread hand-offs; never a timing assertion

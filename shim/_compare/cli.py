@@ -137,7 +137,7 @@ def command(
         return _fail(
             "needs the 'cli' extra for its tables: pip install 'coupon-shim[cli]'", EXIT_USAGE, err
         )
-    from shim._config import load_config
+    from shim._loader import load_config
 
     try:
         ids_in = list(args.stock_ids)

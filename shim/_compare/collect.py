@@ -26,9 +26,9 @@ from shim._errors import ConfigError, InputError, Route, ShimError
 if TYPE_CHECKING:
     import httpx
 
-    from shim._config import MerchantConfig, ShimConfig
     from shim._flow import RouteResult
     from shim._mapping.model import MappingTable
+    from shim._values import MerchantConfig, ShimConfig
 
 __all__ = ["MAX_CONCURRENCY", "Comparer", "QueryFn", "dedupe_ids", "read_ids_file", "run_compare"]
 

@@ -36,7 +36,7 @@ from shim._shadow.outcome import DROPPED, SAMPLED_OUT, ShadowOutcome
 from shim._shadow.totals import ShadowStats
 
 if TYPE_CHECKING:
-    from shim._routing import ShadowConfig
+    from shim._values import ShadowConfig
 
 __all__ = ["AsyncShadowRunner", "ThreadShadowRunner"]
 
