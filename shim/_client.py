@@ -35,13 +35,16 @@ from shim._flow import (
     route_flow,
 )
 from shim._live import LiveConfig
-from shim._mapping import MappingTable, load_mapping
+from shim._mapping.load import load_mapping
+from shim._mapping.model import MappingTable
 from shim._observe import CallObservers, CallRecord
 from shim._policy import CircuitBreaker
 from shim._redaction import scrubs_locals, scrubs_locals_async
 from shim._request import Requests, call_values, via_values
 from shim._routing import Decision, decide
-from shim._shadow import AsyncShadowRunner, ShadowOutcome, ShadowTotals, ThreadShadowRunner
+from shim._shadow.outcome import ShadowOutcome
+from shim._shadow.runners import AsyncShadowRunner, ThreadShadowRunner
+from shim._shadow.totals import ShadowTotals
 from shim._shadowing import ShadowJob, Shadows
 from shim._singleflight import AsyncFlights, ThreadFlights
 from shim._transport import (

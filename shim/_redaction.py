@@ -4,7 +4,7 @@
 One implementation and one pattern set for every user: the structlog processor
 :func:`redact_secrets` (on the library's own log path and in the CLI's and gateway's chains),
 the CLI's and gateway's plain-text messages (:func:`redact_text`), report labels, shadow diffs
-(:func:`shim._shadow.is_secret_field`) and every ``repr`` that could otherwise show a key, a
+(:func:`shim._diff.is_secret_field`) and every ``repr`` that could otherwise show a key, a
 signature or an ``Authorization`` header. :func:`redact_secrets` is a plain structlog processor:
 add it to your own processor chain and no key, signature or Authorization header leaves the
 process in an event, even one some other code logged by mistake. Pure: no I/O, no logging.

@@ -22,7 +22,8 @@ from typing import Generic, Protocol, TypeVar
 
 from shim._errors import ClosedError, Route, ShimError
 from shim._flow import CallContext, Flow, RouteResult, route_flow
-from shim._shadow import ShadowOutcome, ShadowStats, ShadowTotals, compare_answers
+from shim._shadow.outcome import ShadowOutcome, compare_answers
+from shim._shadow.totals import ShadowStats, ShadowTotals
 from shim._values import ShadowConfig
 
 __all__ = ["ShadowJob", "Shadows"]

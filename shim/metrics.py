@@ -107,7 +107,7 @@ _ENVELOPE_FIELDS: Final = ("nonce_str", "sign", "err_code", "err_code_des")
 
 def _answer_fields() -> frozenset[str]:
     """The v2 answer fields the shipped mapping can produce, plus the envelope fields."""
-    from shim._mapping import default_mapping_dir, load_mapping
+    from shim._mapping.load import default_mapping_dir, load_mapping
 
     table = load_mapping(default_mapping_dir())
     return frozenset({rule.v2_key for rule in table.fields} | set(_ENVELOPE_FIELDS))

@@ -262,7 +262,7 @@ def test_answer_field_labels_come_from_the_mapping() -> None:
     """V2_ANSWER_FIELDS is derived, not hand-listed: every v2 key the shipped mapping can
     produce, plus the envelope the shim signs (nonce_str, sign) and the business-error pair its
     error rules fill; nothing else (the older doc's unmapped locked_num is ``other``)."""
-    from shim._mapping import default_mapping_dir, load_mapping  # the mapping is the oracle
+    from shim._mapping.load import default_mapping_dir, load_mapping  # the mapping is the oracle
     from shim.metrics import V2_ANSWER_FIELDS, _field
 
     table = load_mapping(default_mapping_dir())
