@@ -28,6 +28,7 @@ from shim._compare import (
     run_compare,
 )
 from shim._errors import ConfigError, InputError
+from shim._extras import require
 
 DESCRIPTION: Final = (
     "Query every stock on both routes (legacy and v3, bypassing routing, with compare's own "
@@ -123,17 +124,14 @@ def run(
     err: TextIO | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> int:
-    """Run ``coupon-shim compare``; returns the exit status ."""
+    """Run ``coupon-shim compare``; returns the exit status.
+
+    Raises:
+        MissingExtraError: the ``cli`` extra (rich, for the tables) is not installed.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
-    try:
-        import rich  # noqa: F401
-    except ImportError:
-        return _fail(
-            "needs the 'cli' extra for its tables: pip install 'coupon-shim[cli]'",
-            ExitCode.USAGE,
-            err,
-        )
+    require("cli", "its tables", "rich")
     from shim._config import load_config
 
     try:

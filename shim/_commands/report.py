@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from shim._commands import Command
+from shim._extras import require
 from shim._report import Thresholds, aggregate_paths, judge, render_summary
 
 DESCRIPTION: Final = (
@@ -83,20 +84,15 @@ def _add_arguments(r: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Run ``coupon-shim report``; returns the exit status."""
+    """Run ``coupon-shim report``; returns the exit status.
+
+    Raises:
+        MissingExtraError: the ``report`` extra (rich; plotly unless ``--no-html``) is not
+            installed.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
-    try:
-        import rich  # noqa: F401
-
-        if not args.no_html:
-            import plotly  # noqa: F401
-    except ImportError as exc:
-        err.write(
-            f"coupon-shim report: needs the 'report' extra ({exc.name} is missing): "
-            "pip install 'coupon-shim[report]'\n"
-        )
-        return 2
+    require("report", "its summary and HTML", "rich", *(() if args.no_html else ("plotly",)))
     started = time.monotonic()
     try:
         agg = aggregate_paths(args.inputs)

@@ -16,9 +16,15 @@ Three plugs::
 
 Faults: ``emulator.set_fault("v3", "1757", "http_503", times=2)``, ``emulator.clear_faults()``
 or ``POST``/``DELETE /__admin/faults`` from loopback. See :data:`FAULT_KINDS`.
+
+The emulator and its in-process transport need only the library's own dependencies; the ASGI
+app (:class:`SandboxApp`, ``emulator.asgi_app``) and the server (``serve``, ``run_forever``)
+need the ``sandbox`` extra (``pip install 'coupon-shim[sandbox]'``: starlette, uvicorn) and
+raise one :class:`ImportError` naming it when it is missing.
 """
 
-from ._asgi import SandboxApp, SandboxConnectionDropped
+from typing import TYPE_CHECKING, Any
+
 from ._emulator import (
     V2_ERR_CODE_DES,
     V2_PATH,
@@ -30,7 +36,14 @@ from ._emulator import (
     SandboxReply,
     SandboxRequest,
 )
-from ._faults import ANY_STOCK, FAULT_KINDS, V2_FAULT_KINDS, V3_FAULT_KINDS, Fault
+from ._faults import (
+    ANY_STOCK,
+    FAULT_KINDS,
+    V2_FAULT_KINDS,
+    V3_FAULT_KINDS,
+    Fault,
+    SandboxConnectionDropped,
+)
 from ._requestlog import RequestLine, RequestLogger
 from ._server import RunningServer, SandboxBindError, run_forever, serve
 from ._state import (
@@ -58,6 +71,9 @@ from ._stocks import (
 )
 from ._transport import SandboxTransport
 from ._v2 import billion_laughs_xml, parse_request_xml, render_xml, v2_sign
+
+if TYPE_CHECKING:
+    from ._asgi import SandboxApp
 
 __all__ = [
     "ANY_STOCK",
@@ -107,3 +123,16 @@ __all__ = [
     "serve",
     "v2_sign",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`SandboxApp` is imported on first use: it needs the ``sandbox`` extra."""
+    if name == "SandboxApp":
+        from shim._extras import require
+
+        require("sandbox", "shim.sandbox.SandboxApp", "starlette")
+        from ._asgi import SandboxApp
+
+        globals()["SandboxApp"] = SandboxApp
+        return SandboxApp
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

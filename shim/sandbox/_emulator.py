@@ -56,6 +56,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from wechatpayv3.utils import rsa_sign
 
+from shim._extras import require
+
 from . import _faults as F
 from ._faults import Fault, FaultTable, make_fault
 from ._state import Merchant, SandboxState
@@ -394,8 +396,13 @@ class Emulator:
 
     @property
     def asgi_app(self) -> Starlette:
-        """The emulator as a Starlette (ASGI) application."""
+        """The emulator as a Starlette (ASGI) application.
+
+        Raises:
+            MissingExtraError: the ``sandbox`` extra (starlette) is not installed.
+        """
         if self._asgi_app is None:
+            require("sandbox", "the emulator's ASGI app", "starlette")
             from ._asgi import build_asgi_app
 
             self._asgi_app = build_asgi_app(self)

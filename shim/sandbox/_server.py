@@ -1,4 +1,8 @@
-"""The socket plug: uvicorn in a background thread, and the CLI's ``run_forever``."""
+"""The socket plug: uvicorn in a background thread, and the CLI's ``run_forever``.
+
+Needs the ``sandbox`` extra (uvicorn, starlette), imported when a server starts: the emulator
+itself and its in-process transport work without it.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +16,25 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import uvicorn
+from typing import TYPE_CHECKING, Any
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-from starlette.types import Receive, Scope, Send
 
-from ._asgi import STOPPING_SCOPE_KEY
+from shim._extras import require
+
 from ._emulator import ADMIN_FAULTS_PATH, V2_PATH, V3_STOCK_PREFIX, Emulator
 from ._requestlog import RequestLogger
 from ._state import ConfigWrite, SandboxState
 from ._stocks import describe_stocks
 
+if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
+
+#: ASGI scope key under which ``serve()`` passes its "stopping" event to the app.
+STOPPING_SCOPE_KEY = "coupon_shim.sandbox.stopping"
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
 
@@ -112,14 +119,19 @@ def serve(emulator: Emulator, host: str = "127.0.0.1", port: int = 0) -> Iterato
         The :class:`RunningServer` (``.base_url``).
 
     Raises:
+        MissingExtraError: the ``sandbox`` extra (uvicorn, starlette) is not installed.
         SandboxBindError: the address cannot be bound (port in use, …).
         RuntimeError: the server did not start.
     """
+    require("sandbox", "the emulator's HTTP server", "uvicorn", "starlette")
+    import uvicorn
+
+    app = emulator.asgi_app
     stopping = threading.Event()
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     config = uvicorn.Config(
-        _StoppableApp(emulator.asgi_app, stopping),
+        _StoppableApp(app, stopping),
         http="h11",
         loop="asyncio",
         ws="none",
@@ -186,9 +198,11 @@ def run_forever(
         log_requests: print one line per request (see :mod:`shim.sandbox._requestlog`).
 
     Raises:
+        MissingExtraError: the ``sandbox`` extra (uvicorn, starlette) is not installed.
         SandboxStateError: the state folder cannot be used.
         SandboxBindError: the address cannot be bound.
     """
+    require("sandbox", "the emulator's HTTP server", "uvicorn", "starlette")
     state_dir = Path(state_dir)
     state = SandboxState.load_or_create(state_dir)
     emulator = Emulator(state)
