@@ -25,17 +25,7 @@ raise one :class:`ImportError` naming it when it is missing.
 
 from typing import TYPE_CHECKING, Any
 
-from ._emulator import (
-    V2_ERR_CODE_DES,
-    V2_PATH,
-    V3_CERTIFICATES_PATH,
-    V3_STOCK_PREFIX,
-    V3_TIMESTAMP_WINDOW_S,
-    Emulator,
-    RecordedRequest,
-    SandboxReply,
-    SandboxRequest,
-)
+from ._emulator import Emulator
 from ._faults import (
     ANY_STOCK,
     FAULT_KINDS,
@@ -43,6 +33,14 @@ from ._faults import (
     V3_FAULT_KINDS,
     Fault,
     SandboxConnectionDropped,
+)
+from ._messages import (
+    V2_PATH,
+    V3_CERTIFICATES_PATH,
+    V3_STOCK_PREFIX,
+    RecordedRequest,
+    SandboxReply,
+    SandboxRequest,
 )
 from ._requestlog import RequestLine, RequestLogger
 from ._server import RunningServer, SandboxBindError, run_forever, serve
@@ -71,6 +69,8 @@ from ._stocks import (
 )
 from ._transport import SandboxTransport
 from ._v2 import billion_laughs_xml, parse_request_xml, render_xml, v2_sign
+from ._v2_handler import V2_ERR_CODE_DES
+from ._v3_handler import V3_TIMESTAMP_WINDOW_S
 
 if TYPE_CHECKING:
     from ._asgi import SandboxApp

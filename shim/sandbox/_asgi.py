@@ -37,8 +37,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ._emulator import ADMIN_FAULTS_PATH, SandboxReply, SandboxRequest
 from ._faults import SandboxConnectionDropped
+from ._messages import ADMIN_FAULTS_PATH, SandboxReply, SandboxRequest
 from ._server import STOPPING_SCOPE_KEY
 
 if TYPE_CHECKING:

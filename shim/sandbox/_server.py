@@ -25,7 +25,8 @@ else:  # pragma: no cover
 
 from shim._extras import require
 
-from ._emulator import ADMIN_FAULTS_PATH, V2_PATH, V3_STOCK_PREFIX, Emulator
+from ._emulator import Emulator
+from ._messages import ADMIN_FAULTS_PATH, V2_PATH, V3_STOCK_PREFIX
 from ._requestlog import RequestLogger
 from ._state import ConfigWrite, SandboxState
 from ._stocks import describe_stocks
