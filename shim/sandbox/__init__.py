@@ -18,7 +18,7 @@ Faults: ``emulator.set_fault("v3", "1757", "http_503", times=2)``, ``emulator.cl
 or ``POST``/``DELETE /__admin/faults`` from loopback. See :data:`FAULT_KINDS`.
 
 The emulator and its in-process transport need only the library's own dependencies; the ASGI
-app (:class:`SandboxApp`, ``emulator.asgi_app``) and the server (``serve``, ``run_forever``)
+app (:class:`SandboxApp`, ``emulator.asgi_app``) and the server (``serve``)
 need the ``sandbox`` extra (``pip install 'coupon-shim[sandbox]'``: starlette, uvicorn) and
 raise one :class:`ImportError` naming it when it is missing.
 """
@@ -43,7 +43,7 @@ from ._messages import (
     SandboxRequest,
 )
 from ._requestlog import RequestLine, RequestLogger
-from ._server import RunningServer, SandboxBindError, run_forever, serve
+from ._server import RunningServer, SandboxBindError, serve
 from ._state import (
     CONFIG_NAME,
     MERCHANT_SPECS,
@@ -118,7 +118,6 @@ __all__ = [
     "epoch_seconds",
     "parse_request_xml",
     "render_xml",
-    "run_forever",
     "seeded_stocks",
     "serve",
     "v2_sign",
