@@ -51,9 +51,9 @@ from shim._shadow import FieldDiff, diff_answers
 if TYPE_CHECKING:
     import httpx
 
-    from shim._config import MerchantConfig, ShimConfig
     from shim._flow import RouteResult
     from shim._mapping import MappingTable
+    from shim._values import MerchantConfig, ShimConfig
 
 __all__ = [
     "ROW_CLASSES",

@@ -132,7 +132,7 @@ def run(
     out = out or sys.stdout
     err = err or sys.stderr
     require("cli", "its tables", "rich")
-    from shim._config import load_config
+    from shim._loader import load_config
 
     try:
         ids_in = list(args.stock_ids)
