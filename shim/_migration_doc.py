@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shim._errors import ConfigError
-from shim._mapping import ErrorRule, FieldRule, MappingTable
+from shim._mapping.model import ErrorRule, FieldRule, MappingTable
 
 __all__ = ["BEGIN_MARKER", "END_MARKER", "render_tables", "sync_migration_md"]
 
