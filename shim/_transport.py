@@ -43,12 +43,13 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpcore
 import httpx
 
+from shim._async_pool import AsyncPool
 from shim._flow import Flow, HttpRequest, HttpResponse, Sleep, T, TransportFailure
 from shim._wire import parse_uint
 
@@ -56,8 +57,10 @@ __all__ = [
     "MAX_ENCODINGS",
     "Admission",
     "AsyncAdmission",
+    "AsyncPool",
     "DeadlineBackend",
     "DeadlineTransport",
+    "new_async_client",
     "proxy_mounts",
     "run_async",
     "run_sync",
@@ -124,7 +127,7 @@ class _BodyReader:
         self.layer_caps: list[int] = []
         self.wbits: list[int] = []
 
-    def start(self, headers: httpx.Headers) -> TransportFailure | None:
+    def start(self, headers: Mapping[str, str]) -> TransportFailure | None:
         """Check the declared length and set up decoding; a failure refuses the answer."""
         cap = self.req.max_body_bytes
         declared = headers.get("content-length", "")
@@ -753,6 +756,22 @@ def proxy_mounts(
     }
 
 
+def new_async_client(
+    limits: httpx.Limits, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient | AsyncPool:
+    """The async twin's own client: the lean :class:`AsyncPool`, unless a transport is given
+    or the environment names a proxy (then an ``httpx.AsyncClient``, which honours it)."""
+    if transport is None and not _environment_proxies():
+        return AsyncPool(limits)
+    return httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=False)
+
+
+def _environment_proxies() -> dict[str, str | None]:
+    from httpx._utils import get_environment_proxies  # as proxy_mounts reads them
+
+    return get_environment_proxies()
+
+
 # -- the drivers ---------------------------------------------------------------------------
 
 
@@ -879,7 +898,7 @@ else:  # pragma: no cover - Python 3.10
 
 
 async def _send_async(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | AsyncPool,
     req: HttpRequest,
     clock: Callable[[], float],
     gate: AsyncAdmission | None,
@@ -909,6 +928,28 @@ async def _send_async(
                 gate.release()
                 return _OVERLOAD
     reader = _BodyReader(req, clock)
+    reply: HttpResponse | TransportFailure
+    if isinstance(client, AsyncPool):
+        try:
+            # The pool bounds each socket operation by the deadline itself; this scope is
+            # the backstop, as on the httpx path.
+            async with _scope(remaining + _BACKSTOP_S):
+                got = await client.exchange(req, reader.start, reader.feed, clock)
+            if isinstance(got, TransportFailure):
+                reply = _BUDGET if got.kind == "timeout" and _late(req, clock) else got
+            else:
+                reply = reader.finish() or HttpResponse(got[0], got[1], bytes(reader.body))
+        except TimeoutError:
+            reply = _BUDGET
+        finally:
+            if admitted and gate is not None:
+                gate.release()
+        if gate is not None and isinstance(reply, TransportFailure):
+            if gate.closed:
+                return _CLOSED
+            if waited:
+                return _queued_out(reply, req, remaining)
+        return reply
     try:
         # One timeout over the whole exchange. httpx's own (per-phase) timeouts, cut to the
         # deadline, fire first where they can and close cleanly; this scope, a hair later,
@@ -978,7 +1019,7 @@ def run_sync(
 
 async def run_async(
     flow: Flow[T],
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | AsyncPool,
     clock: Callable[[], float] = time.monotonic,
     gate: AsyncAdmission | None = None,
 ) -> T:
