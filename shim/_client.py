@@ -57,10 +57,11 @@ from shim._transport import (
     run_async,
     run_sync,
 )
-from shim.metrics import ShimMetrics, metrics_for
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from shim.metrics import ShimMetrics
 
 __all__ = ["AsyncCouponStockShim", "CouponStockShim"]
 
@@ -147,6 +148,9 @@ class _ShimCore:
         # Observers of call records and breaker changes: events always, metrics when
         # prometheus_client is installed (see shim._observe, shim.metrics).
         self._events = EventSink(logger)
+        # The public metrics module is imported when a shim is built, not by ``import shim``.
+        from shim.metrics import metrics_for
+
         self._metrics: ShimMetrics | None = metrics_for(registry) if metrics else None
         self._observers: tuple[CallObserver, ...] = ()
         self._cache = AnswerCache(self._live.current().cache.max_entries)
