@@ -62,7 +62,7 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "_buffer",
-                "_paused",
+        "_paused",
         "_waiter",
         "_write_waiter",
         "closed",

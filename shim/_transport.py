@@ -361,13 +361,27 @@ def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])  # pragma: no cover - no poll()
 
 
-class _DeadlineStream(httpcore.NetworkStream):
-    """A socket stream whose every operation ends by the exchange's deadline."""
+class _BackendStream(httpcore.NetworkStream):
+    """A stream on one of a :class:`DeadlineBackend`'s sockets: registered with the backend
+    while open, so the shim's ``close()`` can interrupt a read blocked on it."""
 
     def __init__(self, sock: socket.socket, backend: DeadlineBackend) -> None:
         self._sock = sock
         self._backend = backend
         backend._streams.add(self)
+
+    def close(self) -> None:
+        self._backend._streams.discard(self)
+        self._sock.close()
+
+    def interrupt(self) -> None:
+        """Wake a read blocked in another thread (the shim is closing)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+
+class _DeadlineStream(_BackendStream):
+    """A socket stream whose every operation ends by the exchange's deadline."""
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         left = _left(timeout, httpcore.ReadTimeout)
@@ -392,15 +406,6 @@ class _DeadlineStream(httpcore.NetworkStream):
             raise httpcore.WriteTimeout(str(exc)) from exc
         except OSError as exc:
             raise httpcore.WriteError(str(exc)) from exc
-
-    def close(self) -> None:
-        self._backend._streams.discard(self)
-        self._sock.close()
-
-    def interrupt(self) -> None:
-        """Wake a read blocked in another thread (the shim is closing)."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
 
     def start_tls(
         self,
@@ -446,7 +451,7 @@ class _DeadlineStream(httpcore.NetworkStream):
         return None
 
 
-class _TunnelTLSStream(httpcore.NetworkStream):
+class _TunnelTLSStream(_BackendStream):
     """TLS inside a TLS connection (an ``https://`` proxy's ``CONNECT`` tunnel).
 
     ``SSLContext.wrap_socket`` cannot wrap an ``SSLSocket``, so the inner TLS runs on an
@@ -464,14 +469,12 @@ class _TunnelTLSStream(httpcore.NetworkStream):
         timeout: float | None,
         backend: DeadlineBackend,
     ) -> None:
-        self._sock = sock
-        self._backend = backend
+        super().__init__(sock, backend)
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = ssl_context.wrap_bio(
             self._incoming, self._outgoing, server_hostname=server_hostname
         )
-        backend._streams.add(self)
         try:
             self._io(
                 self._tls.do_handshake, timeout, httpcore.ConnectTimeout, httpcore.ConnectError
@@ -531,15 +534,6 @@ class _TunnelTLSStream(httpcore.NetworkStream):
             sent = self._io(step, timeout, httpcore.WriteTimeout, httpcore.WriteError)
             view = view[sent:]
 
-    def close(self) -> None:
-        self._backend._streams.discard(self)
-        self._sock.close()
-
-    def interrupt(self) -> None:
-        """Wake a read blocked in another thread (the shim is closing)."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-
     def start_tls(
         self,
         ssl_context: ssl.SSLContext,
@@ -596,7 +590,7 @@ class DeadlineBackend(httpcore.NetworkBackend):
     """
 
     def __init__(self) -> None:
-        self._streams: weakref.WeakSet[_DeadlineStream | _TunnelTLSStream] = weakref.WeakSet()
+        self._streams: weakref.WeakSet[_BackendStream] = weakref.WeakSet()
 
     def connect_tcp(
         self,
