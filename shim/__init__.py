@@ -18,7 +18,6 @@ wechatpy users change only their import: ``from shim.compat.wechatpy import WeCh
 """
 
 from shim._client import AsyncCouponStockShim, CouponStockShim
-from shim._config import LiteralSecretWarning, LiveConfig, Secret, ShimConfig, load_config
 from shim._default import (
     aquery_coupon_stock,
     close_default_shims,
@@ -39,10 +38,13 @@ from shim._errors import (
 )
 from shim._events import redact_secrets
 from shim._flags import OpenFeatureRouteSource
+from shim._live import LiveConfig
+from shim._loader import load_config
 from shim._observe import CallRecord
-from shim._routing import Mode
+from shim._secrets import LiteralSecretWarning
 from shim._shadow import ShadowTotals
 from shim._transport import DeadlineTransport
+from shim._values import Mode, Secret, ShimConfig
 
 __version__ = "0.1.0"
 

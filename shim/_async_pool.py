@@ -31,14 +31,14 @@ import collections
 import contextlib
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import h11
 import httpx
 
-from shim._flow import HttpRequest, TransportFailure
+from shim._flow import HttpRequest, TransportFailure, header_map
 
 __all__ = ["MAX_HEADER_BYTES", "AsyncPool"]
 
@@ -247,14 +247,9 @@ def _request_bytes(
     return out
 
 
-def _headers(raw: Any) -> dict[str, str]:
-    """Lower-case names; repeated headers joined with ", " (as ``httpx.Headers.get``)."""
-    out: dict[str, str] = {}
-    for name, value in raw:
-        key = name.decode("latin-1")  # h11 lower-cases names
-        text = value.decode("latin-1")
-        out[key] = f"{out[key]}, {text}" if key in out else text
-    return out
+def _headers(raw: Any) -> Mapping[str, str]:
+    """h11's (lower-cased) header pairs as the flow takes them (:func:`header_map`)."""
+    return header_map((name.decode("latin-1"), value.decode("latin-1")) for name, value in raw)
 
 
 class AsyncPool:
@@ -333,10 +328,10 @@ class AsyncPool:
     async def exchange(
         self,
         req: HttpRequest,
-        feed: Callable[[dict[str, str]], TransportFailure | None],
+        feed: Callable[[Mapping[str, str]], TransportFailure | None],
         chunk: Callable[[bytes], TransportFailure | None],
         clock: Callable[[], float],
-    ) -> tuple[int, dict[str, str]] | TransportFailure:
+    ) -> tuple[int, Mapping[str, str]] | TransportFailure:
         """Send ``req`` and stream its answer: ``feed`` gets the headers, ``chunk`` each raw
         body piece (either may refuse the answer). Returns the status and headers once the
         body ended, or the failure."""
@@ -394,13 +389,13 @@ class AsyncPool:
         self,
         conn: _Conn,
         req: HttpRequest,
-        feed: Callable[[dict[str, str]], TransportFailure | None],
+        feed: Callable[[Mapping[str, str]], TransportFailure | None],
         chunk: Callable[[bytes], TransportFailure | None],
         clock: Callable[[], float],
-    ) -> tuple[int, dict[str, str]] | TransportFailure:
+    ) -> tuple[int, Mapping[str, str]] | TransportFailure:
         h = conn.h11
         status = 0
-        headers: dict[str, str] = {}
+        headers: Mapping[str, str] = {}
         while True:
             event = h.next_event()
             if event is h11.NEED_DATA:
