@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 # Private: the corked transport and the server settings are details these tests pin.
-from shim.gateway._server import _Corked, _http_protocol, _uvicorn_config, running
+from shim.gateway._server import CorkedHttpProtocol, _Corked, _uvicorn_config, running
 from shim.gateway._settings import GatewaySettings
 from shim.sandbox import Emulator, SandboxState
 from tests.gateway_support import (
@@ -92,7 +92,7 @@ def test_answers_through_the_corked_server_are_whole_and_kept_alive(
     """The server the gateway runs uses the corked protocol; signed answers arrive whole,
     call after call, on one kept-alive caller connection."""
     settings_protocol = _uvicorn_config(None, GatewaySettings()).http
-    assert settings_protocol is _http_protocol()
+    assert settings_protocol is CorkedHttpProtocol
     cfg = write_config(sandbox_state, tmp_path / "shim.toml", upstream_url=server.base_url)
     key = sandbox_state.merchants[MD5_MCH].v2_key
     with running(cfg) as gw, httpx.Client(base_url=gw.base_url, timeout=20) as http:

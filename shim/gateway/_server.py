@@ -12,10 +12,8 @@ environment the parent set, and Prometheus samples go to a shared multiprocess f
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -127,27 +125,25 @@ class _Corked:
         return getattr(self._transport, name)
 
 
-@functools.cache
-def _http_protocol() -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools when installed, the gateway extra; else h11)
-    with its transport corked (:class:`_Corked`)."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
-    except ImportError:  # pragma: no cover - httptools is in the gateway extra
-        from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
+try:  # httptools is in the gateway extra
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _UvicornHttp
+except ImportError:  # pragma: no cover - without it, uvicorn's h11 protocol
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornHttp  # type: ignore[assignment]
 
-    class Corked(base):
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self.transport = _Corked(transport, self.loop)  # type: ignore[assignment]
 
-    return Corked
+class CorkedHttpProtocol(_UvicornHttp):
+    """uvicorn's HTTP protocol (httptools when installed, else h11) on a corked transport
+    (:class:`_Corked`). A module-level class: uvicorn pickles its config for workers."""
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.transport = _Corked(transport, self.loop)  # type: ignore[assignment]
 
 
 def _uvicorn_config(app: Any, settings: GatewaySettings, **extra: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        http=_http_protocol(),
+        http=CorkedHttpProtocol,
         loop="auto",  # uvloop when installed
         ws="none",
         lifespan="on",
