@@ -7,9 +7,7 @@ it never does, so that no answer is ever read off a connection a previous answer
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from shim._transport import new_async_client
 from shim.sandbox import Emulator, SandboxState
 from tests.fault_cases import parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request, head, real_answer
+from tests.wait import await_until, wait_until
 
 STOCK = "1757"
 MCH = "10000098"
@@ -141,11 +140,12 @@ async def test_a_connection_the_peer_closed_while_idle_is_not_reused(
         shim = make_shim(server.url)
         first = await query(shim)
         assert isinstance(first, dict), first
-        for _ in range(200):  # the server closed its side; its FIN reaches our idle socket
-            if not server._threads[-1].is_alive():
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
+        pool = shim._client
+        assert isinstance(pool, AsyncPool)
+        await await_until(
+            lambda: all(c.eof for idle in pool._idle.values() for c in idle),
+            "the server's FIN reached the idle connection",
+        )
         second = await query(shim)
         assert isinstance(second, dict) and second["result_code"] == "SUCCESS", second
     assert server.connections == 2
@@ -164,12 +164,9 @@ async def test_a_header_block_over_the_cap_is_a_typed_connection_error(
 
     with HostileServer(endless_headers) as server:
         shim = make_shim(server.url)
-        started = time.monotonic()
         result = await query(shim)
-        elapsed = time.monotonic() - started
     assert isinstance(result, UpstreamError), result
-    assert result.kind == "connection", result
-    assert elapsed < 1.5, elapsed
+    assert result.kind == "connection", result  # refused by the cap, not by a timeout
 
 
 async def test_a_refused_connection_is_a_typed_connection_error(
@@ -210,10 +207,8 @@ def tls_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    end = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < end, "TLS emulator did not start"
-        time.sleep(0.01)
+    wait_until(lambda: server.started or not thread.is_alive(), "the TLS emulator started")
+    assert server.started, "the TLS emulator did not start"
     yield f"https://127.0.0.1:{sock.getsockname()[1]}", str(folder / "ca.pem"), state
     server.should_exit = True
     thread.join(10)
@@ -259,10 +254,9 @@ async def test_close_aborts_kept_alive_connections_and_refuses_later_calls(
         assert isinstance(pool, AsyncPool)
         await shim.aclose()
         assert pool.is_closed
-        for _ in range(200):  # the server sees its kept-alive connection end
-            if not any(t.is_alive() for t in server._threads[1:]):
-                break
-            await asyncio.sleep(0.01)
-        assert not any(t.is_alive() for t in server._threads[1:])
+        await await_until(
+            lambda: not any(t.is_alive() for t in server._threads[1:]),
+            "the server saw its kept-alive connection end",
+        )
         late = await query(shim)
     assert isinstance(late, ShimError) and type(late).__name__ == "ClosedError", late
