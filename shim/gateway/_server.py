@@ -31,8 +31,9 @@ from typing import Any
 
 import uvicorn
 
-from shim._events import configure_cli_logging, redact_text
+from shim._events import configure_cli_logging
 from shim._loader import load_config
+from shim._redaction import redact_text
 from shim.gateway._app import GatewayApp
 from shim.gateway._metrics import MULTIPROC_ENV
 from shim.gateway._settings import GatewaySettings, check_tls, load_gateway_settings
