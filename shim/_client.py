@@ -50,7 +50,9 @@ from shim._singleflight import AsyncFlights, ThreadFlights
 from shim._transport import (
     Admission,
     AsyncAdmission,
+    AsyncPool,
     DeadlineTransport,
+    new_async_client,
     proxy_mounts,
     run_async,
     run_sync,
@@ -733,13 +735,13 @@ class AsyncCouponStockShim(_ShimCore):
         )
         self._owns_client = client is None
         self._transport = transport
-        self._client = client or self._new_client()
+        self._client: httpx.AsyncClient | AsyncPool = client or self._new_client()
         self._gate = AsyncAdmission(self._live.current().upstream.max_in_flight)
         self._flights: AsyncFlights[CallOutcome] = AsyncFlights()
 
-    def _new_client(self) -> httpx.AsyncClient:
+    def _new_client(self) -> httpx.AsyncClient | AsyncPool:
         limits = _limits(self._live.current().upstream.max_in_flight)
-        return httpx.AsyncClient(transport=self._transport, limits=limits, follow_redirects=False)
+        return new_async_client(limits, self._transport)
 
     def _after_fork(self) -> None:
         """First use in a forked child: a pool, gate and shadow runner of its own."""
