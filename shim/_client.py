@@ -22,7 +22,7 @@ import httpx
 
 from shim._cache import AnswerCache, Entry
 from shim._environ import kill_switch_on
-from shim._errors import ClosedError, Route, ShimError, UpstreamError
+from shim._errors import ClosedError, ConfigError, Route, ShimError, UpstreamError
 from shim._flags import OpenFeatureRouteSource, RouteFlags
 from shim._flow import (
     CallContext,
@@ -35,7 +35,6 @@ from shim._flow import (
     route_flow,
 )
 from shim._live import LiveConfig
-from shim._mapping.load import load_mapping
 from shim._mapping.model import MappingTable
 from shim._observe import CallObservers, CallRecord
 from shim._policy import CircuitBreaker
@@ -167,7 +166,6 @@ class _ShimCore:
         self._clock, self._wall, self._nonce = clock, wall, nonce
         self._breakers: dict[tuple[Route, str], CircuitBreaker] = {}
         self._breaker_lock = threading.Lock()
-        self._mapping: tuple[ShimConfig, MappingTable] | None = None
         # Observers of call records and breaker changes: events always, metrics when
         # prometheus_client is installed (see shim._observe, shim.metrics).
         # The public metrics module is imported when a shim is built, not by ``import shim``.
@@ -265,12 +263,11 @@ class _ShimCore:
     def _table(self, snapshot: ShimConfig) -> MappingTable:
         """The mapping of the snapshot in force (loaded with it; edits arrive by reload)."""
         table = snapshot.mapping
-        if table is not None:
-            return table
-        cached = self._mapping
-        if cached is None or cached[0] is not snapshot:
-            cached = self._mapping = (snapshot, load_mapping(snapshot.mapping_dir))
-        return cached[1]
+        if table is None:  # LiveConfig loads the mapping with every snapshot it holds
+            raise ConfigError(
+                "the config snapshot has no mapping loaded (build it with load_config)"
+            )
+        return table
 
     def _prepare(
         self, values: dict[str, Any], xml: Mapping[str, Any] | None, *, route: Route | None = None
