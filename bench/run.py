@@ -55,10 +55,11 @@ from wechatpayv3.utils import load_private_key, load_public_key, rsa_sign, rsa_v
 import shim._client
 import shim._v3
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim._config import ShimConfig, load_config
 from shim._events import configure_cli_logging
-from shim._flow import HttpRequest, HttpResponse
+from shim._flow import HttpRequest, HttpResponse, header_map
+from shim._loader import load_config
 from shim._transport import DeadlineTransport
+from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 
 HERE = Path(__file__).resolve().parent
@@ -708,7 +709,9 @@ def canned_network(env: Env) -> Iterator[Callable[[], None]]:
                         resp = c.request(
                             step.method, step.url, headers=step.headers, content=step.body
                         )
-                    canned[step.route] = HttpResponse(resp.status_code, resp.headers, resp.content)
+                    canned[step.route] = HttpResponse(
+                        resp.status_code, header_map(resp.headers.multi_items()), resp.content
+                    )
                 step = flow.send(canned[step.route])
         except StopIteration as done:
             return done.value
@@ -821,7 +824,7 @@ URL = "http://wechatpay.emulator"
 def _cold_load_s(path: Path) -> float:
     """Load ``path`` in a fresh interpreter (no key parsed yet): seconds."""
     code = (
-        "import time,sys;from shim._config import load_config;t=time.perf_counter();"
+        "import time,sys;from shim import load_config;t=time.perf_counter();"
         f"c=load_config({str(path)!r},env={{}});print(time.perf_counter()-t, len(c.merchants))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -842,7 +845,7 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         load_pem_private_key,
     )
 
-    import shim._config as shim_config
+    from shim import _secrets as shim_secrets
 
     out: dict[str, Any] = {}
     big = _many_merchants(env, p.big_merchants, "m-big")
@@ -860,7 +863,7 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
     )
     t0 = time.perf_counter()
-    shim_config._check_private_key(pem)
+    shim_secrets.check_private_key(pem)
     out["g_key_check_ms"] = (time.perf_counter() - t0) * 1000
     t0 = time.perf_counter()
     load_pem_private_key(pem, password=None)

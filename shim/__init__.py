@@ -18,7 +18,6 @@ wechatpy users change only their import: ``from shim.compat.wechatpy import WeCh
 """
 
 from shim._client import AsyncCouponStockShim, CouponStockShim
-from shim._config import LiveConfig, ShimConfig, load_config
 from shim._default import (
     aquery_coupon_stock,
     close_default_shims,
@@ -32,25 +31,40 @@ from shim._errors import (
     LocalError,
     MappingError,
     OverloadError,
+    Route,
     ShimError,
     SignatureError,
     UpstreamError,
 )
 from shim._events import redact_secrets
+from shim._flags import OpenFeatureRouteSource
+from shim._live import LiveConfig
+from shim._loader import load_config
+from shim._observe import CallRecord
+from shim._secrets import LiteralSecretWarning
 from shim._shadow import ShadowTotals
+from shim._transport import DeadlineTransport
+from shim._values import Mode, Secret, ShimConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncCouponStockShim",
+    "CallRecord",
     "ClosedError",
     "ConfigError",
     "CouponStockShim",
+    "DeadlineTransport",
     "InputError",
+    "LiteralSecretWarning",
     "LiveConfig",
     "LocalError",
     "MappingError",
+    "Mode",
+    "OpenFeatureRouteSource",
     "OverloadError",
+    "Route",
+    "Secret",
     "ShadowTotals",
     "ShimConfig",
     "ShimError",

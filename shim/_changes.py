@@ -1,6 +1,6 @@
 """Which keys a config reload changed: dotted TOML key names, never values.
 
-Used by :class:`shim._config.LiveConfig` for the ``coupon_shim.config_reloaded`` event's
+Used by :class:`shim._live.LiveConfig` for the ``coupon_shim.config_reloaded`` event's
 ``changed`` list.
 """
 
@@ -10,7 +10,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shim._config import MerchantConfig, ShimConfig
+    from shim._values import MerchantConfig, ShimConfig
 
 __all__ = ["config_changes"]
 

@@ -20,7 +20,7 @@ import httpx
 
 from shim import _v2 as v2
 from shim._cache import AnswerCache, Entry
-from shim._config import LiveConfig, ShimConfig
+from shim._environ import kill_switch_on
 from shim._errors import ClosedError, InputError, Route, ShimError, UpstreamError
 from shim._flags import OpenFeatureRouteSource
 from shim._flow import (
@@ -33,11 +33,12 @@ from shim._flow import (
     resign,
     route_flow,
 )
+from shim._live import LiveConfig
 from shim._mapping import MappingTable, load_mapping
 from shim._observe import CallRecord, EventSink
 from shim._policy import BreakerTransition, CircuitBreaker
 from shim._redaction import scrubs_locals, scrubs_locals_async
-from shim._routing import Decision, decide, kill_switch_on, routing_key
+from shim._routing import Decision, decide, routing_key
 from shim._shadow import (
     AsyncShadowRunner,
     ShadowOutcome,
@@ -55,10 +56,12 @@ from shim._transport import (
     run_async,
     run_sync,
 )
-from shim.metrics import ShimMetrics, metrics_for
+from shim._values import ShimConfig
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from shim.metrics import ShimMetrics
 
 __all__ = ["AsyncCouponStockShim", "CouponStockShim"]
 
@@ -145,6 +148,9 @@ class _ShimCore:
         # Observers of call records and breaker changes: events always, metrics when
         # prometheus_client is installed (see shim._observe, shim.metrics).
         self._events = EventSink(logger)
+        # The public metrics module is imported when a shim is built, not by ``import shim``.
+        from shim.metrics import metrics_for
+
         self._metrics: ShimMetrics | None = metrics_for(registry) if metrics else None
         self._observers: tuple[CallObserver, ...] = ()
         self._cache = AnswerCache(self._live.current().cache.max_entries)

@@ -54,9 +54,9 @@ from shim._shadow import FieldDiff, diff_answers
 if TYPE_CHECKING:
     import httpx
 
-    from shim._config import MerchantConfig, ShimConfig
     from shim._flow import RouteResult
     from shim._mapping import MappingTable
+    from shim._values import MerchantConfig, ShimConfig
 
 __all__ = [
     "EXIT_BELOW_THRESHOLD",
@@ -953,7 +953,7 @@ def command(
         return _fail(
             "needs the 'cli' extra for its tables: pip install 'coupon-shim[cli]'", EXIT_USAGE, err
         )
-    from shim._config import load_config
+    from shim._loader import load_config
 
     try:
         ids_in = list(args.stock_ids)

@@ -19,14 +19,14 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from shim._errors import ConfigError
-from shim._routing import Mode, parse_mode
+from shim._routing import parse_mode
+from shim._values import DEFAULT_FLAG_KEY, Mode
 
 if TYPE_CHECKING:
     from openfeature.client import OpenFeatureClient
 
-__all__ = ["DEFAULT_FLAG_KEY", "OpenFeatureRouteSource"]
+__all__ = ["OpenFeatureRouteSource"]
 
-DEFAULT_FLAG_KEY: Final = "coupon-shim-route"
 _INSTALL_HINT: Final = (
     "the OpenFeature flag source needs the openfeature-sdk package: "
     "pip install 'coupon-shim[openfeature]'"

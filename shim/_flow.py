@@ -13,13 +13,13 @@ import functools
 import os
 import secrets
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Literal, TypeVar
 
 from shim import _v2 as v2
 from shim import _v3 as v3
-from shim._config import MerchantConfig, ShimConfig
 from shim._errors import (
     ClosedError,
     ConfigError,
@@ -40,6 +40,7 @@ from shim._policy import (
     should_retry,
 )
 from shim._routing import Decision
+from shim._values import MerchantConfig, ShimConfig
 
 __all__ = [
     "CallContext",
@@ -52,6 +53,7 @@ __all__ = [
     "Sleep",
     "TransportFailure",
     "call_flow",
+    "header_map",
     "new_nonce",
     "resign",
     "route_flow",
@@ -83,9 +85,27 @@ class HttpRequest:
         )
 
 
+def header_map(pairs: Iterable[tuple[str, str]]) -> Mapping[str, str]:
+    """An answer's headers as an immutable mapping of lower-case names to values.
+
+    A header sent more than once is joined with ``", "`` in the order received (RFC 9110
+    field combination), so a repeated ``Wechatpay-Signature`` fails verification instead of
+    one copy being picked.
+    """
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.lower()
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return MappingProxyType(out)
+
+
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
-    """A whole HTTP answer. ``headers`` is case-insensitive (``httpx.Headers``)."""
+    """A whole HTTP answer.
+
+    ``headers`` is an immutable mapping keyed by lower-case names (see :func:`header_map`),
+    built once by the driver: the flow never sees the HTTP library's own types.
+    """
 
     status: int
     headers: Mapping[str, str]
@@ -285,22 +305,6 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     return RouteResult(answer, "legacy", 1, status=reply.status, received_at=received)
 
 
-def _plain_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """The answer's headers as one lower-case keyed dict, for the v3 route's many lookups.
-
-    (Each ``httpx.Headers.get`` scans and re-encodes the whole header list.)
-    """
-    if type(headers) is dict:
-        return headers
-    items = getattr(headers, "_list", None)  # httpx.Headers: (raw, lower-case, value) bytes
-    if type(items) is list and items and type(items[0]) is tuple and len(items[0]) == 3:
-        try:
-            return {lower.decode("ascii"): value.decode("ascii") for _, lower, value in items}
-        except (UnicodeDecodeError, AttributeError):
-            pass  # not plain ASCII: decode as httpx does
-    return {k.lower(): v for k, v in headers.items()}
-
-
 #: ``v3.stock_path`` is pure and the same few stocks recur: memoised (ids are at most 20
 #: characters, and a refused id raises, so it is never kept).
 _stock_path = functools.lru_cache(maxsize=4096)(v3.stock_path)
@@ -338,7 +342,7 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     url = ctx.config.upstream.v3_base_url + path
     reply = _answer((yield _request(ctx, deadline, "v3", "GET", url, headers, b"")), "v3")
     received = ctx.clock()
-    answer_headers = _plain_headers(reply.headers)
+    answer_headers = reply.headers
     status, rid = reply.status, v3.request_id_of(answer_headers)
     if 200 <= status < 300:
         v3.verify_answer(creds, answer_headers, reply.body, now=ctx.wall(), status=status)

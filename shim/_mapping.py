@@ -31,6 +31,8 @@ from typing import Any, Final, Literal, cast
 
 from shim._converters import CONVERTER_NAMES, CONVERTERS, ConversionError, Converter, make_enum
 from shim._errors import ConfigError, MappingError
+from shim._validate import Invalid, matching
+from shim._validate import text as checked_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -335,17 +337,21 @@ def parse_mapping(raw: bytes | str, *, source: str, name: str) -> MappingTable:
         raise ConfigError("the mapping file is not UTF-8", source=source) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML ({exc})", source=source) from exc
-    return _Validator(source).table(doc, name)
+    try:
+        return _Validator(source).table(doc, name)
+    except Invalid as exc:
+        raise exc.as_config_error(source) from None
 
 
 class _Validator:
-    """Turns a decoded TOML document into a :class:`MappingTable` or a ConfigError."""
+    """Turns a decoded TOML document into a :class:`MappingTable`, or raises
+    :class:`~shim._validate.Invalid` naming the entry (``parse_mapping`` adds the file)."""
 
     def __init__(self, source: str):
         self.source = source
 
-    def fail(self, message: str, key: str | None) -> ConfigError:
-        return ConfigError(message, source=self.source, key=key)
+    def fail(self, message: str, key: str) -> Invalid:
+        return Invalid(key, message)
 
     def table(self, doc: dict[str, Any], name: str) -> MappingTable:
         unknown = sorted(set(doc) - _TOP_KEYS)
@@ -387,11 +393,7 @@ class _Validator:
         )
 
     def text(self, value: object, key: str, what: str, *, empty_ok: bool = False) -> str:
-        if not isinstance(value, str) or (not value and not empty_ok):
-            raise self.fail(f"{what} must be a {'' if empty_ok else 'non-empty '}string", key)
-        if len(value) > _MAX_TEXT:
-            raise self.fail(f"{what} is longer than {_MAX_TEXT} characters", key)
-        return value
+        return checked_text(value, key, what, empty_ok=empty_ok, max_length=_MAX_TEXT)
 
     def enums(self, raw: object) -> dict[str, dict[str, str]]:
         if not isinstance(raw, dict):
@@ -399,8 +401,7 @@ class _Validator:
         out: dict[str, dict[str, str]] = {}
         for table_name, entries in raw.items():
             key = f"enums.{table_name}"
-            if _KEY_RE.fullmatch(table_name) is None:
-                raise self.fail("enum table names are letters, digits and _", key)
+            matching(table_name, _KEY_RE, key, "enum table names are letters, digits and _")
             if not isinstance(entries, dict) or not entries:
                 raise self.fail('must be a non-empty table of v3 value = "v2 value"', key)
             table: dict[str, str] = {}
@@ -417,9 +418,12 @@ class _Validator:
         for index, entry in enumerate(raw):
             if not isinstance(entry, dict):
                 raise self.fail("must be a table", f"fields[{index}]")
-            v2_key = entry.get("v2")
-            if not isinstance(v2_key, str) or _KEY_RE.fullmatch(v2_key) is None:
-                raise self.fail("v2 must be a v2 key (letters, digits, _)", f"fields[{index}]")
+            v2_key = matching(
+                entry.get("v2"),
+                _KEY_RE,
+                f"fields[{index}]",
+                "v2 must be a v2 key (letters, digits, _)",
+            )
             key = f"fields.{v2_key}"
             unknown = sorted(set(entry) - _FIELD_KEYS)
             if unknown:
@@ -450,9 +454,9 @@ class _Validator:
             if kind == "const":
                 value = self.text(entry["const"], key, "const", empty_ok=False)
                 return FieldRule(v2_key=v2_key, kind="const", source=value, note=note)
-            request = entry["request"]
-            if not isinstance(request, str) or _KEY_RE.fullmatch(request) is None:
-                raise self.fail("request must be a v2 request field name", key)
+            request = matching(
+                entry["request"], _KEY_RE, key, "request must be a v2 request field name"
+            )
             return FieldRule(v2_key=v2_key, kind="request", source=request, note=note)
         path_text = entry["v3"]
         if not isinstance(path_text, str):
@@ -513,8 +517,7 @@ class _Validator:
                 )
             if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
                 raise self.fail("status must be an HTTP error status (400-599)", key)
-            if not isinstance(code, str) or _CODE_RE.fullmatch(code) is None:
-                raise self.fail("code must be a v3 error code (A-Z, 0-9, _)", key)
+            code = matching(code, _CODE_RE, key, "code must be a v3 error code (A-Z, 0-9, _)")
             if (status, code) in out:
                 raise self.fail("duplicate (status, code)", key)
             outcome = entry.get("outcome")
@@ -530,9 +533,12 @@ class _Validator:
                 raise self.fail(f"{extra[0]!r} does not apply to outcome {kind!r}", key)
             err_code = err_code_des = return_msg = None
             if kind == "business":
-                err_code = entry.get("err_code")
-                if not isinstance(err_code, str) or _CODE_RE.fullmatch(err_code) is None:
-                    raise self.fail("a business outcome needs err_code (A-Z, 0-9, _)", key)
+                err_code = matching(
+                    entry.get("err_code"),
+                    _CODE_RE,
+                    key,
+                    "a business outcome needs err_code (A-Z, 0-9, _)",
+                )
                 err_code_des = self.text(entry.get("err_code_des"), key, "err_code_des")
             elif kind == "return_fail":
                 return_msg = self.text(entry.get("return_msg"), key, "return_msg")
@@ -554,8 +560,7 @@ class _Validator:
         out: dict[str, ErrorKind] = {}
         for status, outcome in raw.items():
             key = f"unknown_errors.{status}"
-            if _CLASS_RE.fullmatch(status) is None:
-                raise self.fail('keys are a 4xx/5xx status ("429") or class ("5xx")', key)
+            matching(status, _CLASS_RE, key, 'keys are a 4xx/5xx status ("429") or class ("5xx")')
             if outcome not in ("transient", "unmapped"):
                 raise self.fail(
                     'must be "transient" or "unmapped" (no v2 code is invented for unknown errors)',

@@ -6,8 +6,8 @@ The generated text sits between two markers in MIGRATION.md::
     ...
     <!-- END GENERATED: mapping tables -->
 
-Run ``python -m shim._migration_doc`` to rewrite it, ``python -m shim._migration_doc --check``
-in CI to fail on drift (also exposed as ``coupon-shim migration-doc``).
+Run ``coupon-shim migration-doc`` to rewrite it, ``coupon-shim migration-doc --check``
+in CI to fail on drift.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.check:
         print(
-            f"{args.file}: mapping tables are out of date; run python -m shim._migration_doc",
+            f"{args.file}: mapping tables are out of date; run coupon-shim migration-doc",
             file=sys.stderr,
         )
         return 1

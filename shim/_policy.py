@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from shim._config import BreakerConfig, RetryConfig
 from shim._errors import MappingError, Route, ShimError, SignatureError, UpstreamError
-from shim._routing import Decision, RoutingConfig
+from shim._routing import Decision
+from shim._values import BreakerConfig, RetryConfig, RoutingConfig
 
 __all__ = [
     "BreakerState",

@@ -48,7 +48,7 @@ from shim._errors import (
     UpstreamError,
 )
 from shim._redaction import REDACTED, is_secret_name
-from shim._routing import ShadowConfig
+from shim._values import ShadowConfig
 
 __all__ = [
     "REDACTED",

@@ -49,7 +49,15 @@ from typing import Any
 import httpcore
 import httpx
 
-from shim._flow import Flow, HttpRequest, HttpResponse, Sleep, T, TransportFailure
+from shim._flow import (
+    Flow,
+    HttpRequest,
+    HttpResponse,
+    Sleep,
+    T,
+    TransportFailure,
+    header_map,
+)
 from shim._wire import parse_uint
 
 __all__ = [
@@ -773,7 +781,12 @@ def _finish(
     resp: httpx.Response, reader: _BodyReader, failure: TransportFailure | None
 ) -> HttpResponse | TransportFailure:
     failure = failure or reader.finish()
-    return failure or HttpResponse(resp.status_code, resp.headers, bytes(reader.body))
+    if failure:
+        return failure
+    # One plain, immutable, lower-case keyed mapping, built here: httpx stays in the driver.
+    return HttpResponse(
+        resp.status_code, header_map(resp.headers.multi_items()), bytes(reader.body)
+    )
 
 
 def _late(req: HttpRequest, clock: Callable[[], float]) -> bool:

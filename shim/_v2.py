@@ -16,6 +16,7 @@ from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
 from shim._errors import InputError, Route, SignatureError, UpstreamError
+from shim._values import DEFAULT_MAX_BODY_BYTES
 
 __all__ = [
     "BOUND_FIELDS",
@@ -261,7 +262,7 @@ def _protocol(why: str, route: Route) -> UpstreamError:
 
 
 def parse_xml(
-    body: bytes, *, route: Route = "legacy", max_bytes: int = 1_048_576
+    body: bytes, *, route: Route = "legacy", max_bytes: int = DEFAULT_MAX_BODY_BYTES
 ) -> dict[str, str]:
     """Parse a v2 XML answer into ``dict[str, str]``, safely.
 

@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 from wechatpayv3.utils import rsa_sign, rsa_verify
 
-from shim._config import V3Credentials
 from shim._errors import InputError, SignatureError, UpstreamError
+from shim._values import V3Credentials
 from shim._wire import ascii_token, parse_uint
 
 __all__ = [

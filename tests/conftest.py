@@ -19,8 +19,9 @@ import pytest
 import structlog
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim._config import ShimConfig, parse_config
+from shim._loader import parse_config
 from shim._mapping import clear_mapping_cache
+from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState, serve
 
 if sys.version_info >= (3, 11):

@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim._config import ShimConfig, parse_config
+from shim._loader import parse_config
+from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import Twin
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from shim import _v2 as v2
 from shim import _v3 as v3
-from shim._config import ShimConfig
 from shim._errors import ShimError, SignatureError, UpstreamError
+from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 from shim.sandbox._emulator import SandboxRequest
 from shim.sandbox._v2 import render_xml, v2_sign

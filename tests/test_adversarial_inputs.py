@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shim import CouponStockShim
-from shim._config import ShimConfig
 from shim._errors import InputError
+from shim._values import ShimConfig
 from shim.sandbox import Emulator
 from tests.conftest import MD5_MCH, Twin
 

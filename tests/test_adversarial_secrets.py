@@ -29,7 +29,6 @@ from sentry_sdk.scrubber import EventScrubber
 from sentry_sdk.transport import Transport
 
 from shim import AsyncCouponStockShim, CouponStockShim, redact_secrets
-from shim._config import ShimConfig, load_config
 from shim._errors import (
     ConfigError,
     InputError,
@@ -39,8 +38,10 @@ from shim._errors import (
     UpstreamError,
 )
 from shim._events import redact_text
+from shim._loader import load_config
 from shim._mapping import default_mapping_dir
 from shim._redaction import REDACTED, is_secret_name, redact_value
+from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 from tests.test_no_secrets import RecordingTransport, static_secrets

@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import LogCapture
 
 from shim import AsyncCouponStockShim, CouponStockShim, UpstreamError
-from shim._config import BreakerConfig, ShimConfig
 from shim._policy import BreakerTransition, CircuitBreaker
+from shim._values import BreakerConfig, ShimConfig
 from shim.sandbox import Emulator
 from tests.conftest import MD5_MCH, Twin
 

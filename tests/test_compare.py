@@ -29,10 +29,10 @@ from shim._compare import (
     render_table,
     run_compare,
 )
-from shim._config import ShimConfig
 from shim._errors import InputError, UpstreamError
 from shim._flow import RouteResult
 from shim._mapping import load_mapping
+from shim._values import ShimConfig
 from shim.cli import main
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState
 from tests.conftest import MD5_MCH

@@ -10,8 +10,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from shim._config import LiteralSecretWarning, LiveConfig, Secret, load_config
 from shim._errors import ConfigError, InputError
+from shim._live import LiveConfig
+from shim._loader import load_config
+from shim._secrets import LiteralSecretWarning
+from shim._values import Secret
 
 V2_KEY = "0123456789abcdef0123456789ABCDEF"
 
@@ -188,7 +191,7 @@ def test_live_reload_valid_then_invalid(keydir: Path) -> None:
 
 def test_live_config_sees_env_changes() -> None:
     """With an in-memory config, a changed COUPON_SHIM_MODE takes effect at the next check."""
-    from shim._config import ShimConfig
+    from shim._values import ShimConfig
 
     env: dict[str, str] = {}
     live = LiveConfig(config=ShimConfig(reload_interval_s=1), env=env, watch=False)

@@ -20,10 +20,10 @@ from structlog.testing import capture_logs
 
 from shim import AsyncCouponStockShim, CouponStockShim
 from shim import _v2 as v2
-from shim._config import ShimConfig
 from shim._errors import SignatureError, UpstreamError
 from shim._events import EVENT
 from shim._routing import bucket_of
+from shim._values import ShimConfig
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState, seeded_stocks
 from tests.conftest import MD5_MCH, Twin
 

@@ -13,11 +13,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
 
-from shim import _routing as routing
+from shim import _environ as environ
 from shim import _v2 as v2
 from shim._commands import ExitCode
-from shim._config import ShimConfig, load_config
 from shim._errors import ConfigError, SignatureError
+from shim._loader import load_config
+from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 from tests.test_cli_conventions import assert_one_line_error, coupon_shim
@@ -173,7 +174,7 @@ async def test_unknown_kill_switch_value_is_on_with_a_warning(
 ) -> None:
     """Both twins in v3 mode: an unknown value sends the call to legacy (reason kill_switch)
     and logs one WARNING naming the variable and the value."""
-    routing._WARNED_KILL_VALUES.clear()
+    environ._WARNED_KILL_VALUES.clear()
     twin = make_shim("v3", env={"COUPON_SHIM_KILL_SWITCH": value})
     with capture_logs() as logs:
         answer = await twin.query("1757", mch_id=MD5_MCH)
@@ -192,7 +193,7 @@ async def test_unknown_kill_switch_value_is_on_with_a_warning(
 async def test_known_off_values_leave_v3_serving(
     make_shim: Callable[..., Twin], emulator: Emulator
 ) -> None:
-    routing._WARNED_KILL_VALUES.clear()
+    environ._WARNED_KILL_VALUES.clear()
     for value in ("0", "off", "No", ""):
         twin = make_shim("v3", env={"COUPON_SHIM_KILL_SWITCH": value})
         with capture_logs() as logs:

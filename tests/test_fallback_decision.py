@@ -13,9 +13,9 @@ from structlog.testing import capture_logs
 
 from shim import AsyncCouponStockShim, CouponStockShim
 from shim import _routing as routing
-from shim._config import ShimConfig
 from shim._errors import SignatureError
 from shim._events import CREDENTIALS_REFUSED_EVENT, EVENT
+from shim._values import ShimConfig
 from shim.sandbox import Emulator
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 

@@ -17,7 +17,6 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from shim import cli
-from shim._config import ShimConfig
 from shim._errors import (
     ConfigError,
     InputError,
@@ -26,6 +25,7 @@ from shim._errors import (
     SignatureError,
     UpstreamError,
 )
+from shim._values import ShimConfig
 from shim.sandbox import V2_FAULT_KINDS, V3_FAULT_KINDS, Emulator, SandboxState, serve
 from tests import render_fault_matrix
 from tests.conftest import INPROCESS_URL, Twin

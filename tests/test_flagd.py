@@ -23,9 +23,9 @@ from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim._config import ShimConfig
 from shim._flags import OpenFeatureRouteSource
 from shim._observe import CallRecord
+from shim._values import ShimConfig
 from shim.sandbox import Emulator
 from tests.conftest import MD5_MCH, Twin
 

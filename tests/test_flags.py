@@ -14,7 +14,8 @@ from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvid
 
 from shim._errors import ConfigError
 from shim._flags import OpenFeatureRouteSource
-from shim._routing import RoutingConfig, decide, routing_key
+from shim._routing import decide, routing_key
+from shim._values import RoutingConfig
 
 FLAG = "coupon-shim-route"
 SEEN: list[EvaluationContext] = []

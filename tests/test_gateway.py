@@ -26,8 +26,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from shim._config import load_config
 from shim._errors import ConfigError
+from shim._loader import load_config
 from shim.gateway import ACCESS_EVENT, REFUSALS, running
 from shim.gateway._settings import GatewaySettings, load_gateway_settings
 from shim.sandbox import Emulator, SandboxState, billion_laughs_xml

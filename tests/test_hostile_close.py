@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim._config import ShimConfig
 from shim._errors import ClosedError, ShimError
+from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 from tests.fault_cases import parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request, head, real_answer

@@ -22,9 +22,9 @@ import pytest
 import structlog
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim._config import ShimConfig
 from shim._errors import OverloadError, ShimError, UpstreamError
 from shim._transport import DeadlineTransport
+from shim._values import ShimConfig
 from shim.sandbox import SandboxState
 from tests.fault_cases import parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request

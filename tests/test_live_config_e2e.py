@@ -172,7 +172,7 @@ def test_mapping_edits_apply_live_and_a_broken_edit_keeps_the_last_good(
     shutil.copytree(default_mapping_dir(), folder)
     path = folder / "query_coupon_stock.toml"
     original = path.read_text(encoding="utf-8")
-    from shim._config import LiveConfig
+    from shim._live import LiveConfig
 
     config = make_config("v3", mapping={"dir": str(folder)}, reload={"check_interval_s": 1.0})
     live = LiveConfig(config=config, env={}, watch=False)

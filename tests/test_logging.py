@@ -21,7 +21,7 @@ import structlog
 from structlog.testing import LogCapture
 
 from shim import CouponStockShim
-from shim._config import ShimConfig
+from shim._values import ShimConfig
 from shim.sandbox import Emulator
 from tests.conftest import MD5_MCH, Twin
 

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shim import AsyncCouponStockShim, CouponStockShim, SignatureError, UpstreamError
-from shim._config import LiveConfig
+from shim._live import LiveConfig
 from shim._routing import bucket_of
 from shim.metrics import METRIC_NAMES, metrics_for, render_latest
 from shim.sandbox import Emulator, SandboxState

@@ -35,7 +35,7 @@ def doc_copy(tmp_path: Path) -> Path:
 
 
 def test_repository_migration_md_is_in_sync_with_the_mapping() -> None:
-    """MIGRATION.md's generated tables match mappings/ (run python -m shim._migration_doc)."""
+    """MIGRATION.md's generated tables match mappings/ (run coupon-shim migration-doc)."""
     assert sync_migration_md(REPO_MIGRATION, load_mapping(REPO_MAPPINGS), check=True)
 
 

@@ -22,8 +22,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from shim import AsyncCouponStockShim, CouponStockShim
-from shim._config import ShimConfig
 from shim._errors import ShimError
+from shim._values import ShimConfig
 from shim.cli import main
 from shim.sandbox import DIVERGENT_STOCK_ID, Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shim._config import BreakerConfig, RetryConfig
 from shim._errors import ConfigError, InputError, MappingError, SignatureError, UpstreamError
 from shim._policy import CircuitBreaker, backoff_delay, should_retry
+from shim._values import BreakerConfig, RetryConfig
 
 CFG = RetryConfig(attempts=3, backoff_initial_s=0.1, backoff_max_s=0.3)
 

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
 
 from shim import ConfigError, CouponStockShim, LiveConfig, ShimError, load_config
-from shim import _config as config_module
+from shim import _live as live_module
+from shim import _secrets as secrets_module
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH
 
@@ -106,7 +107,7 @@ def test_a_file_edited_in_place_is_read_only_once_it_has_settled(
     with capture_logs() as logs:
         assert live.check() is False  # still being written, as far as anyone can tell
         assert live.current().routing.mode == "legacy"
-        now[0] += config_module.SETTLE_S + 0.01
+        now[0] += live_module.SETTLE_S + 0.01
         assert live.check() is True
     assert live.current().routing.mode == "v3"
     assert not failures(logs)
@@ -260,15 +261,15 @@ def test_each_distinct_key_is_parsed_once_however_many_merchants_use_it(
     sandbox_state: SandboxState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fifty merchants sharing one key file, loaded twice: the key is checked once."""
-    config_module._PARSED.clear()
+    secrets_module._PARSED.clear()
     seen: list[bytes] = []
-    real = config_module._check_private_key
+    real = secrets_module.check_private_key
 
     def counting(pem: bytes) -> Any:
         seen.append(pem)
         return real(pem)
 
-    monkeypatch.setattr(config_module, "_check_private_key", counting)
+    monkeypatch.setattr(secrets_module, "check_private_key", counting)
     text = config_text(sandbox_state, tmp_path)
     head, merchants = text.split(f'[merchants."{MD5_MCH}"]', 1)
     block = merchants.split("[merchants.", 1)[0]

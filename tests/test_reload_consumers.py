@@ -21,7 +21,7 @@ import structlog
 from structlog.testing import LogCapture
 
 from shim import AsyncCouponStockShim, CouponStockShim, InputError, UpstreamError
-from shim._config import LiveConfig
+from shim._live import LiveConfig
 from shim._observe import CallRecord
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH, Twin

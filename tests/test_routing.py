@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import shim._routing
+from shim._environ import apply_env_overrides, kill_switch_on
 from shim._errors import (
     ConfigError,
     InputError,
@@ -22,21 +23,9 @@ from shim._errors import (
     UpstreamError,
 )
 from shim._policy import credentials_refused, fallback_cause, fallback_target
-from shim._routing import (
-    BUCKETS,
-    DEFAULT_ROUTING,
-    DEFAULT_SHADOW,
-    Decision,
-    RoutingConfig,
-    ShadowConfig,
-    apply_env_overrides,
-    bucket_of,
-    decide,
-    kill_switch_on,
-    parse_routing,
-    parse_shadow,
-    routing_key,
-)
+from shim._routing import Decision, bucket_of, decide, routing_key
+from shim._toml import parse_routing, parse_shadow
+from shim._values import BUCKETS, DEFAULT_ROUTING, DEFAULT_SHADOW, RoutingConfig, ShadowConfig
 
 KEYS = [f"{1_900_000_000 + i % 97}:{i}" for i in range(12_000)]
 
@@ -432,9 +421,9 @@ def test_unknown_kill_switch_value_is_a_loud_warning_once() -> None:
     distinct value; known values log nothing."""
     from structlog.testing import capture_logs
 
-    from shim import _routing as routing
+    from shim import _environ as environ
 
-    routing._WARNED_KILL_VALUES.clear()
+    environ._WARNED_KILL_VALUES.clear()
     cfg = RoutingConfig(kill_switch_env="MY_KILL")
     with capture_logs() as logs:
         assert kill_switch_on(cfg, {"MY_KILL": "enabled"}) is True

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from shim._errors import SignatureError, UpstreamError
-from shim._routing import ShadowConfig
 from shim._shadow import (
     REDACTED,
     AsyncShadowRunner,
@@ -26,6 +25,7 @@ from shim._shadow import (
     is_secret_field,
     normalise,
 )
+from shim._values import ShadowConfig
 
 IGNORE = frozenset({"nonce_str", "sign"})
 WAIT = 10.0  # generous upper bound for thread hand-offs; never a timing assertion

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from shim import AsyncCouponStockShim
-from shim._config import ShimConfig
 from shim._errors import SignatureError, UpstreamError
+from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import INPROCESS_URL, Twin
 from tests.fault_cases import build_twin, case_config, parse_emulator_config

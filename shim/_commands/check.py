@@ -83,7 +83,7 @@ class CheckReport:
 
 
 def _origin(secret: Any) -> str:
-    """``env:NAME`` / ``file:PATH`` / ``literal`` of a :class:`~shim._config.Secret`."""
+    """``env:NAME`` / ``file:PATH`` / ``literal`` of a :class:`~shim._values.Secret`."""
     return str(getattr(secret, "_origin", "literal"))
 
 
@@ -161,14 +161,16 @@ def check_config(
     """Load and validate ``path`` (config and mapping) and resolve its routing per merchant.
 
     Returns:
-        The report and the loaded :class:`~shim._config.ShimConfig`.
+        The report and the loaded :class:`~shim._values.ShimConfig`.
 
     Raises:
         ConfigError: the config or its mapping does not validate.
     """
-    from shim._config import LiteralSecretWarning, load_config
+    from shim._environ import kill_switch_on
+    from shim._loader import load_config
     from shim._mapping import load_mapping
-    from shim._routing import kill_switch_on
+    from shim._secrets import LiteralSecretWarning
+    from shim._values import ENV_CANARY_PERCENT, ENV_MODE
 
     env = os.environ if env is None else env
     with warnings.catch_warnings(record=True) as caught:
@@ -178,9 +180,7 @@ def check_config(
     table = cfg.mapping or load_mapping(cfg.mapping_dir)
     r = cfg.routing
     kill = kill_switch_on(r, env)
-    overrides = {
-        k: env[k] for k in ("COUPON_SHIM_MODE", "COUPON_SHIM_CANARY_PERCENT") if env.get(k)
-    }
+    overrides = {k: env[k] for k in (ENV_MODE, ENV_CANARY_PERCENT) if env.get(k)}
     up = cfg.upstream
     for name in ("v2_base_url", "v3_base_url"):
         found = _url_finding(name, getattr(up, name))
@@ -269,8 +269,8 @@ def probe(cfg: Any, stock_id: str, *, events: bool = False) -> list[ProbeResult]
     events are logged only with ``events`` (the report says it all).
     """
     from shim._client import CouponStockShim
-    from shim._config import RetryConfig
     from shim._errors import ShimError
+    from shim._values import RetryConfig
 
     probe_cfg = replace(cfg, retry=RetryConfig(attempts=1))
     results: list[ProbeResult] = []

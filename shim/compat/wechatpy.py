@@ -79,9 +79,11 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra onl
     ) from exc
 
 from shim._client import CouponStockShim
-from shim._config import LiveConfig, Secret, ShimConfig, parse_config
 from shim._default import CONFIG_ENV, DEFAULT_CONFIG_FILE, REGISTRY, default_config_path
 from shim._errors import ConfigError, InputError, MappingError, UpstreamError
+from shim._live import LiveConfig
+from shim._loader import parse_config
+from shim._values import Secret, ShimConfig
 
 __all__ = ["WeChatPay", "WeChatPayException"]
 

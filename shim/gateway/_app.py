@@ -26,8 +26,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from shim import _v2 as v2
 from shim._client import AsyncCouponStockShim
-from shim._config import ShimConfig
 from shim._errors import ShimError
+from shim._values import ShimConfig
 from shim.gateway import _metrics
 from shim.gateway._passthrough import forward, new_client, refusal_body
 from shim.gateway._protocol import (

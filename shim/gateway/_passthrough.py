@@ -19,7 +19,7 @@ from typing import Final
 import httpx
 from starlette.types import Scope, Send
 
-from shim._config import ShimConfig
+from shim._values import ShimConfig
 from shim.gateway._protocol import XML_CONTENT_TYPE, GatewayRefusal, fail_body
 
 __all__ = ["HOP_BY_HOP", "Forwarded", "forward", "new_client"]

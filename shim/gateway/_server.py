@@ -31,8 +31,8 @@ from typing import Any
 
 import uvicorn
 
-from shim._config import load_config
 from shim._events import configure_cli_logging, redact_text
+from shim._loader import load_config
 from shim.gateway._app import GatewayApp
 from shim.gateway._metrics import MULTIPROC_ENV
 from shim.gateway._settings import GatewaySettings, check_tls, load_gateway_settings

@@ -216,8 +216,8 @@ def run_forever(
 
 def _config_notes(written: ConfigWrite, base: str) -> list[str]:
     """Lines about a kept config that would not reach this server, or does not load."""
-    from shim._config import load_config
     from shim._errors import ConfigError
+    from shim._loader import load_config
 
     notes: list[str] = []
     try:

@@ -1,0 +1,418 @@
+"""The config file's TOML document, validated into values (pure: no file, env or key reads).
+
+:func:`parse_document` checks every table and key of a decoded document and returns a
+:class:`ConfigDocument`: the finished values for everything that needs no I/O, and for each
+merchant a :class:`MerchantDraft` whose secrets are still references (``env:NAME``,
+``file:PATH`` or a literal) and whose folders are still the text the file holds. The loader
+(``_loader``) resolves those with ``_secrets`` and reads the mapping; this module never
+touches a file, the environment or a key (not even ``~`` in a path is expanded here).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final
+
+from shim._errors import ConfigError
+from shim._validate import (
+    Table,
+    boolean,
+    choice,
+    integer,
+    non_empty_text,
+    number,
+    percent_to_buckets,
+    ratio,
+    string_set,
+    sub_table,
+)
+from shim._values import (
+    BUCKET_BY_VALUES,
+    DEFAULT_BASE_URL,
+    DEFAULT_BREAKER,
+    DEFAULT_CACHE,
+    DEFAULT_RELOAD_INTERVAL_S,
+    DEFAULT_RETRY,
+    DEFAULT_SINGLE_FLIGHT,
+    DEFAULT_UPSTREAM,
+    FLAG_SOURCES,
+    MODES,
+    ROUTES,
+    SIGN_TYPES,
+    BreakerConfig,
+    CacheConfig,
+    RetryConfig,
+    RoutingConfig,
+    ShadowConfig,
+    SignType,
+    SingleFlightConfig,
+    UpstreamConfig,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "TOP_LEVEL",
+    "ConfigDocument",
+    "MerchantDraft",
+    "decode_toml",
+    "parse_document",
+    "parse_routing",
+    "parse_shadow",
+]
+
+TOP_LEVEL: Final = frozenset(
+    {
+        "upstream",
+        "retry",
+        "circuit_breaker",
+        "routing",
+        "shadow",
+        "mapping",
+        "reload",
+        "merchants",
+        "cache",
+        "single_flight",
+        "gateway",  # read by shim.gateway (coupon-shim serve); the library ignores it
+    }
+)
+
+
+def decode_toml(raw: bytes, *, source: str, empty_ok: bool = True) -> dict[str, Any]:
+    """Decode a config file's bytes (UTF-8 TOML).
+
+    Raises:
+        ConfigError: not UTF-8 or not TOML (the message names line and column, never a
+            value), or empty when ``empty_ok`` is false.
+    """
+    if not empty_ok and not raw.strip():
+        raise ConfigError("the file is empty (a write in progress?)", source=source)
+    try:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        # TOMLDecodeError names line and column, never the value.
+        raise ConfigError(f"not valid TOML: {exc}", source=source) from None
+    return data
+
+
+# --------------------------------------------------------------------------- routing / shadow
+
+_ROUTING_PARSERS: Final[dict[str, Any]] = {
+    "mode": lambda v, k: choice(v, MODES, k),
+    "canary_percent": lambda v, k: (percent_to_buckets(v, k), float(v))[1],
+    "bucket_by": lambda v, k: choice(v, BUCKET_BY_VALUES, k),
+    "shadow_serve": lambda v, k: choice(v, ROUTES, k),
+    "canary_shadow": boolean,
+    "fallback_to_legacy": boolean,
+    "fallback_to_v3": boolean,
+    "force_v3_mch_ids": string_set,
+    "force_legacy_mch_ids": string_set,
+    "force_v3_stock_ids": string_set,
+    "force_legacy_stock_ids": string_set,
+    "kill_switch_env": non_empty_text,
+    "flag_source": lambda v, k: choice(v, FLAG_SOURCES, k),
+    "openfeature_flag": non_empty_text,
+}
+
+_SHADOW_PARSERS: Final[dict[str, Any]] = {
+    "timeout_s": lambda v, k: number(v, k, positive=True),
+    "max_in_flight": lambda v, k: integer(v, k, minimum=1),
+    "workers": lambda v, k: integer(v, k, minimum=1),
+    "sample_ratio": ratio,
+    "ignore_fields": lambda v, k: string_set(v, k, "field names"),
+}
+
+
+def _parse_table(
+    table: Mapping[str, Any], parsers: Mapping[str, Any], prefix: str, source: str
+) -> dict[str, Any]:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[{prefix}] must be a table", source=source, key=prefix)
+    reader = Table(table, prefix, source)
+    values: dict[str, Any] = {}
+    for name in table:
+        parser = parsers.get(name)
+        if parser is None:
+            known = ", ".join(sorted(parsers))
+            reader.fail(name, f"unknown key (known keys: {known})")
+        values[name] = reader.read(name, parser)
+    return values
+
+
+def parse_routing(table: Mapping[str, Any], *, source: str) -> RoutingConfig:
+    """Validate a ``[routing]`` table (as read from TOML) into a :class:`RoutingConfig`.
+
+    Missing keys take their defaults.
+
+    Args:
+        table: the table's keys and values.
+        source: where it came from (a file name), for error messages.
+
+    Returns:
+        The immutable routing config.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or a bad value, with ``source`` and
+            ``key="routing.<key>"``.
+    """
+    values = _parse_table(table, _ROUTING_PARSERS, "routing", source)
+    try:
+        return RoutingConfig(**values)
+    except ConfigError as exc:  # pragma: no cover - the parsers check everything first
+        raise ConfigError(str(exc), source=source, key=exc.key) from None
+
+
+def parse_shadow(table: Mapping[str, Any], *, source: str) -> ShadowConfig:
+    """Validate a ``[shadow]`` table into a :class:`ShadowConfig`.
+
+    Args:
+        table: the table's keys and values.
+        source: where it came from (a file name), for error messages.
+
+    Returns:
+        The immutable shadow config.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or a bad value, with ``source`` and
+            ``key="shadow.<key>"``.
+    """
+    values = _parse_table(table, _SHADOW_PARSERS, "shadow", source)
+    try:
+        return ShadowConfig(**values)
+    except ConfigError as exc:  # pragma: no cover - the parsers check everything first
+        raise ConfigError(str(exc), source=source, key=exc.key) from None
+
+
+# --------------------------------------------------------------------------- merchants
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class MerchantDraft:
+    """A merchant table checked for shape; its secrets are still references.
+
+    ``*_ref`` fields hold what the file says (``env:NAME``, ``file:PATH`` or, discouraged, the
+    secret itself), so the repr shows only which keys are set. ``platform_cert_dir`` is the
+    folder as written (``""``: none), resolved against the config file's folder by the loader.
+    """
+
+    mch_id: str
+    prefix: str
+    appid: str
+    v2_key_ref: str
+    v2_sign_type: SignType
+    v3_private_key_ref: str | None
+    v3_cert_serial: str
+    wechatpay_public_key_ref: str | None
+    wechatpay_public_key_id: str
+    platform_cert_dir: str
+    stock_creator_mchid: str | None
+    stock_creator_mchids: Mapping[str, str]
+    bucket_by: str | None
+
+    def key(self, name: str) -> str:
+        """The full dotted key of one of this merchant's keys."""
+        return f"{self.prefix}.{name}"
+
+    def __repr__(self) -> str:
+        return f"MerchantDraft(mch_id={self.mch_id!r}, v3={self.v3_private_key_ref is not None})"
+
+
+def _parse_merchant(mch_id: str, table: Mapping[str, Any], *, source: str) -> MerchantDraft:
+    prefix = f'merchants."{mch_id}"'
+    if not mch_id or len(mch_id) > 32 or not mch_id.isascii() or not mch_id.isalnum():
+        raise ConfigError(
+            "a merchant id is 1-32 ASCII letters or digits", source=source, key=prefix
+        )
+    r = Table(table, prefix, source)
+    appid = r.text("appid", required=True)
+    v2_ref = r.text("v2_key", "")
+    if not v2_ref:
+        raise r.error("v2_key", "is required")
+    sign_type = r.choice(
+        "v2_sign_type", SIGN_TYPES, "MD5", message='must be "MD5" or "HMAC-SHA256"'
+    )
+    private = r.text("v3_private_key", "") or None
+    serial = r.text("v3_cert_serial", "")
+    pub = r.text("wechatpay_public_key", "") or None
+    pub_id = r.text("wechatpay_public_key_id", "")
+    cert_dir = r.text("platform_cert_dir", "")
+    if private is not None:
+        if not serial:
+            raise r.error("v3_cert_serial", "is required when v3_private_key is set")
+        if pub is not None and not pub_id.startswith("PUB_KEY_ID_"):
+            raise r.error(
+                "wechatpay_public_key_id",
+                'is required with wechatpay_public_key ("PUB_KEY_ID_…")',
+            )
+        if pub is None and not cert_dir:
+            raise r.error(
+                "wechatpay_public_key",
+                "v3 needs a WeChat Pay public key (wechatpay_public_key + wechatpay_public_key_id) "
+                "or platform_cert_dir to verify answers",
+            )
+    elif pub is not None or cert_dir:
+        raise r.error("v3_private_key", "is required when WeChat Pay keys are configured")
+
+    creator = r.text("stock_creator_mchid", "") or None
+    creators_raw = r.get("stock_creator_mchids", Mapping, {})
+    creators: dict[str, str] = {}
+    for stock, value in creators_raw.items():
+        if not isinstance(value, str) or not value:
+            raise r.error(f"stock_creator_mchids.{stock}", "must be a non-empty string")
+        creators[str(stock)] = value
+    bucket_by = r.text("bucket_by", "") or None
+    if bucket_by is not None and bucket_by not in BUCKET_BY_VALUES:
+        raise r.error("bucket_by", 'must be "mch_id" or "mch_id:coupon_stock_id"')
+    r.finish()
+    return MerchantDraft(
+        mch_id=mch_id,
+        prefix=prefix,
+        appid=appid,
+        v2_key_ref=v2_ref,
+        v2_sign_type=sign_type,  # type: ignore[arg-type]
+        v3_private_key_ref=private,
+        v3_cert_serial=serial.upper(),
+        wechatpay_public_key_ref=pub,
+        wechatpay_public_key_id=pub_id,
+        platform_cert_dir=cert_dir,
+        stock_creator_mchid=creator,
+        stock_creator_mchids=MappingProxyType(creators),
+        bucket_by=bucket_by,
+    )
+
+
+# --------------------------------------------------------------------------- the document
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigDocument:
+    """A validated config document: finished values, merchants as drafts.
+
+    ``routing`` is the file's table as written (environment overrides are applied by the
+    loader); ``mapping_dir`` is the folder as written (``""``: the packaged mapping).
+    """
+
+    source: str
+    path: Path | None
+    upstream: UpstreamConfig
+    retry: RetryConfig
+    breaker: BreakerConfig
+    routing: RoutingConfig
+    shadow: ShadowConfig
+    mapping_dir: str
+    reload_interval_s: float
+    cache: CacheConfig
+    single_flight: SingleFlightConfig
+    merchants: Mapping[str, MerchantDraft] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def parse_document(
+    data: Mapping[str, Any], *, source: str, path: Path | None = None
+) -> ConfigDocument:
+    """Validate a decoded config document (no I/O).
+
+    Args:
+        data: the decoded TOML document.
+        source: how errors name the file.
+        path: the file the data came from, if any.
+
+    Raises:
+        ConfigError: anything is wrong; the message names the file and the key.
+    """
+    unknown = sorted(set(data) - TOP_LEVEL)
+    if unknown:
+        raise ConfigError("unknown table or key (see the README)", source=source, key=unknown[0])
+
+    u = Table(sub_table(data, "upstream", source), "upstream", source)
+    upstream = UpstreamConfig(
+        v2_base_url=u.text("v2_base_url", DEFAULT_BASE_URL).rstrip("/"),
+        v3_base_url=u.text("v3_base_url", DEFAULT_BASE_URL).rstrip("/"),
+        timeout_s=u.number("timeout_s", DEFAULT_UPSTREAM.timeout_s, minimum=0),
+        connect_timeout_s=u.number(
+            "connect_timeout_s", DEFAULT_UPSTREAM.connect_timeout_s, minimum=0
+        ),
+        budget_s=u.number("budget_s", DEFAULT_UPSTREAM.budget_s, minimum=0),
+        max_body_bytes=u.integer("max_body_bytes", DEFAULT_UPSTREAM.max_body_bytes, minimum=1024),
+        max_in_flight=u.integer("max_in_flight", DEFAULT_UPSTREAM.max_in_flight, minimum=1),
+    )
+    for name in ("v2_base_url", "v3_base_url"):
+        url = getattr(upstream, name)
+        if not url.startswith(("http://", "https://")):
+            raise u.error(name, f"must start with http:// or https://, got {url!r}")
+    u.finish()
+
+    rt = Table(sub_table(data, "retry", source), "retry", source)
+    retry = RetryConfig(
+        attempts=rt.integer("attempts", DEFAULT_RETRY.attempts, minimum=1),
+        backoff_initial_s=rt.number(
+            "backoff_initial_s", DEFAULT_RETRY.backoff_initial_s, minimum=0, positive=False
+        ),
+        backoff_max_s=rt.number(
+            "backoff_max_s", DEFAULT_RETRY.backoff_max_s, minimum=0, positive=False
+        ),
+    )
+    rt.finish()
+
+    cb = Table(sub_table(data, "circuit_breaker", source), "circuit_breaker", source)
+    breaker = BreakerConfig(
+        failure_threshold=cb.integer(
+            "failure_threshold", DEFAULT_BREAKER.failure_threshold, minimum=1
+        ),
+        reset_after_s=cb.number("reset_after_s", DEFAULT_BREAKER.reset_after_s, minimum=0),
+    )
+    cb.finish()
+
+    routing = parse_routing(sub_table(data, "routing", source), source=source)
+    shadow = parse_shadow(sub_table(data, "shadow", source), source=source)
+
+    m = Table(sub_table(data, "mapping", source), "mapping", source)
+    mapping_dir = m.text("dir", "")
+    m.finish()
+
+    rl = Table(sub_table(data, "reload", source), "reload", source)
+    reload_interval = rl.number(
+        "check_interval_s", DEFAULT_RELOAD_INTERVAL_S, minimum=0, positive=False
+    )
+    rl.finish()
+
+    ca = Table(sub_table(data, "cache", source), "cache", source)
+    cache = CacheConfig(
+        ttl_s=ca.number("ttl_s", DEFAULT_CACHE.ttl_s, minimum=0, positive=False),
+        max_entries=ca.integer("max_entries", DEFAULT_CACHE.max_entries, minimum=1),
+    )
+    ca.finish()
+    sf = Table(sub_table(data, "single_flight", source), "single_flight", source)
+    single_flight = SingleFlightConfig(
+        enabled=sf.get("enabled", bool, DEFAULT_SINGLE_FLIGHT.enabled),
+    )
+    sf.finish()
+
+    merchants: dict[str, MerchantDraft] = {}
+    for mch_id, table in sub_table(data, "merchants", source).items():
+        if not isinstance(table, Mapping):
+            raise ConfigError("must be a table", source=source, key=f'merchants."{mch_id}"')
+        merchants[mch_id] = _parse_merchant(mch_id, table, source=source)
+
+    return ConfigDocument(
+        source=source,
+        path=path,
+        upstream=upstream,
+        retry=retry,
+        breaker=breaker,
+        routing=routing,
+        shadow=shadow,
+        mapping_dir=mapping_dir,
+        reload_interval_s=reload_interval,
+        cache=cache,
+        single_flight=single_flight,
+        merchants=MappingProxyType(merchants),
+    )
