@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 import structlog
 from structlog.testing import LogCapture
 
+from shim import LiveConfig
+
 # Private on purpose: the nonce pool and the library logger are internals with no public
 # handle, and what is pinned here is their own contract.
 from shim._flow import new_nonce
 from shim._logs import get_logger
+from shim.sandbox import SandboxState
+from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH
 
 
 def test_nonces_are_unique_hex_across_refills() -> None:
@@ -52,3 +57,50 @@ def test_the_resolved_logger_follows_each_structlog_configure() -> None:
         structlog.reset_defaults()
     assert [e["event"] for e in first.entries] == ["one", "two"]
     assert [e["event"] for e in second.entries] == ["three"]
+
+
+def test_a_reload_keeps_unchanged_merchants_and_rebuilds_changed_ones(
+    sandbox_state: SandboxState, tmp_path: Path
+) -> None:
+    """Unchanged merchants stay the same objects (few new long-lived objects per reload);
+    an edited table or a changed key file gives a new one."""
+    path = sandbox_state.write_config(
+        tmp_path / "shim.toml", v2_base_url=INPROCESS_URL, v3_base_url=INPROCESS_URL
+    )
+    text = path.read_text(encoding="utf-8")
+    live = LiveConfig(path, env={}, watch=False)
+    before = dict(live.current().merchants)
+    assert MD5_MCH in before and HMAC_MCH in before
+
+    def replace_file(new_text: str) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(new_text, encoding="utf-8")
+        os.replace(tmp, path)
+        assert live.check() is True
+
+    replace_file(text.replace('mode = "legacy"', 'mode = "v3"'))
+    after = live.current().merchants
+    assert all(after[m] is before[m] for m in before)
+
+    block = text.index(f'[merchants."{MD5_MCH}"]')
+    appid = text.index("appid = ", block)
+    edited = text[:appid] + 'appid = "wx0000000000000001"\n' + text[text.index("\n", appid) + 1 :]
+    replace_file(edited)
+    edited_snapshot = live.current().merchants
+    assert edited_snapshot[MD5_MCH] is not before[MD5_MCH]
+    assert edited_snapshot[MD5_MCH].appid == "wx0000000000000001"
+    assert edited_snapshot[HMAC_MCH] is before[HMAC_MCH]
+
+    # The same table, but the v2 key file it names now holds another key.
+    ref = re.search(rf'\[merchants."{HMAC_MCH}"\][^\[]*?v2_key = "(file:[^"]+)"', edited)
+    assert ref is not None
+    own_key = tmp_path / "v2_key"
+    own_key.write_text(before[HMAC_MCH].v2_key.reveal(), encoding="utf-8")
+    pointed = edited.replace(ref.group(0), ref.group(0).replace(ref.group(1), "file:v2_key"))
+    replace_file(pointed)
+    same_key = live.current().merchants[HMAC_MCH]
+    own_key.write_text("B" * 32, encoding="utf-8")
+    replace_file(pointed + "\n")
+    rotated = live.current().merchants[HMAC_MCH]
+    assert rotated is not same_key
+    assert rotated.v2_key.reveal() == "B" * 32
