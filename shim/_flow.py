@@ -64,9 +64,12 @@ _XML_TYPES = ("text/xml", "application/xml", "text/plain")
 _UNSIGNED = frozenset({"nonce_str", "sign"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HttpRequest:
-    """One HTTP request for the driver to send, with its time limits."""
+    """One HTTP request for the driver to send, with its time limits.
+
+    Treated as immutable, like every per-call value here (see :class:`CallContext`).
+    """
 
     method: str
     url: str
@@ -160,8 +163,9 @@ if hasattr(os, "register_at_fork"):
 class CallContext:
     """Everything one call's flow needs, passed in (time, nonce and randomness included).
 
-    Treated as immutable (derive another with :func:`dataclasses.replace`); not declared
-    frozen because a frozen dataclass's ``__init__`` costs four times as much, on every call.
+    Treated as immutable (derive another with :func:`dataclasses.replace`); the per-call
+    values are not declared frozen because a frozen dataclass's ``__init__`` costs four
+    times as much, and the hot path builds several of them on every call.
     """
 
     config: ShimConfig
@@ -178,9 +182,12 @@ class CallContext:
     request_fields: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RouteResult:
-    """A verified v2-shaped answer from one route."""
+    """A verified v2-shaped answer from one route.
+
+    Treated as immutable, like every per-call value here (see :class:`CallContext`).
+    """
 
     answer: dict[str, str]
     route: Route
@@ -193,9 +200,12 @@ class RouteResult:
     credentials_refused: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallOutcome:
-    """What served a call."""
+    """What served a call.
+
+    Treated as immutable, like every per-call value here (see :class:`CallContext`).
+    """
 
     result: RouteResult
     served_by: Route

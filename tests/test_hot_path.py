@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import LogCapture
 
-from shim import LiveConfig
+from shim import LiveConfig, _redaction
 
 # Private on purpose: the nonce pool and the library logger are internals with no public
 # handle, and what is pinned here is their own contract.
 from shim._flow import new_nonce
 from shim._logs import get_logger
+from shim._redaction import is_secret_name, redact_text
 from shim.sandbox import SandboxState
 from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH
 
@@ -104,3 +107,53 @@ def test_a_reload_keeps_unchanged_merchants_and_rebuilds_changed_ones(
     rotated = live.current().merchants[HMAC_MCH]
     assert rotated is not same_key
     assert rotated.v2_key.reveal() == "B" * 32
+
+
+_PIECES = st.sampled_from(
+    [
+        "sign",
+        "Sign",
+        "paySign",
+        "v2_key",
+        "signature",
+        "token",
+        "pem",
+        "WECHATPAY2-SHA256-RSA2048 ",
+        "wechatpay2-sha256-rsa2048\t",
+        "-----BEGIN PRIVATE KEY-----",
+        "-----begin x-----",
+        "-----END PRIVATE KEY-----",
+        "<sign>",
+        "</sign>",
+        "<paySign>",
+        "<KEY>",
+        "=",
+        ":",
+        " : ",
+        "'",
+        '"',
+        "&",
+        "sign_type=MD5",
+        "2026-12-02T01:13:42.585Z",
+        "A" * 119,
+        "B" * 121,
+        "/+",
+        "abc",
+        " ",
+        "\n",
+    ]
+)
+
+
+@given(st.lists(st.one_of(_PIECES, st.text(max_size=6)), max_size=12).map("".join))
+@settings(max_examples=400, deadline=None)
+def test_redact_text_shortcut_never_skips_a_match(text: str) -> None:
+    """The one-search shortcut returns text unchanged only when no pattern would change it."""
+    assert redact_text(text) == _redaction._redact_all(text)
+
+
+def test_is_secret_name_memo_agrees_with_the_rule() -> None:
+    names = ["sign", "sign_type", "paySign", "Wechatpay-Signature", "mch_id", "api_key", "x"]
+    for _ in range(2):  # the second pass answers from the memo
+        assert [is_secret_name(n) for n in names] == [_redaction._is_secret_name(n) for n in names]
+    assert [is_secret_name(n) for n in names] == [True, False, True, True, False, True, False]
