@@ -1,4 +1,5 @@
-"""The hot path's shortcuts keep their guarantees: nonces, the resolved logger, metrics."""
+"""The hot path's shortcuts keep their guarantees: nonces, the resolved logger, redaction,
+the fast v2 reader, reloads that keep unchanged merchants."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import LogCapture
 
-from shim import LiveConfig, _redaction
-
-# Private on purpose: the nonce pool and the library logger are internals with no public
-# handle, and what is pinned here is their own contract.
+# Private on purpose: the nonce pool, the library logger, the redactor's shortcut and the
+# fast v2 reader are internals with no public handle; what is pinned here is their contract.
+from shim import LiveConfig, UpstreamError, _redaction
+from shim._flatxml import read_flat
 from shim._flow import new_nonce
 from shim._logs import get_logger
 from shim._redaction import is_secret_name, redact_text
+from shim._v2 import parse_xml
 from shim.sandbox import SandboxState
 from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH
 
@@ -157,3 +159,19 @@ def test_is_secret_name_memo_agrees_with_the_rule() -> None:
     for _ in range(2):  # the second pass answers from the memo
         assert [is_secret_name(n) for n in names] == [_redaction._is_secret_name(n) for n in names]
     assert [is_secret_name(n) for n in names] == [True, False, True, True, False, True, False]
+
+
+@given(st.text(alphabet="]>x <[!CDATA", max_size=16), st.text(alphabet="]>x <", max_size=6))
+@settings(max_examples=400, deadline=None)
+def test_the_fast_v2_reader_agrees_on_brackets_in_cdata(inside: str, after: str) -> None:
+    """CDATA holding any mix of ``]`` and ``>`` (even a ``]]>`` that ends it early): the fast
+    reader gives what the full parser gives, or steps aside."""
+    doc = f"<xml><a><![CDATA[{inside}]]>{after}</a><b>1</b></xml>".encode()
+    try:
+        full: dict[str, str] | None = parse_xml(doc)
+    except UpstreamError:
+        full = None
+    fast = read_flat(doc)
+    assert fast is None or fast == full
+    if "]]>" not in inside and not after:
+        assert fast == {"a": inside.strip(), "b": "1"}
