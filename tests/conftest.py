@@ -35,6 +35,16 @@ INPROCESS_URL = "http://wechatpay.emulator"
 ENV_VARS = ("COUPON_SHIM_MODE", "COUPON_SHIM_CANARY_PERCENT", "COUPON_SHIM_KILL_SWITCH")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every item whose code measures elapsed time or waits on a real delay
+    ``wallclock`` (``tests/wallclock.py``), so the count of clock-bound items stays true."""
+    from tests.wallclock import clock_reason
+
+    for item in items:
+        if item.get_closest_marker("wallclock") is None and clock_reason(item) is not None:
+            item.add_marker(pytest.mark.wallclock)
+
+
 @pytest.fixture(scope="session")
 def sandbox_state(tmp_path_factory: pytest.TempPathFactory) -> SandboxState:
     """Keys, certificates and v2 keys, created once per test session."""
@@ -118,6 +128,16 @@ def make_config(
         return parse_config(data, source="test-shim.toml", base_dir=tmp_path, env=env or {})
 
     return build
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (``clock=`` of a shim, a flow's context)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class Twin:

@@ -435,8 +435,9 @@ def render_table() -> str:
         f"{4 * BOMB_BYTES // 2**20} MiB). Every case runs through both twins over the "
         f"in-process transport ({loopback_only} over real loopback sockets only); {socket} "
         "also run over real loopback sockets (modes `v3` and `legacy`), with the same "
-        "outcomes. Every call finishes within its `budget_s` (+1 s margin; +0.5 s for the "
-        "drips); every error is a `ShimError` with no secret in its text.",
+        "outcomes. Every case with a delay or a drip is timed, side by side with the "
+        "others, and finishes within its `budget_s` (+1 s margin; +0.5 s for the drips); "
+        "every error is a `ShimError` with no secret in its text.",
     ]
     return "\n".join(lines) + "\n"
 

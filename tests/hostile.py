@@ -25,6 +25,8 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import gzip
@@ -33,7 +35,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,9 @@ __all__ = [
     "bomb",
     "head",
     "real_answer",
+    "run_variants",
+    "serve_encoded",
+    "serving",
     "stacked_bomb",
 ]
 
@@ -325,6 +330,25 @@ def stacked_bomb(size: int, layers: int) -> bytes:
     return data
 
 
+def serve_encoded(payload: bytes, encoding: str, *, chunked: bool = False) -> Script:
+    """A script answering ``payload`` as a body in ``encoding`` (chunked if asked), then
+    holding the connection."""
+
+    def script(conn: Conn, req: Request) -> None:
+        headers = [("Content-Type", "text/xml"), ("Content-Encoding", encoding)]
+        if chunked:
+            conn.send(head(200, [*headers, ("Transfer-Encoding", "chunked")]))
+            for i in range(0, len(payload), 8192):
+                part = payload[i : i + 8192]
+                conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+            conn.send(b"0\r\n\r\n")
+        else:
+            conn.send(head(200, [*headers, ("Content-Length", str(len(payload)))]) + payload)
+        conn.hold(2.0)
+
+    return script
+
+
 @contextlib.contextmanager
 def serving(script: Script, **kwargs: Any) -> Iterator[HostileServer]:
     """``with serving(script) as server:`` — a started :class:`HostileServer`."""
@@ -333,3 +357,32 @@ def serving(script: Script, **kwargs: Any) -> Iterator[HostileServer]:
         yield server
     finally:
         server.stop()
+
+
+#: A variant of an attack: a coroutine function that raises ``AssertionError`` when the
+#: shim breaks a bound, and returns a line for the report (its measured bound) otherwise.
+Variant = Callable[[], Coroutine[Any, Any, str]]
+
+
+def run_variants(variants: dict[str, Variant], *, workers: int = 16) -> list[str]:
+    """Run every variant at once, each in a thread and event loop of its own.
+
+    Each variant builds its own hostile server and shim and times its own call, so running
+    side by side does not blur the bound it asserts. Returns the variants' report lines
+    (sorted by name); raises one ``AssertionError`` naming every variant that failed, with
+    why, so one run shows every broken bound.
+    """
+
+    def one(name: str) -> tuple[str, str | None]:
+        try:
+            return f"{name}: {asyncio.run(variants[name]())}", None
+        except Exception as exc:  # every failure is reported, by variant
+            return name, f"{name}: {type(exc).__name__}: {exc}"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, sorted(variants)))
+    failures = [failed for _, failed in results if failed is not None]
+    assert not failures, f"{len(failures)} of {len(variants)} variants failed:\n" + "\n".join(
+        failures
+    )
+    return [line for line, _ in results]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +26,9 @@ from shim.sandbox import Emulator, SandboxState
 from shim.sandbox._emulator import SandboxRequest
 from shim.sandbox._v2 import render_xml, v2_sign
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
-from tests.forged import Answer, forged_server, upstream_at
+from tests.fault_cases import build_twin, parse_emulator_config
+from tests.forged import Answer, Forge, forged_server, upstream_at
+from tests.hostile import Variant, run_variants
 
 STOCK = "1757"
 TIMING = {"timeout_s": 2.0, "connect_timeout_s": 1.0, "budget_s": 4.0}
@@ -37,10 +41,9 @@ def _tables(url: str, **routing: Any) -> dict[str, Any]:
 
 
 async def _raises(twin: Twin, **kwargs: Any) -> ShimError:
-    started = time.monotonic()
+    """The typed error of one call (its bound in time: the last test of this module)."""
     with pytest.raises(ShimError) as info:
         await twin.query(STOCK, mch_id=kwargs.pop("mch_id", MD5_MCH), **kwargs)
-    assert time.monotonic() - started < TIMING["budget_s"] + 0.5
     return info.value
 
 
@@ -75,6 +78,37 @@ def _now_in(value: str) -> str:
     return value.replace("1700000000", str(int(time.time())))
 
 
+def _v3_header(header: str, value: str) -> Forge:
+    """A forge that sets one header of the v3 answer (a timestamp is made current)."""
+
+    def forge(request: SandboxRequest, answer: Answer) -> Answer:
+        if _is_v3(request):
+            text = _now_in(value) if header == "wechatpay-timestamp" else value
+            answer.set_header(header, text.encode("utf-8"))
+        return answer
+
+    return forge
+
+
+def _content_length(length: str) -> Forge:
+    """A forge that sets the Content-Length of every answer."""
+
+    def forge(request: SandboxRequest, answer: Answer) -> Answer:
+        answer.set_header("content-length", length.encode("utf-8"))
+        return answer
+
+    return forge
+
+
+def _v2_body(body: bytes) -> Forge:
+    """A forge that replaces the legacy answer's body."""
+
+    def forge(request: SandboxRequest, answer: Answer) -> Answer:
+        return answer if _is_v3(request) else answer.with_body(body)
+
+    return forge
+
+
 @pytest.mark.parametrize("stamp", HOSTILE_TIMESTAMPS)
 async def test_hostile_timestamp_is_a_signature_error(
     stamp: str, make_shim: Callable[..., Twin], emulator: Emulator
@@ -82,12 +116,7 @@ async def test_hostile_timestamp_is_a_signature_error(
     """A v3 answer whose Wechatpay-Timestamp is not plain ASCII digits is a SignatureError,
     never a ValueError (both twins, real socket); the shadow path counts it as `signature`."""
 
-    def forge(request: SandboxRequest, answer: Answer) -> Answer:
-        if _is_v3(request):
-            answer.set_header("wechatpay-timestamp", _now_in(stamp).encode("utf-8"))
-        return answer
-
-    with forged_server(emulator, forge) as srv:
+    with forged_server(emulator, _v3_header("wechatpay-timestamp", stamp)) as srv:
         twin = make_shim("v3", **_tables(srv.base_url, fallback_to_legacy=False))
         err = await _raises(twin)
         assert isinstance(err, SignatureError) and err.route == "v3"
@@ -95,30 +124,26 @@ async def test_hostile_timestamp_is_a_signature_error(
         assert await _shadow_error(shadow) == {"signature": 1}
 
 
-@pytest.mark.parametrize(
-    ("header", "value"),
-    [
-        ("wechatpay-serial", "ＰＵＢ_KEY"),
-        ("wechatpay-serial", "pub_key_id_ß"),
-        ("wechatpay-nonce", "a\x7fb"),
-        ("wechatpay-signature", "Ａ" * 344),
-        ("wechatpay-signature", "not base64 !!"),
-        ("wechatpay-signature-type", "wechatpay2-sha256-rsa2048"),
-        ("request-id", "é" * 5000),
-    ],
-)
+HOSTILE_HEADERS = [
+    ("wechatpay-serial", "ＰＵＢ_KEY"),
+    ("wechatpay-serial", "pub_key_id_ß"),
+    ("wechatpay-nonce", "a\x7fb"),
+    ("wechatpay-signature", "Ａ" * 344),
+    ("wechatpay-signature", "not base64 !!"),
+    ("wechatpay-signature-type", "wechatpay2-sha256-rsa2048"),
+    ("request-id", "é" * 5000),
+]
+HOSTILE_LENGTHS = ["²", "١٠", "12x", "-1", "99999999999999999999999"]
+
+
+@pytest.mark.parametrize(("header", "value"), HOSTILE_HEADERS)
 async def test_hostile_header_values_give_typed_errors(
     header: str, value: str, make_shim: Callable[..., Twin], emulator: Emulator
 ) -> None:
     """Non-ASCII or malformed serials, nonces, signatures and request ids are refused as
     typed errors (a huge non-ASCII Request-ID is dropped, never echoed)."""
 
-    def forge(request: SandboxRequest, answer: Answer) -> Answer:
-        if _is_v3(request):
-            answer.set_header(header, value.encode("utf-8"))
-        return answer
-
-    with forged_server(emulator, forge) as srv:
+    with forged_server(emulator, _v3_header(header, value)) as srv:
         twin = make_shim("v3", **_tables(srv.base_url, fallback_to_legacy=False))
         if header == "request-id":
             answer = await twin.query(STOCK, mch_id=MD5_MCH)
@@ -129,17 +154,13 @@ async def test_hostile_header_values_give_typed_errors(
         assert err.request_id is None or err.request_id.isascii()
 
 
-@pytest.mark.parametrize("length", ["²", "١٠", "12x", "-1", "99999999999999999999999"])
+@pytest.mark.parametrize("length", HOSTILE_LENGTHS)
 async def test_hostile_content_length_is_typed(
     length: str, make_shim: Callable[..., Twin], emulator: Emulator
 ) -> None:
     """A Content-Length that is not ASCII digits (or absurd) is a typed error on both routes."""
 
-    def forge(request: SandboxRequest, answer: Answer) -> Answer:
-        answer.set_header("content-length", length.encode("utf-8"))
-        return answer
-
-    with forged_server(emulator, forge) as srv:
+    with forged_server(emulator, _content_length(length)) as srv:
         for mode in ("legacy", "v3"):
             twin = make_shim(mode, **_tables(srv.base_url, fallback_to_legacy=False))
             err = await _raises(twin)
@@ -236,12 +257,7 @@ async def test_v2_parser_refuses_dtds_entities_and_other_encodings(
 ) -> None:
     """Each hostile document served as the legacy answer is an UpstreamError protocol (both
     twins, real socket), and the shadow path (v3 serves, legacy shadowed) records `protocol`."""
-    body = HOSTILE_XML[name]
-
-    def forge(request: SandboxRequest, answer: Answer) -> Answer:
-        return answer if _is_v3(request) else answer.with_body(body)
-
-    with forged_server(emulator, forge) as srv:
+    with forged_server(emulator, _v2_body(HOSTILE_XML[name])) as srv:
         twin = make_shim("legacy", **_tables(srv.base_url, fallback_to_v3=False))
         err = await _raises(twin)
         assert type(err) is UpstreamError and err.kind == "protocol" and err.route == "legacy"
@@ -285,15 +301,14 @@ def _signed_v2(state: SandboxState, signer: str, **changes: str) -> Callable[...
     return forge
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"coupon_stock_id": "9856888"},
-        {"mch_id": "1900000109"},
-        {"appid": "wxd678efh567hg6787"},
-    ],
-    ids=["other_stock", "other_merchant", "other_appid"],
-)
+MIXUPS = {
+    "other_stock": {"coupon_stock_id": "9856888"},
+    "other_merchant": {"mch_id": "1900000109"},
+    "other_appid": {"appid": "wxd678efh567hg6787"},
+}
+
+
+@pytest.mark.parametrize("changes", list(MIXUPS.values()), ids=list(MIXUPS))
 @pytest.mark.parametrize("mch_id", [MD5_MCH, HMAC_MCH])
 async def test_legacy_refuses_a_signed_answer_about_something_else(
     changes: dict[str, str],
@@ -387,3 +402,93 @@ async def test_raw_unsigned_fail_is_reduced(
             "return_code": "FAIL",
             "return_msg": "busy",
         }
+
+
+# ----------------------------------------------------------------- the bound in time, all at once
+
+
+@pytest.mark.wallclock
+def test_every_forged_answer_ends_within_the_budget(
+    sandbox_state: SandboxState, tmp_path: Path, emulator: Emulator
+) -> None:
+    """Every forged or hostile answer above (timestamps, header values, Content-Length,
+    DTDs and entities, signed mix-ups, an unsigned FAIL), through both twins over real
+    sockets, side by side: each variant times its own call and asserts it ends within
+    budget_s (+0.5 s) with its typed outcome."""
+    placeholder = "http://127.0.0.1:9"
+    parsed: dict[str, ShimConfig] = {}
+    for mode in ("legacy", "v3"):
+        tables = _tables(placeholder, fallback_to_legacy=False, fallback_to_v3=False)
+        tables["routing"]["mode"] = mode
+        parsed[mode] = parse_emulator_config(sandbox_state, tmp_path, placeholder, tables)
+
+    def at(mode: str, url: str) -> ShimConfig:
+        cfg = parsed[mode]
+        up = replace(cfg.upstream, v2_base_url=url, v3_base_url=url)
+        return replace(cfg, upstream=up)
+
+    budget = TIMING["budget_s"]
+
+    def variant(kind: str, mode: str, forge: Forge, check: Callable[[object], None]) -> Variant:
+        async def run() -> str:
+            with forged_server(emulator, forge) as srv:
+                twin = build_twin(kind, at(mode, srv.base_url), emulator, inprocess=False)
+                try:
+                    started = time.monotonic()
+                    try:
+                        result: object = await twin.query(STOCK, mch_id=MD5_MCH)
+                    except ShimError as err:
+                        result = err
+                    elapsed = time.monotonic() - started
+                finally:
+                    await twin.close()
+            check(result)
+            assert elapsed < budget + 0.5, f"{elapsed:.2f} s against a {budget} s budget"
+            return f"{elapsed:.3f} s vs budget {budget} s -> {type(result).__name__}"
+
+        return run
+
+    def signature_error(result: object) -> None:
+        assert isinstance(result, SignatureError), result
+
+    def upstream_error(result: object) -> None:
+        assert isinstance(result, UpstreamError), result
+
+    def protocol_error(result: object) -> None:
+        assert type(result) is UpstreamError and result.kind == "protocol", result
+
+    def reduced(result: object) -> None:
+        assert isinstance(result, dict) and set(result) == {"return_code", "return_msg"}, result
+
+    unsigned_fail = render_xml(
+        {"return_code": "FAIL", "return_msg": "busy", "result_code": "SUCCESS",
+         "coupon_stock_id": STOCK, "coupon_value": "999999"}
+    )  # fmt: skip
+    variants: dict[str, Variant] = {}
+    for kind in ("sync", "async"):
+        for stamp in HOSTILE_TIMESTAMPS:
+            forge = _v3_header("wechatpay-timestamp", stamp)
+            variants[f"timestamp {stamp[:12]!r} {kind}"] = variant(
+                kind, "v3", forge, signature_error
+            )
+        for header, value in HOSTILE_HEADERS:
+            if header != "request-id":  # served (the id is dropped): its own test above
+                forge = _v3_header(header, value)
+                variants[f"{header} {value[:12]!r} {kind}"] = variant(
+                    kind, "v3", forge, signature_error
+                )
+        for length in HOSTILE_LENGTHS:
+            for mode in ("legacy", "v3"):
+                variants[f"content-length {length[:12]!r} {mode} {kind}"] = variant(
+                    kind, mode, _content_length(length), upstream_error
+                )
+        for name, body in HOSTILE_XML.items():
+            variants[f"xml {name} {kind}"] = variant(kind, "legacy", _v2_body(body), protocol_error)
+        for name, changes in MIXUPS.items():
+            forge = _signed_v2(sandbox_state, MD5_MCH, **changes)
+            variants[f"mix-up {name} {kind}"] = variant(kind, "legacy", forge, protocol_error)
+        variants[f"unsigned FAIL {kind}"] = variant(
+            kind, "legacy", _v2_body(unsigned_fail), reduced
+        )
+    for line in run_variants(variants):
+        print("BOUND " + line)

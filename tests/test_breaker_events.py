@@ -7,8 +7,6 @@ within ``reset_after_s`` plus one successful probe.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +19,7 @@ from shim import AsyncCouponStockShim, CouponStockShim, UpstreamError
 from shim._policy import BreakerTransition, CircuitBreaker
 from shim._values import BreakerConfig, ShimConfig
 from shim.sandbox import Emulator
-from tests.conftest import MD5_MCH, Twin
+from tests.conftest import MD5_MCH, FakeClock, Twin
 
 
 def test_listener_sees_every_transition() -> None:
@@ -90,10 +88,11 @@ async def test_breaker_opens_and_recovers_with_events_and_metrics(
     make_config: Callable[..., ShimConfig], twin_kind: str, emulator: Emulator, via: str
 ) -> None:
     """v3 fails: the breaker opens (event + gauge 1); after the fault clears it recovers
-    within reset_after_s plus one successful probe (half_open, closed events; gauge 0)."""
+    within reset_after_s plus one successful probe (half_open, closed events; gauge 0).
+    The shim runs on a clock the test moves, so the recovery time is exact, not waited."""
     cap = LogCapture()
     structlog.configure(processors=[cap])
-    reset = 0.3
+    reset = 0.25  # exact in binary: the fake clock lands on it
     registry = CollectorRegistry()
     config = make_config(
         "v3",
@@ -102,26 +101,32 @@ async def test_breaker_opens_and_recovers_with_events_and_metrics(
         retry={"attempts": 1},
         circuit_breaker={"failure_threshold": 2, "reset_after_s": reset},
     )
-    kwargs: dict[str, Any] = {"env": {}, "registry": registry}
+    clock = FakeClock()
+    kwargs: dict[str, Any] = {"env": {}, "registry": registry, "clock": clock}
     if via == "inprocess":
         kwargs["transport"] = emulator.mock_transport()
     cls = AsyncCouponStockShim if twin_kind == "async" else CouponStockShim
     twin = Twin(twin_kind, cls(config, **kwargs))
     try:
-        await _open_and_recover(twin, emulator, registry, cap, reset)
+        await _open_and_recover(twin, emulator, registry, cap, reset, clock)
     finally:
         await twin.close()
 
 
 async def _open_and_recover(
-    twin: Twin, emulator: Emulator, registry: CollectorRegistry, cap: LogCapture, reset: float
+    twin: Twin,
+    emulator: Emulator,
+    registry: CollectorRegistry,
+    cap: LogCapture,
+    reset: float,
+    clock: FakeClock,
 ) -> None:
     emulator.set_fault("v3", "1757", "http_500")
     for _ in range(2):
         with pytest.raises(UpstreamError) as info:
             await twin.query("1757", mch_id=MD5_MCH)
         assert info.value.kind == "http_status"
-    opened_at = time.monotonic()
+    opened_at = clock.now
     gauge = ("coupon_shim_circuit_breaker_open", {"route": "v3", "mch_id": MD5_MCH})
     assert registry.get_sample_value(gauge[0], gauge[1]) == 1
     emulator.clear_faults()
@@ -130,12 +135,15 @@ async def _open_and_recover(
         await twin.query("1757", mch_id=MD5_MCH)  # still open: not sent at all
     assert info.value.kind == "circuit_open"
     assert emulator.request_counts["v3"] == 0
-    await asyncio.sleep(max(0.0, reset - (time.monotonic() - opened_at)) + 0.02)
-    answer = await twin.query("1757", mch_id=MD5_MCH)  # the one probe
-    recovered = time.monotonic() - opened_at
+    clock.now = opened_at + reset - 0.01
+    with pytest.raises(UpstreamError) as info:
+        await twin.query("1757", mch_id=MD5_MCH)  # just before reset_after_s: still open
+    assert info.value.kind == "circuit_open"
+    clock.now = opened_at + reset
+    answer = await twin.query("1757", mch_id=MD5_MCH)  # at reset_after_s: the one probe
     assert answer["result_code"] == "SUCCESS"
     assert emulator.request_counts["v3"] == 1
-    assert recovered < reset + 1.0  # reset_after_s plus one probe (generous for load)
+    assert clock.now - opened_at == reset  # reset_after_s plus one probe
     assert registry.get_sample_value(gauge[0], gauge[1]) == 0
     changes = [e for e in cap.entries if e["event"] == "coupon_shim.circuit_breaker"]
     assert [(e["state"], e["cause"]) for e in changes] == [
@@ -156,24 +164,29 @@ async def _open_and_recover(
 
 
 async def test_failed_probe_reopens_with_an_event(
-    make_shim: Callable[..., Twin], emulator: Emulator
+    make_config: Callable[..., ShimConfig], twin_kind: str, emulator: Emulator
 ) -> None:
     """A probe that fails re-opens the breaker: event cause probe_failed, gauge stays 1."""
     cap = LogCapture()
     structlog.configure(processors=[cap])
-    twin = make_shim(
+    config = make_config(
         "v3",
-        via="inprocess",
         routing={"fallback_to_legacy": False},
         retry={"attempts": 1},
-        circuit_breaker={"failure_threshold": 1, "reset_after_s": 0.05},
+        circuit_breaker={"failure_threshold": 1, "reset_after_s": 30.0},
     )
+    clock = FakeClock()
+    cls = AsyncCouponStockShim if twin_kind == "async" else CouponStockShim
+    twin = Twin(twin_kind, cls(config, env={}, transport=emulator.mock_transport(), clock=clock))
     emulator.set_fault("v3", "1757", "http_503")
-    with pytest.raises(UpstreamError):
-        await twin.query("1757", mch_id=MD5_MCH)
-    await asyncio.sleep(0.08)
-    with pytest.raises(UpstreamError) as info:
-        await twin.query("1757", mch_id=MD5_MCH)
+    try:
+        with pytest.raises(UpstreamError):
+            await twin.query("1757", mch_id=MD5_MCH)
+        clock.now += 30.0
+        with pytest.raises(UpstreamError) as info:
+            await twin.query("1757", mch_id=MD5_MCH)
+    finally:
+        await twin.close()
     assert info.value.kind == "http_status"
     changes = [
         (e["state"], e["cause"]) for e in cap.entries if e["event"] == "coupon_shim.circuit_breaker"

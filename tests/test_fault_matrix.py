@@ -7,6 +7,9 @@ fails when the README drifts.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import dataclasses
 import inspect
 import time
@@ -44,6 +47,10 @@ from tests.fault_cases import (
 )
 
 CASES = matrix_cases()
+#: Faults that wait (a delay past the read timeout, a drip until the deadline cuts it).
+DELAY_FAULTS = frozenset({"delay", "header_drip", "body_drip"})
+INSTANT_CASES = [c for c in CASES if c.fault.fault not in DELAY_FAULTS]
+DELAY_CASES = [c for c in CASES if c.fault.fault in DELAY_FAULTS]
 DOCUMENTED_KINDS = {"timeout", "connection", "http_status", "protocol", "circuit_open", "budget"}
 ERROR_TYPES: dict[str, type[ShimError]] = {
     "UpstreamError": UpstreamError,
@@ -100,6 +107,19 @@ def test_readme_table_is_up_to_date() -> None:
     )
 
 
+def _case_config(base: ShimConfig, case: Case, url: str) -> ShimConfig:
+    """The matrix config of ``case``, its upstream at ``url``."""
+    config = case_config(base, case.mode, **case.routing())
+    upstream = dataclasses.replace(
+        config.upstream,
+        budget_s=case.budget_s,
+        timeout_s=case.timeout_s,
+        v2_base_url=url,
+        v3_base_url=url,
+    )
+    return dataclasses.replace(config, upstream=upstream)
+
+
 @pytest.fixture(scope="module")
 def matrix_configs(
     sandbox_state: SandboxState, tmp_path_factory: pytest.TempPathFactory
@@ -132,12 +152,7 @@ async def case_twin(
         url = INPROCESS_URL
         if case.via == "loopback":
             url = request.getfixturevalue("server").base_url
-        config = case_config(matrix_configs(url), case.mode, **case.routing())
-        if (case.budget_s, case.timeout_s) != (config.upstream.budget_s, config.upstream.timeout_s):
-            upstream = dataclasses.replace(
-                config.upstream, budget_s=case.budget_s, timeout_s=case.timeout_s
-            )
-            config = dataclasses.replace(config, upstream=upstream)
+        config = _case_config(matrix_configs(url), case, url)
         twin = build_twin(twin_kind, config, emulator, inprocess=case.via == "inprocess")
         made.append(twin)
         return twin
@@ -148,32 +163,32 @@ async def case_twin(
     emulator.bomb_bytes = bomb_bytes
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-async def test_fault_matrix(
-    case: Case, case_twin: Callable[[Case], Twin], emulator: Emulator
-) -> None:
-    """One fault x mode x fallback case gives its documented outcome, within the budget."""
-    twin = case_twin(case)
-    if case.fault.fault:
-        emulator.set_fault(case.fault.side, STOCK_ID, case.fault.fault, delay_s=case.fault.delay_s)
-    expect = case.expect()
-
-    started = time.monotonic()
+async def outcome(twin: Twin) -> dict[str, str] | ShimError:
+    """The case's call: its answer, or the typed error it raised."""
     try:
-        answer = await twin.query(STOCK_ID, mch_id=MCH_ID)
+        return await twin.query(STOCK_ID, mch_id=MCH_ID)
     except ShimError as err:
-        elapsed = time.monotonic() - started
+        return err
+
+
+async def check_outcome(
+    case: Case, twin: Twin, emulator: Emulator, result: dict[str, str] | ShimError
+) -> None:
+    """The call ended as the case documents: answer or typed error, shadow, request counts."""
+    expect = case.expect()
+    if isinstance(result, ShimError):
+        err = result
         assert expect.error is not None, f"unexpected {err!r}"
         cls, kind = expect.error
         assert type(err) is ERROR_TYPES[cls], repr(err)
         assert isinstance(err, UpstreamError)
-        assert err.kind in kind.split("|")
+        assert err.kind in kind.split("|"), repr(err)
         assert err.route == ("legacy" if case.fault.side == "v2" else "v3")
         if case.fault.status is not None:
             assert err.status == case.fault.status
         assert_clean_error(err, twin)
     else:
-        elapsed = time.monotonic() - started
+        answer = result
         assert expect.error is None, f"expected {expect.error}, got an answer"
         assert answer["return_code"] == ("FAIL" if expect.return_fail else "SUCCESS")
         if not expect.return_fail:
@@ -183,8 +198,6 @@ async def test_fault_matrix(
             assert answer["coupon_stock_id"] == STOCK_ID
         if expect.reduced:
             assert set(answer) == {"return_code", "return_msg"}, answer
-    margin = 0.5 if case.fault.effect == "stall" else 1.0
-    assert elapsed < case.budget_s + margin, f"{elapsed:.2f} s against {case.budget_s} s"
 
     if expect.shadow is not None:
         assert await twin.wait_for_shadows(5.0)
@@ -200,6 +213,85 @@ async def test_fault_matrix(
     counts = emulator.request_counts
     for side, n in expect.requests:
         assert counts[side] == n, (side, dict(counts))
+
+
+@pytest.mark.parametrize("case", INSTANT_CASES, ids=[c.id for c in INSTANT_CASES])
+async def test_fault_matrix(
+    case: Case, case_twin: Callable[[Case], Twin], emulator: Emulator
+) -> None:
+    """One fault x mode x fallback case gives its documented outcome.
+
+    These faults answer at once (no delay, no drip): the outcome does not depend on time,
+    and how the flow spends the budget on retries, backoff and fallback is the clockless
+    contract suite's (``tests/test_flow_contract.py``). The delaying faults, whose bound is
+    the point, run with their wall time asserted in ``test_fault_matrix_delays``.
+    """
+    twin = case_twin(case)
+    if case.fault.fault:
+        emulator.set_fault(case.fault.side, STOCK_ID, case.fault.fault, delay_s=case.fault.delay_s)
+    await check_outcome(case, twin, emulator, await outcome(twin))
+
+
+def _run_delay_case(
+    case: Case, kind: str, configs: Callable[[str], ShimConfig], state: SandboxState
+) -> str | None:
+    """One delaying case on an emulator (and loopback server) of its own, in its own event
+    loop: None when it gives its documented outcome within its budget, else why not."""
+
+    async def run() -> None:
+        emulator = Emulator(state, bomb_bytes=BOMB_BYTES)
+        with contextlib.ExitStack() as stack:
+            url = INPROCESS_URL
+            if case.via == "loopback":
+                url = stack.enter_context(serve(emulator)).base_url
+            twin = build_twin(
+                kind,
+                _case_config(configs(INPROCESS_URL), case, url),
+                emulator,
+                inprocess=case.via == "inprocess",
+            )
+            try:
+                emulator.set_fault(
+                    case.fault.side, STOCK_ID, case.fault.fault, delay_s=case.fault.delay_s
+                )
+                started = time.monotonic()
+                result = await outcome(twin)
+                elapsed = time.monotonic() - started
+                await check_outcome(case, twin, emulator, result)
+                margin = 0.5 if case.fault.effect == "stall" else 1.0
+                assert elapsed < case.budget_s + margin, (
+                    f"{elapsed:.2f} s against a {case.budget_s} s budget"
+                )
+            finally:
+                await twin.close()
+
+    try:
+        asyncio.run(run())
+    except AssertionError as exc:
+        return f"{case.id}: {exc}"
+    return None
+
+
+@pytest.mark.wallclock
+def test_fault_matrix_delays(
+    twin_kind: str, matrix_configs: Callable[[str], ShimConfig], sandbox_state: SandboxState
+) -> None:
+    """Every delaying case (``delay``, ``header_drip``, ``body_drip``) x mode x fallback x
+    transport gives its documented outcome within its budget (+1 s; +0.5 s for the drips).
+
+    The cases run side by side, each on an emulator of its own (a loopback server of its own
+    for the socket cases), each timing its own call; every failure is reported, by case.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        failures = [
+            f
+            for f in pool.map(
+                lambda c: _run_delay_case(c, twin_kind, matrix_configs, sandbox_state),
+                DELAY_CASES,
+            )
+            if f is not None
+        ]
+    assert not failures, "\n".join(failures)
 
 
 def test_emulator_and_admin_bind_to_loopback_by_default(server: Any, emulator: Emulator) -> None:

@@ -28,6 +28,7 @@ from shim._observe import CallRecord
 from shim._values import ShimConfig
 from shim.sandbox import Emulator
 from tests.conftest import MD5_MCH, Twin
+from tests.wait import wait_until
 
 FLAG = "coupon-shim-route"
 DOMAIN = "coupon-shim-flagd-test"
@@ -134,10 +135,13 @@ async def test_editing_the_flag_file_flips_running_shims(
         assert "legacy" in before.values()
         for target in ("v3", "legacy"):
             write_flags(flag_file, definition(None, default=target))
-            deadline = time.monotonic() + 10
-            while any(flagd_says(f"{MD5_MCH}:{s}") != target for s in STOCKS[:10]):
-                assert time.monotonic() < deadline, "the provider never saw the edit"
-                time.sleep(0.05)
+            wait_until(
+                lambda target=target: all(
+                    flagd_says(f"{MD5_MCH}:{s}") == target for s in STOCKS[:10]
+                ),
+                "the provider never saw the edit",
+                interval=0.05,
+            )
             assert set((await routes(twin, records, STOCKS[:10])).values()) == {target}
     finally:
         await twin.close()
@@ -150,12 +154,13 @@ async def test_targeting_a_merchant_by_attribute(
     twin, records = flag_shim
     rule = {"if": [{"==": [{"var": "mch_id"}, MD5_MCH]}, "v3", "legacy"]}
     write_flags(flag_file, definition(rule))
-    deadline = time.monotonic() + 10
     client = api.get_client(domain=DOMAIN)
     ctx = EvaluationContext(targeting_key=f"{MD5_MCH}:1", attributes={"mch_id": MD5_MCH})
-    while client.get_string_value(FLAG, "", ctx) != "v3":
-        assert time.monotonic() < deadline, "the provider never saw the edit"
-        time.sleep(0.05)
+    wait_until(
+        lambda: client.get_string_value(FLAG, "", ctx) == "v3",
+        "the provider never saw the edit",
+        interval=0.05,
+    )
     try:
         assert set((await routes(twin, records, STOCKS[:5])).values()) == {"v3"}
     finally:

@@ -42,6 +42,7 @@ from tests.gateway_support import (
     v2_sign,
     write_config,
 )
+from tests.wait import wait_until
 
 
 @pytest.fixture
@@ -269,9 +270,7 @@ def test_concurrency_limit_answers_overloaded(
         results: list[httpx.Response] = []
         slow = threading.Thread(target=lambda: results.append(post(gw, body)))
         slow.start()
-        deadline = time.monotonic() + 5
-        while gw.app.in_flight < 1 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: gw.app.in_flight >= 1, "the slow call never got in flight", timeout=5)
         started = time.monotonic()
         resp = post(gw, to_xml(request_fields(sandbox_state, MD5_MCH, "1717")))
         assert time.monotonic() - started < 0.5
@@ -326,8 +325,10 @@ class _Upstream:
 
     def __enter__(self) -> _Upstream:
         self.thread.start()
-        while not self.server.started:
-            time.sleep(0.005)
+        wait_until(
+            lambda: self.server.started or not self.thread.is_alive(), "upstream never started"
+        )
+        assert self.server.started, "the upstream server thread died"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -620,10 +621,11 @@ def test_config_reload_applies_without_restart(
         assert httpx.get(gw.base_url + "/readyz").json()["mode"] == "legacy"
         good = cfg.read_text(encoding="utf-8")
         cfg.write_text(set_key(good, "routing", "mode", "v3"), encoding="utf-8")
-        deadline = time.monotonic() + 10
-        while httpx.get(gw.base_url + "/readyz").json()["mode"] != "v3":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(
+            lambda: httpx.get(gw.base_url + "/readyz").json()["mode"] == "v3",
+            "the gateway never reloaded to v3",
+            interval=0.05,
+        )
         before = emulator.request_counts["v3"]
         assert parse_answer(post(gw, body).content)["result_code"] == "SUCCESS"
         assert emulator.request_counts["v3"] == before + 1

@@ -36,6 +36,7 @@ from tests.gateway_support import (
     to_xml,
     write_config,
 )
+from tests.wait import wait_until
 
 MODES = ("legacy", "shadow", "canary", "v3")
 CANARY_PERCENT = 80.0
@@ -100,13 +101,13 @@ class RouteWatch:
 
 def wait_shadows(gw: RunningGateway) -> None:
     """Let the gateway's shadow comparisons finish (they run after the answer went out)."""
-    import time
 
     shim = gw.app._shim
     assert shim is not None
-    deadline = time.monotonic() + 10
-    while shim._runner is not None and shim._runner.in_flight and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(
+        lambda: shim._runner is None or not shim._runner.in_flight,
+        "shadow comparisons still in flight",
+    )
 
 
 # ----------------------------------------------------------------------------- wechatpy

@@ -32,6 +32,7 @@ from tests.gateway_support import (
     to_xml,
     write_config,
 )
+from tests.wait import wait_until
 
 pytestmark = pytest.mark.slow
 _LISTENING = re.compile(r"listening on (https?://\S+)")
@@ -71,15 +72,14 @@ class Served:
         found = _LISTENING.search(line)
         assert found, f"no listening line: {line!r} {self.stderr[-5:]}"
         self.base_url = found.group(1)
-        deadline = time.monotonic() + 30
-        while True:
+
+        def ready() -> bool:
             try:
-                if httpx.get(self.base_url + "/readyz", timeout=2).status_code == 200:
-                    break
+                return httpx.get(self.base_url + "/readyz", timeout=2).status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the gateway never became ready"
-            time.sleep(0.05)
+                return False
+
+        wait_until(ready, "the gateway never became ready", timeout=30, interval=0.05)
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -161,9 +161,7 @@ def test_sigterm_drains_in_flight_calls_and_shadow_jobs(
     callers = [threading.Thread(target=call, args=(stock,)) for stock in stocks]
     for t in callers:
         t.start()
-    deadline = time.monotonic() + 10
-    while emulator.request_counts["v2"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: emulator.request_counts["v2"] >= 3, "the three calls never got upstream")
     assert emulator.request_counts["v2"] == 3  # all three are in flight upstream
     gw.proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)
@@ -223,10 +221,8 @@ def test_two_workers_share_one_port_and_one_metrics_view(
         )
 
     # a worker counts a request just after its answer went out: allow it that moment
-    deadline = time.monotonic() + 10
-    while (total := counted()) < calls and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert total == calls
+    wait_until(lambda: counted() >= calls, "the workers never counted every call", interval=0.05)
+    assert counted() == calls
     for _ in range(4):
         assert counted() == calls
         assert counted("coupon_shim_calls_total") == calls  # the library's, aggregated too
@@ -283,10 +279,13 @@ def test_the_readme_commands_start_a_gateway(tmp_path: Path, served: list[Served
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not (state_dir / "shim.toml").is_file():
-            assert time.monotonic() < deadline and sandbox.poll() is None
-            time.sleep(0.2)
+        wait_until(
+            lambda: (state_dir / "shim.toml").is_file() or sandbox.poll() is not None,
+            "the sandbox never wrote its shim.toml",
+            timeout=60,
+            interval=0.2,
+        )
+        assert sandbox.poll() is None, "the sandbox exited"
         gw = Served(state_dir / "shim.toml")
         served.append(gw)
         assert gw.base_url.startswith("http://127.0.0.1:")

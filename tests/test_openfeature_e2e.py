@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from shim._events import EVENT
 from shim._routing import bucket_of
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
+from tests.wait import await_until
 
 FLAG = "coupon-shim-route"
 VARIANTS = {m: m for m in ("legacy", "shadow", "canary", "v3", "purple")}
@@ -182,9 +181,11 @@ async def test_reloaded_flag_key_is_followed(
         path.write_text(text.replace(f'"{FLAG}"', '"my-route"'), encoding="utf-8")
         stamp = path.stat().st_mtime_ns - 5_000_000_000  # settled: not a write in progress
         os.utime(path, ns=(stamp, stamp))
-        end = time.monotonic() + 5
-        while twin.shim.config.routing.openfeature_flag != "my-route" and time.monotonic() < end:
-            await asyncio.sleep(0.01)  # the background watcher reloads within its interval
+        await await_until(  # the background watcher reloads within its interval
+            lambda: twin.shim.config.routing.openfeature_flag == "my-route",
+            "the watcher never reloaded the flag key",
+            timeout=5,
+        )
         _, event = await call(twin)
         assert event["route"] == "v3" and event["reason"] == "flag"
     finally:

@@ -33,6 +33,7 @@ from shim.sandbox import Emulator, SandboxState
 from tests.conftest import Twin
 from tests.fault_cases import build_twin, parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request
+from tests.wait import wait_until
 
 STOCK = "1757"
 MCH = "10000098"
@@ -221,10 +222,8 @@ def tls_server(_session_emulator: Emulator, tls: Tls) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    end = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < end, "TLS emulator did not start"
-        time.sleep(0.01)
+    wait_until(lambda: server.started or not thread.is_alive(), "TLS emulator did not start")
+    assert server.started, "TLS emulator thread died"
     yield f"https://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
@@ -255,7 +254,16 @@ async def make_twin(
         await twin.close()
 
 
+async def outcome(twin: Twin) -> dict[str, str] | ShimError:
+    """One query's answer or typed error."""
+    try:
+        return await twin.query(STOCK, mch_id=MCH)
+    except ShimError as exc:
+        return exc
+
+
 async def timed(twin: Twin) -> tuple[float, dict[str, str] | ShimError]:
+    """One query's wall time, and its answer or typed error."""
     start = time.monotonic()
     try:
         result: dict[str, str] | ShimError = await twin.query(STOCK, mch_id=MCH)
@@ -281,7 +289,7 @@ async def test_http_calls_go_through_the_env_proxy(
     with ForwardProxy() as proxy:
         monkeypatch.setenv(var, proxy.url)
         twin = make_twin(server.base_url, mode)
-        _, result = await timed(twin)
+        result = await outcome(twin)
     assert isinstance(result, dict), result
     assert result["result_code"] == "SUCCESS"
     assert proxy.seen, "the call did not go through the proxy"
@@ -302,7 +310,7 @@ async def test_https_calls_tunnel_through_the_env_proxy(
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the wrong scheme's proxy
         twin = make_twin(tls_server, mode)
-        _, result = await timed(twin)
+        result = await outcome(twin)
     assert isinstance(result, dict), result
     assert result["result_code"] == "SUCCESS"
     authority = tls_server.removeprefix("https://")
@@ -320,7 +328,7 @@ async def test_no_proxy_bypasses_the_proxy(
         monkeypatch.setenv("ALL_PROXY", proxy.url)
         monkeypatch.setenv("NO_PROXY", no_proxy)
         twin = make_twin(server.base_url)
-        _, result = await timed(twin)
+        result = await outcome(twin)
     assert isinstance(result, dict), result
     assert proxy.seen == []
 
@@ -330,7 +338,7 @@ async def test_without_proxy_env_calls_go_direct(
 ) -> None:
     with ForwardProxy() as proxy:
         twin = make_twin(server.base_url)
-        _, result = await timed(twin)
+        result = await outcome(twin)
     assert isinstance(result, dict), result
     assert proxy.seen == []
 
@@ -513,8 +521,10 @@ def test_an_unanswered_tls_proxy_tunnel_ends_within_the_budget(
     sandbox_state: SandboxState, tmp_path: Path, emulator: Emulator, tls: Tls
 ) -> None:
     """TLS to the proxy, then a CONNECT it never answers: still a budget error in time."""
-    tables = {"upstream": {"timeout_s": 5.0, "connect_timeout_s": 5.0, "budget_s": BUDGET},
-              "retry": {"attempts": 1}}
+    tables = {
+        "upstream": {"timeout_s": 5.0, "connect_timeout_s": 5.0, "budget_s": BUDGET},
+        "retry": {"attempts": 1},
+    }
     cfg = parse_emulator_config(sandbox_state, tmp_path, "https://127.0.0.1:9", tables)
     with ForwardProxy("silent", tls=tls.server) as proxy:
         transport = DeadlineTransport(

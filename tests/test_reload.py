@@ -18,6 +18,7 @@ from shim import _live as live_module
 from shim import _secrets as secrets_module
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH
+from tests.wait import wait_until
 
 
 def config_text(state: SandboxState, folder: Path, **replace: str) -> str:
@@ -165,10 +166,9 @@ def test_reloads_run_on_the_watcher_thread_not_the_callers(
             )
         )
         os.replace(tmp, path)
-        end = time.monotonic() + 5
-        while live.current().routing.mode != "v3" and time.monotonic() < end:
-            time.sleep(0.01)
-        assert live.current().routing.mode == "v3"
+        wait_until(
+            lambda: live.current().routing.mode == "v3", "the reload was never seen", timeout=5
+        )
         assert threads == ["coupon-shim-config-watcher"]
     finally:
         live.close()
@@ -213,9 +213,12 @@ def test_in_place_edits_under_load_fail_no_call(
             time.sleep(0.01)
         final = modes[49 % 2]
         assert final.count('mode = "v3"') == 1
-        end = time.monotonic() + 5
-        while shim.config.routing.mode != "v3" and time.monotonic() < end:
-            time.sleep(0.02)
+        wait_until(
+            lambda: shim.config.routing.mode == "v3",
+            "the last rewrite was never loaded",
+            timeout=5,
+            interval=0.02,
+        )
     finally:
         stop.set()
         for w in workers:

@@ -24,7 +24,7 @@ from shim import AsyncCouponStockShim, CouponStockShim, InputError, UpstreamErro
 from shim._live import LiveConfig
 from shim._observe import CallRecord
 from shim.sandbox import Emulator, SandboxState
-from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH, Twin
+from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH, FakeClock, Twin
 
 MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
 
@@ -181,8 +181,9 @@ async def test_breaker_failure_threshold(watched: Callable[..., Any], emulator: 
 
 async def test_breaker_reset_after(watched: Callable[..., Any], emulator: Emulator) -> None:
     """[circuit_breaker] reset_after_s: an open breaker (30 s) probes as soon as the reloaded,
-    shorter reset time has passed."""
-    w, twin = watched("v3")
+    shorter reset time has passed (on the shim's clock, which the test moves)."""
+    clock = FakeClock()
+    w, twin = watched("v3", clock=clock)
     w.set("routing", "fallback_to_legacy", "false").set("retry", "attempts", "1")
     w.set("circuit_breaker", "failure_threshold", "1").apply()
     emulator.set_fault("v3", "1757", "http_500", times=1)
@@ -191,7 +192,7 @@ async def test_breaker_reset_after(watched: Callable[..., Any], emulator: Emulat
     with pytest.raises(UpstreamError, match="circuit breaker"):
         await twin.query("1757", mch_id=MD5_MCH)
     w.set("circuit_breaker", "reset_after_s", "0.05").apply()
-    await _sleep(0.1)
+    clock.now += 0.1
     answer = await twin.query("1757", mch_id=MD5_MCH)
     assert answer["result_code"] == "SUCCESS"
     assert twin.shim.breaker("v3", MD5_MCH).state == "closed"
@@ -306,12 +307,6 @@ def test_reload_event_names_changed_keys_never_values(
         f'merchants."{MD5_MCH}".v2_key',
     ]
     assert secret not in repr(cap.entries)
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
 
 
 # ------------------------------------------------------------ more keys, one test each

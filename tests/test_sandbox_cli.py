@@ -27,6 +27,7 @@ from shim._commands import ExitCode
 from shim.sandbox import SandboxState
 from tests.conftest import MD5_MCH
 from tests.test_cli_conventions import assert_one_line_error, coupon_shim
+from tests.wait import Deadline
 
 ROOT = Path(__file__).resolve().parent.parent
 _SCRIPT = Path(sys.executable).with_name("coupon-shim")
@@ -76,10 +77,9 @@ class Sandbox:
         for line in self.lines:
             if regex.search(line):
                 return line
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         while True:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no line matching {pattern!r} in {self.lines}"
+            left = deadline.left(f"no line matching {pattern!r} in {self.lines}")
             try:
                 line = self._queue.get(timeout=left)
             except queue.Empty:

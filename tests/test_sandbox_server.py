@@ -7,7 +7,6 @@ import shutil
 import stat
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from shim.sandbox import (
     serve,
     v2_sign,
 )
+from tests.wait import wait_until
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -109,8 +109,7 @@ def test_stop_cuts_pending_delay_short(emulator: Emulator, state: SandboxState) 
 
         thread = threading.Thread(target=call)
         thread.start()
-        while not emulator.requests:
-            time.sleep(0.005)
+        wait_until(lambda: emulator.requests, "the call never reached the emulator")
     thread.join()
     response = result["response"]
     assert isinstance(response, httpx.Response)
@@ -333,10 +332,12 @@ def test_run_forever_prints_and_writes_config(state: SandboxState, tmp_path: Pat
     )
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not any(line.startswith("Press Ctrl+C") for line in lines):
-            assert thread.is_alive() and time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(
+            lambda: any(line.startswith("Press Ctrl+C") for line in lines) or not thread.is_alive(),
+            "the sandbox never said it was listening",
+            timeout=30,
+        )
+        assert thread.is_alive(), "the sandbox stopped"
         match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", lines[0])
         assert match
         base_url = match.group(1)

@@ -39,6 +39,7 @@ from shim.sandbox import (
     seeded_stocks,
     serve,
 )
+from tests.wait import wait_until
 
 MCH_PK = "10000098"  # public-key mode
 MCH_PC = "10000099"  # platform-certificate mode
@@ -624,8 +625,7 @@ def test_delay_fault_does_not_block_other_requests(
 
     thread = threading.Thread(target=slow)
     thread.start()
-    while not emulator.requests:
-        time.sleep(0.005)
+    wait_until(lambda: emulator.requests, "the slow call never reached the emulator")
     with httpx.Client(base_url=server.base_url) as c:
         results["fast"] = get(c, state, stock_target("1717")).status_code
     assert "slow" not in results  # the fast answer came while the slow one was still waiting

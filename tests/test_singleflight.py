@@ -18,6 +18,7 @@ from shim._flow import CallOutcome, RouteResult
 from shim._singleflight import AsyncFlights, ThreadFlights
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import MD5_MCH, Twin
+from tests.wait import await_until, wait_until
 
 N = 8
 SLOW_S = 0.4
@@ -217,7 +218,7 @@ def _budget() -> UpstreamError:
 def test_a_follower_never_takes_an_answer_older_than_its_call() -> None:
     """A shared answer whose reply arrived before the follower started: it runs its own."""
     flights: ThreadFlights[CallOutcome] = ThreadFlights()
-    release = threading.Event()
+    release, waiting = threading.Event(), threading.Event()
     follower_started = 10.0
 
     def leader() -> CallOutcome:
@@ -231,7 +232,7 @@ def test_a_follower_never_takes_an_answer_older_than_its_call() -> None:
         )
     )
     t.start()
-    time.sleep(0.05)
+    wait_until(lambda: len(flights) == 1, "the leader never took off")
     own = _outcome(received_at=11.0)
     follower: list[Any] = []
     f = threading.Thread(
@@ -240,13 +241,13 @@ def test_a_follower_never_takes_an_answer_older_than_its_call() -> None:
                 "k",
                 lambda: own,
                 fresh=lambda o: o.result.received_at >= follower_started,
-                remaining=lambda: 5,
+                remaining=lambda: (waiting.set(), 5)[1],
                 expired=_budget,
             )
         )
     )
     f.start()
-    time.sleep(0.05)
+    wait_until(waiting.is_set, "the follower never joined the flight")
     release.set()
     t.join(5)
     f.join(5)
@@ -268,7 +269,7 @@ def test_a_follower_waits_no_longer_than_its_own_budget() -> None:
         )
     )
     t.start()
-    time.sleep(0.05)
+    wait_until(lambda: len(flights) == 1, "the leader never took off")
     started = time.monotonic()
     with pytest.raises(UpstreamError) as info:
         flights.run(
@@ -282,7 +283,7 @@ def test_a_follower_waits_no_longer_than_its_own_budget() -> None:
 def test_a_leader_that_dies_of_a_bug_abandons_the_flight() -> None:
     """A leader ending in a non-shim exception: followers run the call themselves."""
     flights: ThreadFlights[CallOutcome] = ThreadFlights()
-    release = threading.Event()
+    release, waiting = threading.Event(), threading.Event()
 
     def broken() -> CallOutcome:
         release.wait(5)
@@ -298,7 +299,7 @@ def test_a_leader_that_dies_of_a_bug_abandons_the_flight() -> None:
 
     t = threading.Thread(target=lead)
     t.start()
-    time.sleep(0.05)
+    wait_until(lambda: len(flights) == 1, "the leader never took off")
     out: list[Any] = []
     f = threading.Thread(
         target=lambda: out.append(
@@ -306,13 +307,13 @@ def test_a_leader_that_dies_of_a_bug_abandons_the_flight() -> None:
                 "k",
                 lambda: _outcome(3.0),
                 fresh=lambda o: True,
-                remaining=lambda: 5,
+                remaining=lambda: (waiting.set(), 5)[1],
                 expired=_budget,
             )
         )
     )
     f.start()
-    time.sleep(0.05)
+    wait_until(waiting.is_set, "the follower never joined the flight")
     release.set()
     t.join(5)
     f.join(5)
@@ -322,14 +323,19 @@ def test_a_leader_that_dies_of_a_bug_abandons_the_flight() -> None:
 async def test_async_group_is_empty_after_errors_and_cancellations() -> None:
     """The async group holds only calls in flight, whatever way they ended."""
     flights: AsyncFlights[CallOutcome] = AsyncFlights()
+    joined: list[int] = []
+
+    def remaining() -> float:  # a follower asks just before it waits for the flight
+        joined.append(1)
+        return 5
 
     async def fail() -> CallOutcome:
-        await asyncio.sleep(0.05)
+        await await_until(lambda: len(joined) == 4, "the followers never joined", interval=0)
         raise _budget()
 
     results = await asyncio.gather(
         *(
-            flights.run("k", fail, fresh=lambda o: True, remaining=lambda: 5, expired=_budget)
+            flights.run("k", fail, fresh=lambda o: True, remaining=remaining, expired=_budget)
             for _ in range(5)
         ),
         return_exceptions=True,
