@@ -29,12 +29,12 @@ from shim._flow import (
     Flow,
     RouteResult,
     call_flow,
-    new_nonce,
     resign,
     route_flow,
 )
 from shim._live import LiveConfig
 from shim._mapping import MappingTable, load_mapping
+from shim._nonces import pooled_nonce
 from shim._observe import CallRecord, EventSink
 from shim._policy import BreakerTransition, CircuitBreaker
 from shim._redaction import scrubs_locals, scrubs_locals_async
@@ -126,7 +126,7 @@ class _ShimCore:
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        nonce: Callable[[], str] = new_nonce,
+        nonce: Callable[[], str] = pooled_nonce,
         logger: Any = None,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,

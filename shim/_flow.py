@@ -10,7 +10,6 @@ circuit breaking and fallback — lives here; ``shim._transport`` holds the two 
 from __future__ import annotations
 
 import functools
-import os
 import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
@@ -138,25 +137,9 @@ T = TypeVar("T")
 Flow = Generator[Instruction, "HttpResponse | TransportFailure | None", T]
 
 
-#: Nonces drawn ahead from one ``os.urandom`` read (a system call per nonce cost more than
-#: the rest of a nonce's work); ``list.pop`` hands each out once, across threads.
-_NONCES: list[str] = []
-_NONCE_BATCH = 128
-
-
 def new_nonce() -> str:
-    """A fresh 32-character nonce (16 random bytes from the OS, hex)."""
-    try:
-        return _NONCES.pop()
-    except IndexError:
-        drawn = os.urandom(16 * _NONCE_BATCH).hex()
-        _NONCES.extend([drawn[i : i + 32] for i in range(32, len(drawn), 32)])
-        return drawn[:32]
-
-
-if hasattr(os, "register_at_fork"):
-    # A forked child never hands out the nonces its parent drew (and may still hand out).
-    os.register_at_fork(after_in_child=_NONCES.clear)
+    """A fresh 32-character nonce (the facades pass a faster one: :mod:`shim._nonces`)."""
+    return secrets.token_hex(16)
 
 
 @dataclass(kw_only=True, slots=True)

@@ -17,8 +17,8 @@ from structlog.testing import LogCapture
 # fast v2 reader are internals with no public handle; what is pinned here is their contract.
 from shim import LiveConfig, UpstreamError, _redaction
 from shim._flatxml import read_flat
-from shim._flow import new_nonce
 from shim._logs import get_logger
+from shim._nonces import pooled_nonce as new_nonce
 from shim._redaction import is_secret_name, redact_text
 from shim._v2 import parse_xml
 from shim.sandbox import SandboxState
