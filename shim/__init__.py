@@ -42,7 +42,7 @@ from shim._live import LiveConfig
 from shim._loader import load_config
 from shim._observe import CallRecord
 from shim._secrets import LiteralSecretWarning
-from shim._shadow import ShadowTotals
+from shim._shadow.totals import ShadowTotals
 from shim._transport import DeadlineTransport
 from shim._values import Mode, Secret, ShimConfig
 

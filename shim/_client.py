@@ -33,20 +33,16 @@ from shim._flow import (
     route_flow,
 )
 from shim._live import LiveConfig
-from shim._mapping import MappingTable, load_mapping
+from shim._mapping.load import load_mapping
+from shim._mapping.model import MappingTable
 from shim._nonces import pooled_nonce
 from shim._observe import CallRecord, EventSink
 from shim._policy import BreakerTransition, CircuitBreaker
 from shim._redaction import scrubs_locals, scrubs_locals_async
 from shim._routing import Decision, decide, routing_key
-from shim._shadow import (
-    AsyncShadowRunner,
-    ShadowOutcome,
-    ShadowStats,
-    ShadowTotals,
-    ThreadShadowRunner,
-    compare_answers,
-)
+from shim._shadow.outcome import ShadowOutcome, compare_answers
+from shim._shadow.runners import AsyncShadowRunner, ThreadShadowRunner
+from shim._shadow.totals import ShadowStats, ShadowTotals
 from shim._singleflight import AsyncFlights, ThreadFlights
 from shim._transport import (
     Admission,

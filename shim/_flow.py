@@ -29,7 +29,8 @@ from shim._errors import (
     UpstreamError,
 )
 from shim._flatxml import read_flat
-from shim._mapping import MappingTable, map_error, map_success
+from shim._mapping.apply import map_error, map_success
+from shim._mapping.model import MappingTable
 from shim._policy import (
     CircuitBreaker,
     FallbackCause,

@@ -25,7 +25,7 @@ from shim._environ import apply_env_overrides, env_fingerprint
 from shim._errors import ConfigError
 from shim._loader import load_config, parse_config, with_mapping
 from shim._logs import get_logger
-from shim._mapping import load_mapping
+from shim._mapping.load import load_mapping
 from shim._redaction import scrubs_locals
 from shim._toml import decode_toml
 from shim._values import ShimConfig

@@ -21,7 +21,7 @@ from typing import Any
 
 from shim._environ import apply_env_overrides
 from shim._errors import ConfigError
-from shim._mapping import load_mapping
+from shim._mapping.load import load_mapping
 from shim._redaction import scrubs_locals
 from shim._secrets import resolve_merchant, resolve_path
 from shim._toml import ConfigDocument, decode_toml, parse_document

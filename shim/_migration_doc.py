@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from shim._errors import ConfigError, ShimError
-from shim._mapping import ErrorRule, FieldRule, MappingTable, load_mapping
+from shim._mapping.load import load_mapping
+from shim._mapping.model import ErrorRule, FieldRule, MappingTable
 
 __all__ = ["BEGIN_MARKER", "END_MARKER", "main", "render_tables", "sync_migration_md"]
 

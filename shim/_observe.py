@@ -69,7 +69,7 @@ from shim._events import CREDENTIALS_REFUSED_EVENT, EVENT
 from shim._logs import LibraryLogger, get_logger
 from shim._policy import BreakerTransition, credentials_refused
 from shim._routing import Decision
-from shim._shadow import ShadowOutcome, error_kind_of
+from shim._shadow.outcome import ShadowOutcome, error_kind_of
 
 if TYPE_CHECKING:
     from shim._flow import CallOutcome

@@ -2,7 +2,7 @@
 any value (strings, bytes, containers, objects whose ``repr`` carries a secret) is redacted.
 
 Used by the structlog processor (:func:`shim._events.redact_secrets`), by shadow diffs
-(:func:`shim._shadow.is_secret_field`) and by every ``repr`` that could otherwise show a key, a
+(:func:`shim._diff.is_secret_field`) and by every ``repr`` that could otherwise show a key, a
 signature or an ``Authorization`` header. Pure: no I/O, no logging.
 """
 

@@ -32,7 +32,7 @@ from shim._validate import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from shim._mapping import MappingTable
+    from shim._mapping.model import MappingTable
 
 __all__ = [
     "BUCKETS",
@@ -352,8 +352,9 @@ class ShimConfig:
     source: Path | None = None
     cache: CacheConfig = DEFAULT_CACHE
     single_flight: SingleFlightConfig = DEFAULT_SINGLE_FLIGHT
-    #: The validated mapping of ``mapping_dir``, loaded with the snapshot (``None``: the
-    #: facade loads it on first use).
+    #: The validated mapping of ``mapping_dir``, loaded by the loader (``load_config``) or
+    #: the live config, off the call path; ``None`` for a snapshot built by ``parse_config``
+    #: alone, until a :class:`~shim.LiveConfig` takes it.
     mapping: MappingTable | None = field(default=None, compare=False, repr=False)
 
     def merchant(self, mch_id: str) -> MerchantConfig:

@@ -20,7 +20,7 @@ import structlog
 
 from shim import AsyncCouponStockShim, CouponStockShim
 from shim._loader import parse_config
-from shim._mapping import clear_mapping_cache
+from shim._mapping.load import clear_mapping_cache
 from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState, serve
 

@@ -39,7 +39,7 @@ from shim._errors import (
 )
 from shim._events import redact_text
 from shim._loader import load_config
-from shim._mapping import default_mapping_dir
+from shim._mapping.load import default_mapping_dir
 from shim._redaction import REDACTED, is_secret_name, redact_value
 from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState

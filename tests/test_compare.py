@@ -1,7 +1,7 @@
 """``coupon-shim compare``: classes, verdict, exit codes, grouping, breakers, concurrency, JSON.
 
 Against the emulator's seeded stocks over real loopback HTTP (the CLI) and over the in-process
-transport (the :class:`~shim._compare.Comparer`), plus the pure classification on hand-made
+transport (the :class:`~shim._compare.collect.Comparer`), plus the pure classification on hand-made
 answers.
 """
 
@@ -20,18 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from rich.cells import cell_len
 
 from shim import CouponStockShim
-from shim._compare import (
-    Comparer,
-    classify,
-    dedupe_ids,
-    read_ids_file,
-    render_json,
-    render_table,
-    run_compare,
-)
+from shim._compare.classify import classify
+from shim._compare.collect import Comparer, dedupe_ids, read_ids_file, run_compare
+from shim._compare.render import render_json, render_table
 from shim._errors import InputError, UpstreamError
 from shim._flow import RouteResult
-from shim._mapping import load_mapping
+from shim._mapping.load import load_mapping
 from shim._values import ShimConfig
 from shim.cli import main
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState
@@ -522,7 +516,7 @@ def test_progress_on_a_terminal_shows_count_rate_and_eta(
     a terminal, one closing line."""
     import io
 
-    from shim._compare import _progress
+    from shim._compare.cli import _progress
 
     monkeypatch.setenv("FORCE_COLOR", "1")
     err = io.StringIO()

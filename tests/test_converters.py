@@ -1,4 +1,4 @@
-"""Tests of the mapping's value converters (shim._converters)."""
+"""Tests of the mapping's value converters (shim._mapping.converters)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shim._converters import (
+from shim._mapping.converters import (
     CONVERTER_NAMES,
     CONVERTERS,
     MAX_INTEGER,

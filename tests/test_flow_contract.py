@@ -37,7 +37,7 @@ from shim._flow import (
     call_flow,
     route_flow,
 )
-from shim._mapping import load_mapping
+from shim._mapping.load import load_mapping
 from shim._policy import CircuitBreaker, backoff_delay
 from shim._routing import Decision, decide
 from shim._values import ShimConfig

@@ -21,8 +21,10 @@ import httpx
 import pytest
 import tomllib
 
-from shim import AsyncCouponStockShim, CouponStockShim
+from shim import AsyncCouponStockShim, ConfigError, CouponStockShim
 from shim._flow import Flow, HttpRequest, HttpResponse, TransportFailure, header_map
+from shim._loader import parse_config
+from shim._toml import parse_document
 from shim._transport import run_async, run_sync
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import MD5_MCH, Twin
@@ -165,3 +167,24 @@ async def test_no_file_or_toml_work_runs_on_the_calling_thread(
         io_guard.armed = False
         await twin.close()
     assert io_guard.seen == []
+
+
+def test_parsing_a_document_reads_no_file_and_no_key(
+    base_config: dict[str, Any], io_guard: _BlockingIOGuard, tmp_path: Path
+) -> None:
+    """The TOML reader checks every table, key files and folders included, without touching
+    them: the secrets stay references until the loader resolves them."""
+    data = dict(base_config)
+    data["mapping"] = {"dir": str(tmp_path / "not-there")}
+    io_guard.armed = True
+    doc = parse_document(data, source="shim.toml")
+    io_guard.armed = False
+    assert io_guard.seen == []
+    drafts = doc.merchants.values()
+    assert all(d.v2_key_ref.startswith("file:") for d in drafts)
+    assert any(d.v3_private_key_ref for d in drafts) and any(d.platform_cert_dir for d in drafts)
+    assert doc.mapping_dir.endswith("not-there")
+    assert all(d.v2_key_ref not in repr(d) for d in drafts)
+    with pytest.raises(ConfigError) as info:  # the loader is the one that looks
+        parse_config(data, source="shim.toml", base_dir=tmp_path, env={})
+    assert info.value.key == "mapping.dir"

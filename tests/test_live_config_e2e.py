@@ -166,7 +166,7 @@ def test_mapping_edits_apply_live_and_a_broken_edit_keeps_the_last_good(
     from structlog.testing import capture_logs
 
     from shim import CouponStockShim
-    from shim._mapping import default_mapping_dir
+    from shim._mapping.load import default_mapping_dir
 
     folder = tmp_path / "live-mappings"
     shutil.copytree(default_mapping_dir(), folder)

@@ -14,18 +14,9 @@ from typing import Any
 import pytest
 
 from shim._errors import ConfigError, MappingError
-from shim._mapping import (
-    KNOWN_V3_ENUMS,
-    ErrorOutcome,
-    MappingTable,
-    MapResult,
-    Unmapped,
-    clear_mapping_cache,
-    default_mapping_dir,
-    load_mapping,
-    map_error,
-    map_success,
-)
+from shim._mapping.apply import map_error, map_success
+from shim._mapping.load import clear_mapping_cache, default_mapping_dir, load_mapping
+from shim._mapping.model import KNOWN_V3_ENUMS, ErrorOutcome, MappingTable, MapResult, Unmapped
 
 REPO_MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
 
@@ -893,9 +884,9 @@ def test_shipped_mapping_validates_and_matches_the_spec(table: MappingTable) -> 
 
 def test_default_directory_is_the_packaged_or_repository_mappings() -> None:
     """The default folder is the packaged copy if installed, else the repository's mappings/."""
-    import shim._mapping
+    import shim
 
-    packaged = Path(shim._mapping.__file__).resolve().parent / "mappings"
+    packaged = Path(shim.__file__).resolve().parent / "mappings"
     expected = packaged if packaged.is_dir() else REPO_MAPPINGS
     assert default_mapping_dir() == expected
     assert load_mapping().fields == load_mapping(REPO_MAPPINGS).fields

@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from shim._errors import MappingError
-from shim._mapping import default_mapping_dir
+from shim._mapping.load import default_mapping_dir
 from shim.sandbox import Emulator
 from tests.conftest import MD5_MCH, Twin
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shim._errors import ConfigError
-from shim._mapping import clear_mapping_cache, load_mapping
+from shim._mapping.load import clear_mapping_cache, load_mapping
 from shim._migration_doc import BEGIN_MARKER, END_MARKER, main, render_tables, sync_migration_md
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 from shim import _v2 as v2
 from shim import _v3 as v3
 from shim._errors import MappingError, ShimError, SignatureError, UpstreamError
-from shim._mapping import MappingTable, load_mapping, map_error, map_success
+from shim._mapping.apply import map_error, map_success
+from shim._mapping.load import load_mapping
+from shim._mapping.model import MappingTable
 from shim._values import V3Credentials
 from shim.sandbox import SandboxState
 from tests.conftest import INPROCESS_URL

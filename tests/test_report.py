@@ -15,8 +15,10 @@ import structlog
 
 from shim import CouponStockShim
 from shim._events import configure_cli_logging
-from shim._report import Thresholds, aggregate, judge, percentile, read_inputs
-from shim._report_html import CHART_IDS, render_html
+from shim._report.collect import aggregate, read_inputs
+from shim._report.html import CHART_IDS, render_html
+from shim._report.model import Thresholds, percentile
+from shim._report.verdict import judge
 from shim.cli import main
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState
 from tests import report_data

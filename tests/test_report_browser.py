@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
-from shim._report import Thresholds, aggregate, judge, read_inputs
-from shim._report_html import render_html
+from shim._report.collect import aggregate, read_inputs
+from shim._report.html import render_html
+from shim._report.model import Thresholds
+from shim._report.verdict import judge
 from tests import report_data
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -883,7 +883,8 @@ def test_new_v3_faults_can_be_armed_through_the_admin_endpoint(
 ) -> None:
     """Each new fault kind is armable from loopback through /__admin/faults."""
     spec = {"side": "v3", "stock_id": "1757", "fault": fault, "delay_s": 0.01}
-    response = httpx.post(server.base_url + "/__admin/faults", json=spec)
+    # Arming a bomb builds it (a stacked one compresses 256 MiB: seconds on a loaded machine)
+    response = httpx.post(server.base_url + "/__admin/faults", json=spec, timeout=60)
     assert response.status_code == 201
     assert [f.fault for f in emulator.faults] == [fault]
 

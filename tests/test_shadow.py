@@ -1,4 +1,4 @@
-"""Tests for shim._shadow: diffing, totals, and the bounded thread and async runners."""
+"""Tests of shim._diff and shim._shadow: diffing, totals, the bounded thread and async runners."""
 
 from __future__ import annotations
 
@@ -10,21 +10,11 @@ from typing import Any
 
 import pytest
 
+from shim._diff import REDACTED, FieldDiff, diff_answers, is_secret_field, normalise
 from shim._errors import SignatureError, UpstreamError
-from shim._shadow import (
-    REDACTED,
-    AsyncShadowRunner,
-    FieldDiff,
-    ShadowOutcome,
-    ShadowStats,
-    ShadowTotals,
-    ThreadShadowRunner,
-    compare_answers,
-    diff_answers,
-    error_kind_of,
-    is_secret_field,
-    normalise,
-)
+from shim._shadow.outcome import ShadowOutcome, compare_answers, error_kind_of
+from shim._shadow.runners import AsyncShadowRunner, ThreadShadowRunner
+from shim._shadow.totals import ShadowStats, ShadowTotals
 from shim._values import ShadowConfig
 
 IGNORE = frozenset({"nonce_str", "sign"})

@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from shim._events import EVENT
-from shim._shadow import ShadowTotals
+from shim._shadow.totals import ShadowTotals
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, seeded_stocks
 from tests.conftest import MD5_MCH, Twin
 

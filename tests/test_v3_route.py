@@ -11,7 +11,7 @@ import pytest
 
 from shim import _v2 as v2
 from shim._errors import SignatureError, UpstreamError
-from shim._mapping import default_mapping_dir, load_mapping
+from shim._mapping.load import default_mapping_dir, load_mapping
 from shim.sandbox import Emulator, SandboxState, seeded_stocks
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 

@@ -168,7 +168,7 @@ def check_config(
     """
     from shim._environ import kill_switch_on
     from shim._loader import load_config
-    from shim._mapping import load_mapping
+    from shim._mapping.load import load_mapping
     from shim._secrets import LiteralSecretWarning
     from shim._values import ENV_CANARY_PERCENT, ENV_MODE
 

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from shim import _compare as compare
 from shim._commands import Command
+from shim._compare import cli as compare
 
 COMMAND = Command(
     name="compare",

@@ -117,8 +117,8 @@ class EventTap(io.TextIOBase):
 def _run_scenarios(rows: list[Row], tap: EventTap, out: TextIO) -> tuple[str, list[Any]]:
     """Run every scenario against a fresh emulator; returns its URL and the shadow diff."""
     from shim._client import CouponStockShim
+    from shim._diff import diff_answers
     from shim._errors import ShimError
-    from shim._shadow import diff_answers
     from shim._v2 import verify_answer
     from shim.sandbox import Emulator, SandboxState, serve
 

@@ -27,7 +27,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shim._mapping import load_mapping
+    from shim._mapping.load import load_mapping
     from shim._migration_doc import sync_migration_md
 
     path = Path(args.file)

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from shim import _report as report
 from shim._commands import Command
+from shim._report import cli as report
 
 COMMAND = Command(
     name="report",

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 from shim._events import redact_text
 
 if TYPE_CHECKING:
-    from shim._report import Aggregate, ReportVerdict, Thresholds
+    from shim._report.model import Aggregate, ReportVerdict, Thresholds
 
 __all__ = ["CHART_IDS", "render_html"]
 

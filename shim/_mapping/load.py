@@ -1,19 +1,13 @@
-"""The declarative v3 → v2 mapping: load ``mappings/<name>.toml`` once, apply it by lookup.
+"""Loading the mapping: read ``mappings/<name>.toml`` and validate it once (the I/O part).
 
-The mapping file says, for every v2 key of the ``query_coupon_stock`` answer, where its value
-comes from (a v3 JSON path, a field of the caller's request, or a constant) and which
-converter (:mod:`shim._converters`) turns it into the v2 string. It also holds the enum tables
-(v3 ``status`` → v2 ``coupon_stock_status``) and the table that turns v3 errors into v2
-answers. :func:`load_mapping` validates all of it once into frozen values and precompiles
-paths and converters; :func:`map_success` and :func:`map_error` are then pure lookups (no I/O,
-no clock, no randomness) that take a few microseconds.
-
-``nonce_str`` and ``sign`` are never produced here: the caller adds a fresh nonce and signs the
-dict with the merchant's v2 key and sign type.
+:func:`load_mapping` reads the file (cached by file stamp, so a repeated load costs one
+``stat`` and an edited file is picked up by the next load); :func:`parse_mapping` validates its
+text into a frozen :class:`~shim._mapping.model.MappingTable` and has the per-call plan
+compiled (:func:`shim._mapping.apply.compile_plan`). This is the only module of the mapping
+that touches files.
 
 Errors: a broken mapping file raises :class:`~shim._errors.ConfigError` naming the file and the
-entry; an answer that cannot be mapped raises :class:`~shim._errors.MappingError` (and nothing
-else, whatever the input).
+entry.
 """
 
 from __future__ import annotations
@@ -23,14 +17,21 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, cast
 
-from shim._converters import CONVERTER_NAMES, CONVERTERS, ConversionError, Converter, make_enum
-from shim._errors import ConfigError, MappingError
+from shim._errors import ConfigError
+from shim._mapping.apply import compile_plan
+from shim._mapping.converters import CONVERTER_NAMES
+from shim._mapping.model import (
+    DEFAULT_MAPPING_NAME,
+    KNOWN_V3_ENUMS,
+    ErrorKind,
+    ErrorRule,
+    FieldRule,
+    MappingTable,
+)
 from shim._validate import Invalid, matching
 from shim._validate import text as checked_text
 
@@ -39,39 +40,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = [
-    "DEFAULT_MAPPING_NAME",
-    "KNOWN_V3_ENUMS",
-    "ErrorKind",
-    "ErrorOutcome",
-    "ErrorRule",
-    "FieldRule",
-    "MapResult",
-    "MappingTable",
-    "SourceKind",
-    "Unmapped",
-    "clear_mapping_cache",
-    "default_mapping_dir",
-    "load_mapping",
-    "map_error",
-    "map_success",
-]
-
-DEFAULT_MAPPING_NAME: Final = "query_coupon_stock"
-
-SourceKind = Literal["v3", "request", "const"]
-ErrorKind = Literal["business", "return_fail", "transient", "unmapped"]
-UnmappedReason = Literal["absent", "invalid"]
-
-#: v3 enumerations known from the spec, by v3 path: an ``enum`` entry reading one of these
-#: paths must map every value, so no documented v3 value can ever fail a call.
-KNOWN_V3_ENUMS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
-    {
-        "status": frozenset({"unactivated", "audit", "running", "stoped", "paused"}),
-        "stock_type": frozenset({"NORMAL", "DISCOUNT_CUT", "OTHER"}),
-        "stock_use_rule.coupon_type": frozenset({"NORMAL", "CUT_TO"}),
-    }
-)
+__all__ = ["clear_mapping_cache", "default_mapping_dir", "load_mapping", "parse_mapping"]
 
 _RESERVED_V2_KEYS: Final = frozenset({"nonce_str", "sign"})
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -89,153 +58,13 @@ _ERROR_KINDS: Final = frozenset({"business", "return_fail", "transient", "unmapp
 _MAX_TEXT: Final = 256
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FieldRule:
-    """One v2 key of the success answer.
-
-    Attributes:
-        v2_key: the v2 key.
-        kind: where the value comes from: ``"v3"`` (a path into the v3 answer),
-            ``"request"`` (the caller's request, echoed when non-empty) or ``"const"``.
-        source: the dotted v3 path, the request field, or the constant value.
-        path: the v3 path split into keys (empty unless ``kind == "v3"``).
-        converter: the converter name (``None`` unless ``kind == "v3"``).
-        enum: the enum table name when ``converter == "enum"``.
-        required: absent or unconvertible → :class:`MappingError` instead of "unmapped".
-        note: free text for MIGRATION.md.
-    """
-
-    v2_key: str
-    kind: SourceKind
-    source: str
-    path: tuple[str, ...] = ()
-    converter: str | None = None
-    enum: str | None = None
-    required: bool = False
-    note: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ErrorRule:
-    """How one (HTTP status, v3 code) pair is answered.
-
-    Attributes:
-        status: the v3 HTTP status.
-        code: the v3 ``code``.
-        kind: ``business`` (v2 ``result_code=FAIL``), ``return_fail`` (v2 ``return_code=FAIL``),
-            ``transient`` (retry / fall back / raise) or ``unmapped`` (raise a typed error).
-        err_code: the v2 ``err_code`` (``business`` only).
-        err_code_des: the v2 ``err_code_des`` (``business`` only).
-        return_msg: the v2 ``return_msg`` (``return_fail`` only).
-        note: free text for MIGRATION.md.
-    """
-
-    status: int
-    code: str
-    kind: ErrorKind
-    err_code: str | None = None
-    err_code_des: str | None = None
-    return_msg: str | None = None
-    note: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Unmapped:
-    """A v2 key left out of the answer.
-
-    Attributes:
-        v2_key: the v2 key left out.
-        reason: ``"absent"`` (the v3 source is missing or null) or ``"invalid"`` (present but
-            not convertible).
-        detail: a short explanation (never a long value).
-    """
-
-    v2_key: str
-    reason: UnmappedReason
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class MapResult:
-    """The v2 answer mapped from a v3 success answer.
-
-    Attributes:
-        fields: the v2 dict without ``nonce_str`` and ``sign``, in the mapping file's order.
-        unmapped: the v2 keys left out, in the mapping file's order.
-    """
-
-    fields: dict[str, str]
-    unmapped: tuple[Unmapped, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorOutcome:
-    """What to do with a v3 error answer.
-
-    Attributes:
-        kind: ``business`` / ``return_fail``: answer the caller with ``fields``;
-            ``transient``: retry, fall back, then raise; ``unmapped``: raise a typed
-            :class:`~shim._errors.UpstreamError` (no v2 code is invented).
-        fields: the v2 dict without ``nonce_str`` and ``sign`` (empty for ``transient`` and
-            ``unmapped``).
-        rule: the matching error-table row, or ``None`` when the status-class rule decided.
-    """
-
-    kind: ErrorKind
-    fields: dict[str, str]
-    rule: ErrorRule | None = None
-
-
-_V3Step = tuple[str, tuple[str, ...], Converter, bool]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MappingTable:
-    """A validated, frozen mapping file.
-
-    Attributes:
-        name: the mapping's name (the file stem).
-        source: the file it was loaded from.
-        fields: the v2 keys of a success answer, in file order.
-        enums: enum tables by name (v3 string → v2 string).
-        errors: error rules by (status, code), in file order.
-        unknown_errors: the outcome of pairs not in ``errors``, by exact status (``"429"``) or
-            status class (``"5xx"``); anything not covered is ``unmapped``.
-    """
-
-    name: str
-    source: str
-    fields: tuple[FieldRule, ...]
-    enums: Mapping[str, Mapping[str, str]]
-    errors: Mapping[tuple[int, str], ErrorRule]
-    unknown_errors: Mapping[str, ErrorKind]
-    # Precompiled at load: every v2 key in file order (constants filled in, others None),
-    # the request echoes (v2 key, request field) and the v3 steps (v2 key, path, converter,
-    # required).
-    # (A plain dict, never mutated: copying a dict is much faster than copying a proxy.)
-    template: dict[str, str | None] = field(repr=False, compare=False)
-    echo: tuple[tuple[str, str], ...] = field(repr=False, compare=False)
-    v3_steps: tuple[_V3Step, ...] = field(repr=False, compare=False)
-
-    def unknown_error_kind(self, status: int) -> ErrorKind:
-        """The outcome of an error pair not in the table: by exact status, then class."""
-        found = self.unknown_errors.get(str(status))
-        if found is None:
-            found = self.unknown_errors.get(f"{status // 100}xx", "unmapped")
-        return found
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
 @functools.cache
 def default_mapping_dir() -> Path:
     """The packaged mappings folder if it exists, else the repository's ``mappings/``.
 
     Computed once per process (installed files do not move while it runs).
     """
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     packaged = package / "mappings"
     if packaged.is_dir():
         return packaged
@@ -365,21 +194,7 @@ class _Validator:
         fields = self.fields(doc.get("fields"), enums)
         errors = self.errors(doc.get("errors", []))
         unknown_errors = self.unknown_errors(doc.get("unknown_errors", {}))
-        template: dict[str, str | None] = {}
-        echo: list[tuple[str, str]] = []
-        steps: list[_V3Step] = []
-        for rule in fields:
-            template[rule.v2_key] = rule.source if rule.kind == "const" else None
-            if rule.kind == "request":
-                echo.append((rule.v2_key, rule.source))
-            elif rule.kind == "v3":
-                assert rule.converter is not None
-                if rule.converter == "enum":
-                    assert rule.enum is not None
-                    converter = make_enum(enums[rule.enum])
-                else:
-                    converter = CONVERTERS[rule.converter]
-                steps.append((rule.v2_key, rule.path, converter, rule.required))
+        template, echo, steps = compile_plan(fields, enums)
         return MappingTable(
             name=name,
             source=self.source,
@@ -388,8 +203,8 @@ class _Validator:
             errors=MappingProxyType(errors),
             unknown_errors=MappingProxyType(unknown_errors),
             template=template,
-            echo=tuple(echo),
-            v3_steps=tuple(steps),
+            echo=echo,
+            v3_steps=steps,
         )
 
     def text(self, value: object, key: str, what: str, *, empty_ok: bool = False) -> str:
@@ -568,155 +383,3 @@ class _Validator:
                 )
             out[status] = cast(ErrorKind, outcome)
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Applying
-
-
-_ABSENT: Final = object()
-
-
-def _echo_value(request: Mapping[str, Any], field_name: str, v2_key: str) -> str | None:
-    try:
-        value = request.get(field_name)
-    except Exception as exc:  # a hostile Mapping: still only MappingError leaves this module
-        raise MappingError("the request could not be read", v2_key=v2_key) from exc
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise MappingError("the request field to echo is not a string", v2_key=v2_key)
-    return str(value)
-
-
-def _map_slowly(
-    v2_key: str, body: Mapping[str, Any], path: tuple[str, ...], convert: Converter
-) -> str | Unmapped:
-    """Walk ``path`` carefully and convert: the v2 string, or why not.
-
-    Used when the fast path (plain dicts all the way, a successful conversion) does not
-    apply: absent or null values, wrong types, Mapping types other than dict, hostile input.
-    """
-    node: Any = body
-    for depth, part in enumerate(path):
-        if type(node) is not dict and not isinstance(node, Mapping):
-            return Unmapped(v2_key, "invalid", f"{'.'.join(path[:depth])} is not an object")
-        try:
-            node = node.get(part, _ABSENT)
-        except Exception as exc:  # a hostile Mapping: reported as MappingError
-            raise MappingError("the v3 answer could not be read") from exc
-        if node is _ABSENT:
-            return Unmapped(v2_key, "absent", f"{'.'.join(path[: depth + 1])} absent")
-        if node is None:
-            return Unmapped(v2_key, "absent", f"{'.'.join(path[: depth + 1])} is null")
-    try:
-        return convert(node)
-    except ConversionError as exc:
-        return Unmapped(v2_key, "invalid", f"{'.'.join(path)}: {exc.detail}")
-    except Exception as exc:  # any other failure of a converter on hostile input
-        return Unmapped(
-            v2_key, "invalid", f"{'.'.join(path)}: cannot convert ({type(exc).__name__})"
-        )
-
-
-def map_success(
-    table: MappingTable, body: Mapping[str, Any], request: Mapping[str, str]
-) -> MapResult:
-    """Map a verified v3 success answer onto the v2 answer (without nonce_str and sign).
-
-    Args:
-        table: the mapping (from :func:`load_mapping`).
-        body: the decoded v3 JSON answer.
-        request: the caller's v2 request fields (for the echoed keys).
-
-    Returns:
-        The v2 fields in the mapping's order, and the keys left out with their reasons.
-
-    Raises:
-        MappingError: the body is not a JSON object, or a required key is absent or invalid.
-    """
-    if type(body) is not dict and not isinstance(body, Mapping):
-        raise MappingError("the v3 answer is not a JSON object")
-    if type(request) is not dict and not isinstance(request, Mapping):
-        raise MappingError("the request is not a mapping")
-    # Every key in file order; keys that end up without a value are deleted (order kept).
-    out: dict[str, Any] = table.template.copy()
-    for v2_key, field_name in table.echo:
-        echoed = _echo_value(request, field_name, v2_key)
-        if echoed is None:
-            del out[v2_key]
-        else:
-            out[v2_key] = echoed
-    problems: list[Unmapped] | None = None
-    for v2_key, path, convert, required in table.v3_steps:
-        # Fast path: plain dicts all the way down and a successful conversion.
-        node: Any = body
-        for part in path:
-            node = node.get(part) if type(node) is dict else None
-        if node is not None:
-            try:
-                out[v2_key] = convert(node)
-                continue
-            except Exception:  # noqa: S110 - not swallowed: _map_slowly explains it
-                pass
-        result = _map_slowly(v2_key, body, path, convert)
-        if type(result) is str:
-            out[v2_key] = result
-            continue
-        assert isinstance(result, Unmapped)
-        if required:
-            raise MappingError(f"required v3 value unusable: {result.detail}", v2_key=v2_key)
-        if problems is None:
-            problems = []
-        problems.append(result)  # v3 steps run in file order, so these are in file order
-    if problems is None:
-        return MapResult(out, ())
-    for problem in problems:
-        del out[problem.v2_key]
-    return MapResult(out, tuple(problems))
-
-
-def map_error(
-    table: MappingTable, status: int, code: str | None, request: Mapping[str, str]
-) -> ErrorOutcome:
-    """Decide how a v3 error answer (non-2xx) reaches a v2 caller.
-
-    Args:
-        table: the mapping (from :func:`load_mapping`).
-        status: the HTTP status of the v3 answer.
-        code: the v3 ``code`` from the error body, or ``None`` when there was none
-            (a non-string code is treated as ``None``).
-        request: the caller's v2 request fields (for the echoed keys).
-
-    Returns:
-        The outcome; for ``business`` and ``return_fail`` the v2 dict (without nonce_str and
-        sign) echoing the request's keys as the success answer does.
-
-    Raises:
-        MappingError: ``status`` is not an int, or a request field to echo is not a string.
-    """
-    if type(status) is not int:
-        raise MappingError("the v3 HTTP status is not an integer")
-    if not isinstance(request, Mapping):
-        raise MappingError("the request is not a mapping")
-    rule = table.errors.get((status, code)) if type(code) is str else None
-    if rule is None:
-        return ErrorOutcome(table.unknown_error_kind(status), {}, None)
-    if rule.kind in ("transient", "unmapped"):
-        return ErrorOutcome(rule.kind, {}, rule)
-    fields: dict[str, str] = {}
-    if rule.kind == "return_fail":
-        fields["return_code"] = "FAIL"
-        fields["return_msg"] = rule.return_msg or ""
-    else:
-        fields["return_code"] = "SUCCESS"
-        fields["return_msg"] = "OK"
-    for v2_key, field_name in table.echo:
-        echoed = _echo_value(request, field_name, v2_key)
-        if echoed is not None:
-            fields[v2_key] = echoed
-    if rule.kind == "business":
-        fields["result_code"] = "FAIL"
-        fields["err_code"] = rule.err_code or ""
-        fields["err_code_des"] = rule.err_code_des or ""
-    return ErrorOutcome(rule.kind, fields, rule)
