@@ -14,6 +14,10 @@ entity or character references (no ``&`` at all), nested, empty-tag or repeated 
 no character XML forbids. What it returns for a document in that subset is exactly what the
 full parser returns (values stripped of surrounding whitespace); a property test holds the two
 to that.
+
+Why it exists (``bench/v2xml.py``, CPU per answer of the emulator's signed answers, one run):
+``xmltodict.parse`` alone, the design card's parser and the oracle both readers are tested
+against, costs about 4.1x this reader, and the full expat parser 1.7x.
 """
 
 from __future__ import annotations

@@ -6,21 +6,18 @@ The generated text sits between two markers in MIGRATION.md::
     ...
     <!-- END GENERATED: mapping tables -->
 
-Run ``coupon-shim migration-doc`` to rewrite it, ``coupon-shim migration-doc --check``
-in CI to fail on drift.
+Run ``coupon-shim migration-doc`` to rewrite it, ``coupon-shim migration-doc --check`` in CI
+to fail on drift (the command lives in :mod:`shim._commands.migration_doc`).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
-from shim._errors import ConfigError, ShimError
-from shim._mapping.load import load_mapping
+from shim._errors import ConfigError
 from shim._mapping.model import ErrorRule, FieldRule, MappingTable
 
-__all__ = ["BEGIN_MARKER", "END_MARKER", "main", "render_tables", "sync_migration_md"]
+__all__ = ["BEGIN_MARKER", "END_MARKER", "render_tables", "sync_migration_md"]
 
 BEGIN_MARKER = "<!-- BEGIN GENERATED: mapping tables -->"
 END_MARKER = "<!-- END GENERATED: mapping tables -->"
@@ -182,49 +179,3 @@ def sync_migration_md(path: Path, table: MappingTable, *, check: bool) -> bool:
     if not check:
         path.write_text(updated, encoding="utf-8")
     return False
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: regenerate (or ``--check``) MIGRATION.md's mapping tables.
-
-    Args:
-        argv: the arguments (default: ``sys.argv[1:]``).
-
-    Returns:
-        0 when in sync (or updated), 1 when ``--check`` found a drift, 2 on errors.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m shim._migration_doc",
-        description="Regenerate the mapping tables in MIGRATION.md from the mapping file.",
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="fail (exit 1) on drift; write nothing"
-    )
-    parser.add_argument(
-        "--mappings", type=Path, default=None, help="mapping folder (default: the packaged one)"
-    )
-    parser.add_argument(
-        "--file", type=Path, default=Path("MIGRATION.md"), help="default: ./MIGRATION.md"
-    )
-    args = parser.parse_args(argv)
-    try:
-        table = load_mapping(args.mappings)
-        in_sync = sync_migration_md(args.file, table, check=args.check)
-    except ShimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if in_sync:
-        print(f"{args.file}: mapping tables up to date")
-        return 0
-    if args.check:
-        print(
-            f"{args.file}: mapping tables are out of date; run coupon-shim migration-doc",
-            file=sys.stderr,
-        )
-        return 1
-    print(f"{args.file}: mapping tables updated")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -25,6 +25,7 @@ from typing import TextIO
 from shim import __version__
 from shim._commands import Command, CommandError, ExitCode
 from shim._errors import ConfigError, InputError, ShimError
+from shim._extras import MissingExtraError
 
 __all__ = ["COMMANDS", "add_global_options", "build_parser", "load_commands", "main"]
 
@@ -36,7 +37,7 @@ COMMANDS: tuple[str, ...] = (
     "shim._commands.report",
     "shim._commands.check",
     "shim._commands.sandbox",
-    "shim.gateway.cli",
+    "shim._commands.serve",
     "shim._commands.migration_doc",
 )
 
@@ -46,7 +47,7 @@ global options (--log-format, --quiet, --verbose, --traceback) go before or afte
 exit codes:
   0   ok
   1   findings: the command ran and found what it was asked to flag (e.g. --check)
-  2   usage: a bad option or argument
+  2   usage: a bad option or argument, or the command needs an extra that is not installed
   3   config: a config, mapping or state file is missing or wrong (the message names file and key)
   4   unavailable: WeChat Pay or the emulator gave no usable answer, or the port is in use
   70  internal error (a bug: --traceback shows it)
@@ -186,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(command.run(args))
     except CommandError as exc:
         return _fail(f"coupon-shim {command.name}: {exc}", exc.exit_code)
+    except MissingExtraError as exc:
+        return _fail(f"coupon-shim {command.name}: {exc}", ExitCode.USAGE)
     except ConfigError as exc:
         return _fail(f"coupon-shim: ConfigError: {exc}", ExitCode.CONFIG)
     except InputError as exc:

@@ -18,8 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
-from shim.sandbox import Emulator
-from shim.sandbox._emulator import SandboxReply, SandboxRequest
+from shim.sandbox import Emulator, SandboxReply, SandboxRequest
 
 
 @dataclass

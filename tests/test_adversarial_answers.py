@@ -22,8 +22,7 @@ from shim import _v2 as v2
 from shim import _v3 as v3
 from shim._errors import ShimError, SignatureError, UpstreamError
 from shim._values import ShimConfig
-from shim.sandbox import Emulator, SandboxState
-from shim.sandbox._emulator import SandboxRequest
+from shim.sandbox import Emulator, SandboxRequest, SandboxState
 from shim.sandbox._v2 import render_xml, v2_sign
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 from tests.fault_cases import build_twin, parse_emulator_config

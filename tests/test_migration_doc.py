@@ -1,4 +1,4 @@
-"""Tests of MIGRATION.md's generated mapping tables (shim._migration_doc)."""
+"""Tests of MIGRATION.md's generated mapping tables and `coupon-shim migration-doc`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from shim._errors import ConfigError
 from shim._mapping.load import clear_mapping_cache, load_mapping
-from shim._migration_doc import BEGIN_MARKER, END_MARKER, main, render_tables, sync_migration_md
+from shim._migration_doc import BEGIN_MARKER, END_MARKER, render_tables, sync_migration_md
+from shim.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parent.parent
 REPO_MAPPINGS = REPO / "mappings"
@@ -72,6 +73,11 @@ def test_check_detects_drift_and_writes_nothing(doc_copy: Path, tmp_path: Path) 
     assert sync_migration_md(doc_copy, table, check=True) is True
 
 
+def main(argv: list[str]) -> int:
+    """``coupon-shim migration-doc ARGV``'s exit code."""
+    return cli_main(["migration-doc", *argv])
+
+
 def test_cli_check_detects_a_mapping_change(
     doc_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -119,16 +125,16 @@ def test_text_outside_the_markers_is_kept(tmp_path: Path) -> None:
 def test_missing_or_misplaced_markers_are_an_error(
     tmp_path: Path, content: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A file without one well-ordered marker pair raises ConfigError; the CLI exits 2."""
+    """A file without one well-ordered marker pair raises ConfigError; the CLI exits 3."""
     path = tmp_path / "doc.md"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(ConfigError, match="GENERATED"):
         sync_migration_md(path, load_mapping(REPO_MAPPINGS), check=True)
-    assert main(["--check", "--mappings", str(REPO_MAPPINGS), "--file", str(path)]) == 2
-    assert "error:" in capsys.readouterr().err
+    assert main(["--check", "--mappings", str(REPO_MAPPINGS), "--file", str(path)]) == 3
+    assert "ConfigError:" in capsys.readouterr().err
 
 
 def test_cli_reports_a_missing_file(tmp_path: Path) -> None:
-    """A missing MIGRATION.md is reported (exit 2), not a traceback."""
+    """A missing MIGRATION.md is reported (exit 3, config), not a traceback."""
     missing = tmp_path / "nope.md"
-    assert main(["--mappings", str(REPO_MAPPINGS), "--file", str(missing)]) == 2
+    assert main(["--mappings", str(REPO_MAPPINGS), "--file", str(missing)]) == 3

@@ -20,6 +20,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 import shim.sandbox as sandbox
+
+# The CLI's runner (banner, config notes): command code, not part of shim.sandbox.
+from shim._commands.sandbox import run_forever
 from shim.sandbox import (
     FAULT_KINDS,
     SEEDED_STOCKS,
@@ -28,7 +31,6 @@ from shim.sandbox import (
     SandboxState,
     describe_stocks,
     render_xml,
-    run_forever,
     serve,
     v2_sign,
 )

@@ -758,3 +758,18 @@ def test_wire_faults_work_on_the_v2_side(
         assert len(head) > 256 * 1024
     else:
         assert b"<return_code>" in payload
+
+
+def test_the_seeded_table_is_the_packaged_data_file() -> None:
+    """SEEDED_STOCKS is stocks.json, read through the package; each stock reloads to itself."""
+    import json
+    from importlib import resources
+
+    from shim.sandbox._stocks import STOCKS_RESOURCE, stock_from_json  # the loader is private
+
+    doc = json.loads(resources.files("shim.sandbox").joinpath(STOCKS_RESOURCE).read_text("utf-8"))
+    assert [s["stock_id"] for s in doc["stocks"]] == [s.stock_id for s in SEEDED_STOCKS]
+    for data, stock in zip(doc["stocks"], SEEDED_STOCKS, strict=True):
+        assert stock_from_json(data) == stock
+    with pytest.raises(TypeError):
+        stock_from_json({**doc["stocks"][0], "unknown_field": 1})

@@ -12,6 +12,10 @@ app), :mod:`._passthrough` (opt-in streaming proxy for other paths), :mod:`._met
 (the ``[gateway]`` table).
 """
 
+from shim._extras import require
+
+require("gateway", "shim.gateway", "starlette", "uvicorn")  # one clear error, before they are used
+# ruff: noqa: E402
 from shim.gateway._app import ACCESS_EVENT, GatewayApp
 from shim.gateway._protocol import REFUSALS, GatewayRefusal, Refusal
 from shim.gateway._server import RunningGateway, run, running

@@ -16,23 +16,34 @@ Three plugs::
 
 Faults: ``emulator.set_fault("v3", "1757", "http_503", times=2)``, ``emulator.clear_faults()``
 or ``POST``/``DELETE /__admin/faults`` from loopback. See :data:`FAULT_KINDS`.
+
+The emulator and its in-process transport need only the library's own dependencies; the ASGI
+app (:class:`SandboxApp`, ``emulator.asgi_app``) and the server (``serve``)
+need the ``sandbox`` extra (``pip install 'coupon-shim[sandbox]'``: starlette, uvicorn) and
+raise one :class:`ImportError` naming it when it is missing.
 """
 
-from ._asgi import SandboxApp, SandboxConnectionDropped
-from ._emulator import (
-    V2_ERR_CODE_DES,
+from typing import TYPE_CHECKING, Any
+
+from ._emulator import Emulator
+from ._faults import (
+    ANY_STOCK,
+    FAULT_KINDS,
+    V2_FAULT_KINDS,
+    V3_FAULT_KINDS,
+    Fault,
+    SandboxConnectionDropped,
+)
+from ._messages import (
     V2_PATH,
     V3_CERTIFICATES_PATH,
     V3_STOCK_PREFIX,
-    V3_TIMESTAMP_WINDOW_S,
-    Emulator,
     RecordedRequest,
     SandboxReply,
     SandboxRequest,
 )
-from ._faults import ANY_STOCK, FAULT_KINDS, V2_FAULT_KINDS, V3_FAULT_KINDS, Fault
 from ._requestlog import RequestLine, RequestLogger
-from ._server import RunningServer, SandboxBindError, run_forever, serve
+from ._server import RunningServer, SandboxBindError, serve
 from ._state import (
     CONFIG_NAME,
     MERCHANT_SPECS,
@@ -58,6 +69,11 @@ from ._stocks import (
 )
 from ._transport import SandboxTransport
 from ._v2 import billion_laughs_xml, parse_request_xml, render_xml, v2_sign
+from ._v2_handler import V2_ERR_CODE_DES
+from ._v3_handler import V3_TIMESTAMP_WINDOW_S
+
+if TYPE_CHECKING:
+    from ._asgi import SandboxApp
 
 __all__ = [
     "ANY_STOCK",
@@ -102,8 +118,20 @@ __all__ = [
     "epoch_seconds",
     "parse_request_xml",
     "render_xml",
-    "run_forever",
     "seeded_stocks",
     "serve",
     "v2_sign",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`SandboxApp` is imported on first use: it needs the ``sandbox`` extra."""
+    if name == "SandboxApp":
+        from shim._extras import require
+
+        require("sandbox", "shim.sandbox.SandboxApp", "starlette")
+        from ._asgi import SandboxApp
+
+        globals()["SandboxApp"] = SandboxApp
+        return SandboxApp
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,8 @@ need the connection itself:
 
 ``delay`` sleeps with ``anyio.sleep`` in short steps, so other requests are served meanwhile
 and a stopping ``serve()`` cuts the wait short.
+
+Needs the ``sandbox`` extra (starlette); :attr:`Emulator.asgi_app` checks it first.
 """
 
 from __future__ import annotations
@@ -35,19 +37,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ._emulator import ADMIN_FAULTS_PATH, SandboxReply, SandboxRequest
+from ._faults import SandboxConnectionDropped
+from ._messages import ADMIN_FAULTS_PATH, SandboxReply, SandboxRequest
+from ._server import STOPPING_SCOPE_KEY
 
 if TYPE_CHECKING:
     from ._emulator import Emulator
 
 #: Request bodies beyond this are not read (the v2 side then answers "too large").
 MAX_READ_BYTES = 1024 * 1024
-#: ASGI scope key under which ``serve()`` passes its "stopping" event.
-STOPPING_SCOPE_KEY = "coupon_shim.sandbox.stopping"
-
-
-class SandboxConnectionDropped(ConnectionError):
-    """Raised by the ASGI app to drop a connection when it cannot reach the transport."""
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:

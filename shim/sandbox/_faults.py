@@ -133,6 +133,10 @@ ANY_STOCK = "*"
 _CODE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
 
+class SandboxConnectionDropped(ConnectionError):
+    """Raised by the ASGI app to drop a connection when it cannot reach the transport."""
+
+
 @dataclass(frozen=True)
 class Fault:
     """One armed fault.

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from ._emulator import ADMIN_FAULTS_PATH, V3_STOCK_PREFIX, Emulator, SandboxReply, SandboxRequest
+from ._emulator import Emulator
+from ._messages import ADMIN_FAULTS_PATH, V3_STOCK_PREFIX, SandboxReply, SandboxRequest
 from ._v2 import V2XmlError, parse_request_xml
 
 __all__ = ["RequestLine", "RequestLogger"]

@@ -1,33 +1,29 @@
-"""The socket plug: uvicorn in a background thread, and the CLI's ``run_forever``."""
+"""The socket plug: uvicorn in a background thread (``coupon-shim sandbox`` runs it).
+
+Needs the ``sandbox`` extra (uvicorn, starlette), imported when a server starts: the emulator
+itself and its in-process transport work without it.
+"""
 
 from __future__ import annotations
 
 import errno
 import socket
-import sys
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
+from shim._extras import require
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-from starlette.types import Receive, Scope, Send
+from ._emulator import Emulator
 
-from ._asgi import STOPPING_SCOPE_KEY
-from ._emulator import ADMIN_FAULTS_PATH, V2_PATH, V3_STOCK_PREFIX, Emulator
-from ._requestlog import RequestLogger
-from ._state import ConfigWrite, SandboxState
-from ._stocks import describe_stocks
+if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
 
+#: ASGI scope key under which ``serve()`` passes its "stopping" event to the app.
+STOPPING_SCOPE_KEY = "coupon_shim.sandbox.stopping"
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
 
@@ -112,14 +108,19 @@ def serve(emulator: Emulator, host: str = "127.0.0.1", port: int = 0) -> Iterato
         The :class:`RunningServer` (``.base_url``).
 
     Raises:
+        MissingExtraError: the ``sandbox`` extra (uvicorn, starlette) is not installed.
         SandboxBindError: the address cannot be bound (port in use, …).
         RuntimeError: the server did not start.
     """
+    require("sandbox", "the emulator's HTTP server", "uvicorn", "starlette")
+    import uvicorn
+
+    app = emulator.asgi_app
     stopping = threading.Event()
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     config = uvicorn.Config(
-        _StoppableApp(emulator.asgi_app, stopping),
+        _StoppableApp(app, stopping),
         http="h11",
         loop="asyncio",
         ws="none",
@@ -154,131 +155,3 @@ def serve(emulator: Emulator, host: str = "127.0.0.1", port: int = 0) -> Iterato
             server.force_exit = True
             thread.join(_STOP_TIMEOUT_S)
         sock.close()
-
-
-def run_forever(
-    state_dir: Path,
-    host: str,
-    port: int,
-    print_fn: Callable[[str], object],
-    *,
-    mode: str = "legacy",
-    stop_event: threading.Event | None = None,
-    reset: bool = False,
-    log_requests: bool = False,
-) -> None:
-    """Serve the emulator until Ctrl+C (or ``stop_event``), for ``coupon-shim sandbox``.
-
-    Creates or reuses the state in ``state_dir`` and starts the server. ``state_dir/shim.toml``
-    is written only when it is absent (or with ``reset``, which keeps the old one as
-    ``shim.toml.bak``): a config the user edited survives restarts. Prints where everything
-    is, which of those it did, and the seeded stocks; with ``log_requests`` one line per
-    request. Prints no secret.
-
-    Args:
-        state_dir: the state folder.
-        host: the address to bind.
-        port: the port (0: any free port).
-        print_fn: where lines go (``print``, ``click.echo``...).
-        mode: the routing mode written into a new config.
-        stop_event: when set, the server stops (tests); Ctrl+C stops it too.
-        reset: rewrite an existing ``shim.toml``.
-        log_requests: print one line per request (see :mod:`shim.sandbox._requestlog`).
-
-    Raises:
-        SandboxStateError: the state folder cannot be used.
-        SandboxBindError: the address cannot be bound.
-    """
-    state_dir = Path(state_dir)
-    state = SandboxState.load_or_create(state_dir)
-    emulator = Emulator(state)
-    logger = RequestLogger(emulator, print_fn) if log_requests else None
-    try:
-        with serve(emulator, host, port) as server:
-            try:  # Ctrl+C at any point once serving (even during the banner) stops cleanly
-                base = server.base_url
-                written = state.ensure_config(
-                    v2_base_url=base, v3_base_url=base, mode=mode, reset=reset
-                )
-                _print_banner(print_fn, state, emulator, base, written)
-                if logger is not None:
-                    print_fn("request log (UTC): method path side mch stock fault status answer")
-                waiter = stop_event or threading.Event()
-                while not waiter.wait(0.2):
-                    pass
-            except KeyboardInterrupt:
-                pass
-            print_fn("stopping")
-    finally:
-        if logger is not None:
-            logger.uninstall()
-
-
-def _config_notes(written: ConfigWrite, base: str) -> list[str]:
-    """Lines about a kept config that would not reach this server, or does not load."""
-    from shim._errors import ConfigError
-    from shim._loader import load_config
-
-    notes: list[str] = []
-    try:
-        with written.path.open("rb") as fh:
-            upstream = tomllib.load(fh).get("upstream", {})
-    except (OSError, tomllib.TOMLDecodeError):
-        upstream = {}
-    if isinstance(upstream, dict):
-        for key in ("v2_base_url", "v3_base_url"):
-            url = upstream.get(key)
-            if isinstance(url, str) and url.rstrip("/") != base:
-                notes.append(
-                    f"note: [upstream] {key} = {url!r} is not this sandbox ({base}); "
-                    "edit it, or restart with --reset"
-                )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a literal key is the user's choice here
-            load_config(written.path)
-    except ConfigError as exc:
-        notes.append(f"note: {written.path.name} does not load: {exc}")
-    return notes
-
-
-def _print_banner(
-    print_fn: Callable[[str], object],
-    state: SandboxState,
-    emulator: Emulator,
-    base: str,
-    written: ConfigWrite,
-) -> None:
-    state_dir = state.state_dir
-    print_fn(f"WeChat Pay sandbox listening on {base}")
-    print_fn(f"  v2    POST {base}{V2_PATH}")
-    print_fn(f"  v3    GET  {base}{V3_STOCK_PREFIX}{{stock_id}}?stock_creator_mchid=...")
-    print_fn(f"  admin POST/GET/DELETE {base}{ADMIN_FAULTS_PATH} (loopback only; see the README)")
-    print_fn(f"state folder: {state_dir}")
-    if written.action == "kept":
-        print_fn(
-            f"shim config:  {written.path} (kept: your file, not overwritten; --reset rewrites it)"
-        )
-        for note in _config_notes(written, base):
-            print_fn(f"  {note}")
-    elif written.action == "reset":
-        print_fn(
-            f"shim config:  {written.path} (rewritten by --reset; the old one is {written.backup})"
-        )
-    else:
-        print_fn(f"shim config:  {written.path} (written: new file pointing at this sandbox)")
-    print_fn(f"merchant keys: {state_dir / 'keys'}   platform certificates: {state.certs_dir}")
-    for m in state.merchants.values():
-        verify = (
-            f"public-key mode ({state.pub_key_id})"
-            if m.v3_verify_mode == "public_key"
-            else f"platform-certificate mode (serial {state.platform_serial})"
-        )
-        print_fn(
-            f"merchant {m.mchid}: appid {m.appid}, v2 {m.v2_sign_type}, "
-            f"cert serial {m.cert_serial}, v3 {verify}"
-        )
-    print_fn("seeded stocks:")
-    for line in describe_stocks(emulator.stocks):
-        print_fn(f"  {line}")
-    print_fn("Press Ctrl+C to stop.")

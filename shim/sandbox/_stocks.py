@@ -11,7 +11,8 @@ deliberate divergences (``v2_divergence``). So, by construction:
 They differ only where a stock says so: ``v2_only`` keys (stocks without ``fixed_normal_coupon``
 or without ``stock_use_rule``) and the two ``DIVERGENT_FIELDS`` of ``DIVERGENT_STOCK_ID``.
 
-Seeded table (creator mchid in brackets):
+The seeded table is data: ``stocks.json`` beside this module (shipped in the package), read
+once at import by :func:`stock_from_json`. Its stocks (creator mchid in brackets):
 
 =================  ==========  =============================================================
 stock id           creator     covers
@@ -41,9 +42,11 @@ stock id           creator     covers
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
@@ -276,306 +279,54 @@ _V2_ORDER = (
     "create_time_t",
 )
 
-MCH_A = "10000098"
-MCH_B = "10000099"
+#: The seeded table's data file, shipped in the package beside this module.
+STOCKS_RESOURCE = "stocks.json"
+_STOCKS_FORMAT = "coupon-shim.sandbox-stocks/1"
 
 
-def _rule(
-    total: int,
-    amount: int,
-    minimum: int | None,
-    *,
-    per_user: int = 1,
-    **kw: Any,
-) -> StockUseRule:
-    fnc = FixedNormalCoupon(amount, minimum) if minimum is not None else None
-    return StockUseRule(
-        max_coupons=total,
-        max_amount=total * amount,
-        max_amount_by_day=total * amount,
-        max_coupons_per_user=per_user,
-        fixed_normal_coupon=fnc,
-        **kw,
-    )
+def _mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value))
 
 
-SEEDED_STOCKS: tuple[SeededStock, ...] = (
-    SeededStock(
-        stock_id="1717",
-        creator_mchid=MCH_A,
-        stock_name="官方示例批次",
-        status="running",
-        create_time="2031-08-06T20:57:00+08:00",
-        description="matches the official v2 success sample",
-        available_begin_time="2031-08-06T20:58:03+08:00",
-        available_end_time="2031-08-06T20:58:10+08:00",
-        distributed_coupons=0,
-        no_cash=False,
-        singleitem=False,
-        stock_type="NORMAL",
-        covers="official v2 sample: value 5, minimum 10, status 4, total 100, budget 500",
-        stock_use_rule=StockUseRule(
-            max_coupons=100,
-            max_amount=500,
-            max_amount_by_day=500,
-            max_coupons_per_user=1,
-            fixed_normal_coupon=FixedNormalCoupon(5, 10),
-            coupon_type="NORMAL",
-        ),
-    ),
-    SeededStock(
-        stock_id="1757",
-        creator_mchid=MCH_A,
-        stock_name="满100减10",
-        status="running",
-        create_time="2024-01-10T02:00:00.120Z",
-        description="新用户专享",
-        available_begin_time="2024-01-15T00:00:00.000Z",
-        available_end_time="2030-12-31T15:59:59.999Z",
-        distributed_coupons=1234,
-        no_cash=False,
-        singleitem=False,
-        stock_type="NORMAL",
-        covers="running; Z times with milliseconds; start_time",
-        stock_use_rule=_rule(10000, 1000, 10000, per_user=3),
-        start_time="2024-01-15T00:00:00.000Z",
-    ),
-    SeededStock(
-        stock_id="9856000",
-        creator_mchid=MCH_A,
-        stock_name="未激活批次",
-        status="unactivated",
-        create_time="2024-02-01T10:00:00+08:00",
-        description="not activated yet",
-        available_begin_time="2024-03-01T00:00:00+08:00",
-        available_end_time="2024-03-31T23:59:59+08:00",
-        distributed_coupons=0,
-        no_cash=False,
-        singleitem=False,
-        stock_type="NORMAL",
-        covers="unactivated (1); minimal, no optional field",
-        stock_use_rule=_rule(500, 200, 1000),
-    ),
-    SeededStock(
-        stock_id="9856001",
-        creator_mchid=MCH_A,
-        stock_name="审核中批次",
-        status="audit",
-        create_time="2015-05-20T13:29:35.120+08:00",
-        description="under approval",
-        available_begin_time="2015-05-21T00:00:00.500+08:00",
-        available_end_time="2015-06-20T23:59:59.999+08:00",
-        distributed_coupons=0,
-        no_cash=True,
-        singleitem=False,
-        stock_type="NORMAL",
-        covers="audit (2); +08:00 times with milliseconds",
-        stock_use_rule=_rule(300, 500, 0),
-    ),
-    SeededStock(
-        stock_id="9856002",
-        creator_mchid=MCH_A,
-        stock_name="已停止批次",
-        status="stoped",
-        create_time="2023-06-01T09:00:00+08:00",
-        description="stopped",
-        available_begin_time="2023-06-02T00:00:00+08:00",
-        available_end_time="2023-12-31T23:59:59+08:00",
-        distributed_coupons=800,
-        no_cash=False,
-        singleitem=False,
-        stock_type="NORMAL",
-        covers="stoped (8); start_time and stop_time",
-        stock_use_rule=_rule(800, 300, 3000, per_user=2),
-        start_time="2023-06-02T00:00:00+08:00",
-        stop_time="2023-09-30T18:00:00+08:00",
-    ),
-    SeededStock(
-        stock_id="9856003",
-        creator_mchid=MCH_A,
-        stock_name="暂停发放批次",
-        status="paused",
-        create_time="2024-04-01T08:00:00Z",
-        description="issuing paused",
-        available_begin_time="2024-04-02T00:00:00Z",
-        available_end_time="2025-04-01T00:00:00Z",
-        distributed_coupons=42,
-        no_cash=False,
-        singleitem=True,
-        stock_type="NORMAL",
-        covers="paused (16); max_coupons_per_user 0 (unlimited)",
-        stock_use_rule=_rule(1000, 100, 500, per_user=0),
-    ),
-    SeededStock(
-        stock_id="9856010",
-        creator_mchid=MCH_A,
-        stock_name="单品立减至批次",
-        status="running",
-        create_time="2024-05-01T12:00:00+08:00",
-        description="cut-to price, no fixed_normal_coupon",
-        available_begin_time="2024-05-02T00:00:00+08:00",
-        available_end_time="2026-05-01T23:59:59+08:00",
-        distributed_coupons=17,
-        no_cash=False,
-        singleitem=True,
-        stock_type="DISCOUNT_CUT",
-        covers="stock_use_rule without fixed_normal_coupon; v2 had coupon_value/mininumn",
-        stock_use_rule=StockUseRule(
-            max_coupons=200,
-            max_amount=20000,
-            max_amount_by_day=5000,
-            max_coupons_per_user=1,
-            coupon_type="CUT_TO",
-        ),
-        cut_to_message=CutToMessage(single_price_max=2000, cut_to_price=990),
-        v2_only=MappingProxyType({"coupon_value": "100", "coupon_mininumn": "2000"}),
-    ),
-    SeededStock(
-        stock_id="9856011",
-        creator_mchid=MCH_A,
-        stock_name="无使用规则批次",
-        status="running",
-        create_time="2024-06-01T00:00:00Z",
-        description="no stock_use_rule",
-        available_begin_time="2024-06-01T00:00:00Z",
-        available_end_time="2027-01-01T00:00:00Z",
-        distributed_coupons=5,
-        no_cash=True,
-        singleitem=False,
-        stock_type="OTHER",
-        covers="no stock_use_rule at all; v2 had value/minimum/total/quota/budget",
-        v2_only=MappingProxyType(
-            {
-                "coupon_value": "300",
-                "coupon_mininumn": "0",
-                "coupon_total": "50",
-                "max_quota": "1",
-                "coupon_budget": "15000",
-            }
-        ),
-    ),
-    SeededStock(
-        stock_id="9856020",
-        creator_mchid=MCH_A,
-        stock_name="跨零点批次",
-        status="running",
-        create_time="2024-03-01T17:30:00Z",
-        description="created at 01:30 Beijing time on the next day",
-        available_begin_time="2024-03-01T16:00:00.000Z",
-        available_end_time="2024-03-31T23:59:59+08:00",
-        distributed_coupons=9,
-        no_cash=False,
-        singleitem=False,
-        stock_type="NORMAL",
-        covers="create_time 2024-03-01T17:30:00Z is 20240302013000 in UTC+8; mixed Z/+08:00",
-        stock_use_rule=_rule(100, 800, 5000),
-    ),
-    SeededStock(
-        stock_id="9856030",
-        creator_mchid=MCH_A,
-        stock_name="全字段批次",
-        status="running",
-        create_time="2024-07-01T10:00:00.001+08:00",
-        description="every optional field and unknown extras",
-        available_begin_time="2024-07-02T00:00:00+08:00",
-        available_end_time="2029-07-01T23:59:59+08:00",
-        distributed_coupons=77,
-        no_cash=False,
-        singleitem=False,
-        stock_type="NORMAL",
-        covers="unknown extra fields; card_id, goods_tag, trade_type, combine_use, start/stop",
-        stock_use_rule=_rule(
-            700,
-            1500,
-            9900,
-            per_user=2,
-            coupon_type="NORMAL",
-            goods_tag=("123321", "456654"),
-            trade_type=("MICROAPP", "APPPAY"),
-            combine_use=False,
-            extra=MappingProxyType(
-                {"available_merchants": ["10000098"], "prevent_api_abuse": True}
-            ),
-        ),
-        start_time="2024-07-02T00:00:00+08:00",
-        stop_time="2029-07-01T23:59:59+08:00",
-        cut_to_message=CutToMessage(single_price_max=10000, cut_to_price=100),
-        card_id="pIJMr5MMiIkO_93VtPyIiEk2DZ4w",
-        extra=MappingProxyType(
-            {
-                "future_field": "tolerate me",
-                "future_object": {"nested": [1, 2, 3], "flag": True},
-                "available_week": {"week_day": [1, 2, 3]},
-            }
-        ),
-    ),
-    SeededStock(
-        stock_id=DIVERGENT_STOCK_ID,
-        creator_mchid=MCH_A,
-        stock_name="数据不一致批次",
-        status="running",
-        create_time="2024-08-01T09:00:00+08:00",
-        description="legacy and v3 disagree in coupon_total and is_send_num",
-        available_begin_time="2024-08-01T10:00:00+08:00",
-        available_end_time="2028-08-01T10:00:00+08:00",
-        distributed_coupons=250,
-        no_cash=False,
-        singleitem=False,
-        stock_type="NORMAL",
-        covers="DIVERGENT: v2 coupon_total 1200 vs v3 1000, is_send_num 260 vs v3 250",
-        stock_use_rule=_rule(1000, 500, 2000, per_user=5),
-        v2_divergence=MappingProxyType({"coupon_total": "1200", "is_send_num": "260"}),
-    ),
-    SeededStock(
-        stock_id="9856099",
-        creator_mchid=MCH_B,
-        stock_name="HMAC商户批次",
-        status="running",
-        create_time="2024-09-01T00:00:00Z",
-        description="owned by the HMAC-SHA256 merchant",
-        available_begin_time="2024-09-01T00:00:00Z",
-        available_end_time="2030-09-01T00:00:00Z",
-        distributed_coupons=3,
-        no_cash=False,
-        singleitem=False,
-        stock_type="NORMAL",
-        covers="running, owned by 10000099 (HMAC-SHA256 merchant)",
-        stock_use_rule=_rule(60, 1000, 5000, per_user=1),
-    ),
-    SeededStock(
-        stock_id="9856098",
-        creator_mchid=MCH_B,
-        stock_name="HMAC商户已停止批次",
-        status="stoped",
-        create_time="2022-01-01T08:00:00.250+08:00",
-        description="stopped, owned by the HMAC-SHA256 merchant",
-        available_begin_time="2022-01-02T00:00:00.000+08:00",
-        available_end_time="2022-12-31T23:59:59.999+08:00",
-        distributed_coupons=60,
-        no_cash=False,
-        singleitem=False,
-        stock_type="NORMAL",
-        covers="stoped, owned by 10000099; +08:00 with milliseconds",
-        stock_use_rule=_rule(60, 200, 1000, per_user=1),
-        stop_time="2022-06-30T12:00:00+08:00",
-    ),
-    SeededStock(
-        stock_id="12345678901234567890",
-        creator_mchid=MCH_B,
-        stock_name="长批次号",
-        status="running",
-        create_time="2024-10-01T00:00:00+08:00",
-        description="a 20-character stock id",
-        available_begin_time="2024-10-01T00:00:00+08:00",
-        available_end_time="2031-10-01T00:00:00+08:00",
-        distributed_coupons=0,
-        no_cash=False,
-        singleitem=False,
-        stock_type="NORMAL",
-        covers="a 20-character stock id, owned by 10000099",
-        stock_use_rule=_rule(10, 100, 100, per_user=1),
-    ),
-)
+def stock_from_json(data: Mapping[str, Any]) -> SeededStock:
+    """One stock from its JSON object: the :class:`SeededStock` fields, optional ones absent.
+
+    Raises:
+        TypeError: a field is missing or unknown.
+    """
+    fields = dict(data)
+    rule = fields.pop("stock_use_rule", None)
+    if rule is not None:
+        rule = dict(rule)
+        fnc = rule.pop("fixed_normal_coupon", None)
+        if fnc is not None:
+            rule["fixed_normal_coupon"] = FixedNormalCoupon(**fnc)
+        for name in ("goods_tag", "trade_type"):
+            if name in rule:
+                rule[name] = tuple(rule[name])
+        if "extra" in rule:
+            rule["extra"] = _mapping(rule["extra"])
+        fields["stock_use_rule"] = StockUseRule(**rule)
+    cut = fields.pop("cut_to_message", None)
+    if cut is not None:
+        fields["cut_to_message"] = CutToMessage(**cut)
+    for name in ("extra", "v2_only", "v2_divergence"):
+        if name in fields:
+            fields[name] = _mapping(fields[name])
+    return SeededStock(**fields)
+
+
+def _load_seeded() -> tuple[SeededStock, ...]:
+    """The seeded table, read once from the package's :data:`STOCKS_RESOURCE`."""
+    text = resources.files(__package__).joinpath(STOCKS_RESOURCE).read_text(encoding="utf-8")
+    doc = json.loads(text)
+    if doc.get("format") != _STOCKS_FORMAT:  # pragma: no cover - a packaging mistake
+        raise ValueError(f"{STOCKS_RESOURCE}: not a {_STOCKS_FORMAT} file")
+    return tuple(stock_from_json(s) for s in doc["stocks"])
+
+
+#: The seeded stocks, in table order (from :data:`STOCKS_RESOURCE`).
+SEEDED_STOCKS: tuple[SeededStock, ...] = _load_seeded()
 
 
 def seeded_stocks() -> dict[str, SeededStock]:
@@ -587,3 +338,15 @@ def describe_stocks(stocks: Mapping[str, SeededStock] | None = None) -> list[str
     """One printable line per stock (the seeded table by default); no secrets."""
     table = seeded_stocks() if stocks is None else stocks
     return [s.describe() for s in table.values()]
+
+
+def another_stock(
+    stocks: Mapping[str, SeededStock], stock_id: str | None, creator: str | None
+) -> SeededStock:
+    """Another stock than ``stock_id`` (one of ``creator``'s when there is one).
+
+    The answer of a ``wrong_stock`` fault, and the stock an ``unsigned_fail`` forgery names.
+    """
+    others = [st for sid, st in sorted(stocks.items()) if sid != stock_id]
+    mine = [st for st in others if st.creator_mchid == creator]
+    return (mine or others)[0]

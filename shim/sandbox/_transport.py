@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 import anyio
 import httpx
 
-from ._emulator import SandboxReply, SandboxRequest
+from ._messages import SandboxReply, SandboxRequest
 
 if TYPE_CHECKING:
     from ._emulator import Emulator

@@ -1,4 +1,8 @@
-"""``coupon-shim serve``: the v2 gateway's command (``shim/cli.py`` only registers it)."""
+"""``coupon-shim serve``: the v2 gateway's command (the gateway itself is :mod:`shim.gateway`).
+
+Needs the ``gateway`` extra, checked when the command runs (``coupon-shim --help`` works
+without it).
+"""
 
 from __future__ import annotations
 
@@ -32,13 +36,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        from shim.gateway._server import run
-    except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        raise CommandError(
-            f"needs the gateway extra: pip install 'coupon-shim[gateway]' ({exc.name})",
-            ExitCode.CONFIG,
-        ) from None
+    from shim.gateway._server import run  # MissingExtraError without the gateway extra
+
     if args.workers is not None and args.workers < 1:
         raise CommandError("--workers must be at least 1")
     overrides = {
