@@ -12,7 +12,10 @@ direct baseline posts the same request to the emulator's v2 endpoint.
 Measured, with warm-up and interleaved rounds (direct, gateway, gateway, direct, ...):
 
 * latency at concurrency 1: p50 and p99 of each side and the gateway's added p50;
-* throughput at concurrency 64 and 256: calls per second of each side and their ratio.
+* throughput at concurrency 64 and 256: calls per second of each side and their ratio;
+* CPU per call at concurrency 1 (from ``/proc``): the gateway's processes, the emulator's
+  and this client's, on each side. The emulator's CPU per direct call is what serving one
+  v2 exchange costs on this machine; the gateway serves one and makes one per call.
 
 Targets (legacy mode): at concurrency 1 the gateway adds at most 1 ms at p50; at concurrency
 64 it sustains at least 80 % of the direct client's calls/s. Everything shares the machine's
@@ -169,16 +172,40 @@ async def throughput(side: V2Caller, conc: int, total: int) -> float:
     return (total - (side.errors - errors_before)) / elapsed
 
 
-async def measure(direct: V2Caller, gateway: V2Caller, p: argparse.Namespace) -> dict[str, Any]:
+def cpu_seconds(group: int) -> float:
+    """User + system CPU seconds used so far by the processes of process group ``group``
+    (the gateway and its workers, or the emulator): read from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group:  # pgrp
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+async def measure(
+    direct: V2Caller, gateway: V2Caller, p: argparse.Namespace, groups: dict[str, int]
+) -> dict[str, Any]:
     sides = {"direct": direct, "gateway": gateway}
     for side in sides.values():  # warm-up: connections, caches, the gateway's first reload
         await asyncio.gather(*(side.call(i) for i in range(len(side.clients))))
         await latencies(side.call, p.warmup)
         side.errors = 0
     lat: dict[str, list[float]] = {"direct": [], "gateway": []}
+    # CPU seconds per side: the gateway's processes, the emulator's, this client's own
+    cpu = {f"{name}/{who}": 0.0 for name in sides for who in ("gateway", "emulator", "client")}
     for r in range(p.rounds):
         for name in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
+            before = {who: cpu_seconds(g) for who, g in groups.items()}
+            mine = sum(os.times()[:2])
             lat[name] += await latencies(sides[name].call, p.per_round)
+            cpu[f"{name}/client"] += sum(os.times()[:2]) - mine
+            for who, g in groups.items():
+                cpu[f"{name}/{who}"] += cpu_seconds(g) - before[who]
     print(f"  concurrency 1 done ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
     result: dict[str, Any] = {"c1": {}}
     for name, values in lat.items():
@@ -187,6 +214,12 @@ async def measure(direct: V2Caller, gateway: V2Caller, p: argparse.Namespace) ->
             "p99_ms": _q(values, 0.99),
             "n": len(values),
         }
+    # CPU milliseconds per call at concurrency 1 (clock ticks: 10 ms resolution, summed
+    # over every round, so a few hundred calls give about 0.05 ms resolution)
+    result["c1"]["cpu_ms_per_call"] = {
+        key: round(seconds * 1000.0 / len(lat[key.split("/")[0]]), 3)
+        for key, seconds in cpu.items()
+    }
     result["c1"]["added_p50_ms"] = (
         result["c1"]["gateway"]["p50_ms"] - result["c1"]["direct"]["p50_ms"]
     )
@@ -240,7 +273,8 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def gateway(config: Path, workers: int) -> Iterator[str]:
+def gateway(config: Path, workers: int) -> Iterator[tuple[str, int]]:
+    """A ``coupon-shim serve`` process group: its URL and its process group id."""
     proc, url = _start(
         [
             sys.executable,
@@ -268,7 +302,7 @@ def gateway(config: Path, workers: int) -> Iterator[str]:
                 raise RuntimeError("the gateway did not become ready")
             time.sleep(0.1)
         time.sleep(1.0 if workers > 1 else 0.2)
-        yield url
+        yield url, proc.pid  # started in a new session: its pid is the group's id
     finally:
         _stop(proc)
 
@@ -296,17 +330,20 @@ def machine() -> dict[str, Any]:
 def table(r: dict[str, Any]) -> str:
     rows = [
         "| workers | mode | c=1 p50 direct / gateway (added) | c=1 p99 direct / gateway | "
+        "c=1 CPU ms per call: gateway / emulator | "
         "c=64 calls/s direct / gateway (ratio) | c=256 calls/s direct / gateway (ratio) |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, m in r["runs"].items():
         workers, mode = key.split("/")
         c1, c64, c256 = m["c1"], m["c64"], m["c256"]
+        cpu = c1["cpu_ms_per_call"]
         rows.append(
             f"| {workers} | {mode} | {c1['direct']['p50_ms']:.2f} / "
             f"{c1['gateway']['p50_ms']:.2f} ms "
             f"(**+{c1['added_p50_ms']:.2f}**) | {c1['direct']['p99_ms']:.2f} / "
-            f"{c1['gateway']['p99_ms']:.2f} ms | {c64['direct_calls_s']:.0f} / "
+            f"{c1['gateway']['p99_ms']:.2f} ms | {cpu['gateway/gateway']:.2f} / "
+            f"{cpu['direct/emulator']:.2f} | {c64['direct_calls_s']:.0f} / "
             f"{c64['gateway_calls_s']:.0f} (**{c64['ratio']:.2f}**) | "
             f"{c256['direct_calls_s']:.0f} / {c256['gateway_calls_s']:.0f} ({c256['ratio']:.2f}) |"
         )
@@ -351,13 +388,16 @@ def main(argv: list[str] | None = None) -> int:
                         v3_base_url=emu_url,
                         mode=mode,
                     )
-                    with gateway(cfg, workers) as gw_url:
+                    with gateway(cfg, workers) as (gw_url, gw_group):
+                        groups = {"gateway": gw_group, "emulator": emulator.pid}
 
-                        async def run(gw_url: str = gw_url) -> dict[str, Any]:
+                        async def run(
+                            gw_url: str = gw_url, groups: dict[str, int] = groups
+                        ) -> dict[str, Any]:
                             direct = V2Caller(emu_url, m.v2_key, m.appid, 256)
                             via = V2Caller(gw_url, m.v2_key, m.appid, 256)
                             try:
-                                return await measure(direct, via, p)
+                                return await measure(direct, via, p, groups)
                             finally:
                                 await direct.aclose()
                                 await via.aclose()

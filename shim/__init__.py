@@ -36,11 +36,12 @@ from shim._errors import (
     SignatureError,
     UpstreamError,
 )
-from shim._events import redact_secrets
+from shim._extras import MissingExtraError
 from shim._flags import OpenFeatureRouteSource
 from shim._live import LiveConfig
 from shim._loader import load_config
 from shim._observe import CallRecord
+from shim._redaction import redact_secrets
 from shim._secrets import LiteralSecretWarning
 from shim._shadow.totals import ShadowTotals
 from shim._transport import DeadlineTransport
@@ -60,6 +61,7 @@ __all__ = [
     "LiveConfig",
     "LocalError",
     "MappingError",
+    "MissingExtraError",
     "Mode",
     "OpenFeatureRouteSource",
     "OverloadError",

@@ -123,21 +123,8 @@ class AnswerCache:
                 self._entries.popitem(last=False)
                 self.stats.evicted += 1
 
-    def drop_merchants(self, keep: Mapping[str, object]) -> None:
-        """Forget the entries of merchants not in ``keep`` (after a reload removed them)."""
-        with self._lock:
-            for key in [k for k in self._entries if _mch_of(k) not in keep]:
-                del self._entries[key]
-                self.stats.evicted += 1
-
     def clear(self) -> None:
         """Forget every entry (turning the cache off, or on a reload that changes routes)."""
         with self._lock:
             self.stats.evicted += len(self._entries)
             self._entries.clear()
-
-
-def _mch_of(key: Hashable) -> object:
-    """The mch_id of a facade cache key (``(route, base_url, V2Request)``)."""
-    request = key[2] if isinstance(key, tuple) and len(key) > 2 else None
-    return getattr(request, "mch_id", None)

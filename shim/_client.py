@@ -1,8 +1,10 @@
 """The facades: the v2 call signature, sync and async, over one flow.
 
-``CouponStockShim`` and ``AsyncCouponStockShim`` share :class:`_ShimCore`, which validates
-the call, picks the merchant, decides the route and builds the flow; the twins differ only in
-the driver they run it with and the shadow runner they hand comparisons to.
+``CouponStockShim`` and ``AsyncCouponStockShim`` share :class:`_ShimCore`: the wiring of the
+parts (each idea in its own module) and every decision of serving a call (cache, single-flight,
+settlement, shadow hand-off). The twins differ only in their I/O: the driver that runs the
+sans-IO flow, the httpx client, the admission gate, the single-flight group and the shadow
+runner of their kind.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from shim import _v2 as v2
 from shim._cache import AnswerCache, Entry
 from shim._environ import kill_switch_on
-from shim._errors import ClosedError, InputError, Route, ShimError, UpstreamError
-from shim._flags import OpenFeatureRouteSource
+from shim._errors import ClosedError, Route, ShimError, UpstreamError
+from shim._flags import OpenFeatureRouteSource, RouteFlags
 from shim._flow import (
     CallContext,
     CallOutcome,
@@ -36,18 +37,22 @@ from shim._live import LiveConfig
 from shim._mapping.load import load_mapping
 from shim._mapping.model import MappingTable
 from shim._nonces import pooled_nonce
-from shim._observe import CallRecord, EventSink
-from shim._policy import BreakerTransition, CircuitBreaker
+from shim._observe import CallObservers, CallRecord
+from shim._policy import CircuitBreaker
 from shim._redaction import scrubs_locals, scrubs_locals_async
-from shim._routing import Decision, decide, routing_key
-from shim._shadow.outcome import ShadowOutcome, compare_answers
+from shim._request import Requests, call_values, via_values
+from shim._routing import Decision, decide
+from shim._shadow.outcome import ShadowOutcome
 from shim._shadow.runners import AsyncShadowRunner, ThreadShadowRunner
-from shim._shadow.totals import ShadowStats, ShadowTotals
+from shim._shadow.totals import ShadowTotals
+from shim._shadowing import ShadowJob, Shadows
 from shim._singleflight import AsyncFlights, ThreadFlights
 from shim._transport import (
     Admission,
     AsyncAdmission,
+    AsyncPool,
     DeadlineTransport,
+    new_async_client,
     proxy_mounts,
     run_async,
     run_sync,
@@ -61,11 +66,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncCouponStockShim", "CouponStockShim"]
 
-CallObserver = Callable[[CallRecord], None]
-_IGNORED_PAYLOAD_KEYS = frozenset({"nonce_str", "sign", "sign_type"})
-_NO_V3 = "no_v3_credentials"
-_REQUEST_FIELD_SET = frozenset(v2.REQUEST_FIELDS)
-_MEMO_SIZE = 4096
 DEFAULT_LIMITS = httpx.Limits(
     max_connections=100, max_keepalive_connections=32, keepalive_expiry=30
 )
@@ -110,22 +110,51 @@ class _Call:
     tags: dict[str, Any] | None = None
 
 
+@dataclass(slots=True)
+class _Plan:
+    """How :class:`_ShimCore` serves one call that the cache did not answer.
+
+    The twin runs the call's flow (through single-flight when ``flight`` is a key), calling
+    :meth:`ran` from the work it hands to the group, then gives the outcome to
+    :meth:`_ShimCore._settle` (or, for a ShimError, calls :meth:`_ShimCore._unserved`).
+    """
+
+    cache_key: Any
+    flight: Any = None
+    did_run: bool = False
+
+    def ran(self) -> None:
+        self.did_run = True
+
+
 class _ShimCore:
-    """What the two twins share: config, routing, breakers, shadow totals, events."""
+    """What the two twins share: the wiring of config, requests, routing, breakers, cache,
+    single-flight, shadows and observers; and every decision of serving a call.
+
+    Each idea lives in its own module (request normalisation in :mod:`shim._request`, flag
+    source in :mod:`shim._flags`, records and their observers in :mod:`shim._observe`,
+    shadow wiring in :mod:`shim._shadowing`, the call itself in the sans-IO
+    :mod:`shim._flow`); the twins add only the I/O: the driver, the client, the admission
+    gate, the single-flight group and the shadow runner of their kind. Everything built from
+    the config follows a reloaded snapshot (:meth:`_on_reload`).
+    """
+
+    _gate: Any  # the twin's Admission or AsyncAdmission (its ``limit`` follows reloads)
+    _shadows: Shadows[Any]
 
     @scrubs_locals
     def __init__(
         self,
         config: ShimConfig | LiveConfig | str | os.PathLike[str],
         *,
-        flag_source: OpenFeatureRouteSource | None = None,
-        env: Mapping[str, str] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
-        nonce: Callable[[], str] = pooled_nonce,
-        logger: Any = None,
-        registry: CollectorRegistry | None = None,
-        metrics: bool = True,
+        flag_source: OpenFeatureRouteSource | None,
+        env: Mapping[str, str] | None,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        nonce: Callable[[], str],
+        logger: Any,
+        registry: CollectorRegistry | None,
+        metrics: bool,
     ) -> None:
         self._env = os.environ if env is None else env
         if isinstance(config, LiveConfig):
@@ -134,24 +163,19 @@ class _ShimCore:
             self._live = LiveConfig(config=config, env=self._env)
         else:
             self._live = LiveConfig(config, env=self._env)
-        self._flag_source = flag_source
-        self._owns_flag_source = False
+        self._flags = RouteFlags(flag_source)
         self._clock, self._wall, self._nonce = clock, wall, nonce
         self._breakers: dict[tuple[Route, str], CircuitBreaker] = {}
         self._breaker_lock = threading.Lock()
         self._mapping: tuple[ShimConfig, MappingTable] | None = None
-        self._stats = ShadowStats()
         # Observers of call records and breaker changes: events always, metrics when
         # prometheus_client is installed (see shim._observe, shim.metrics).
-        self._events = EventSink(logger)
         # The public metrics module is imported when a shim is built, not by ``import shim``.
         from shim.metrics import metrics_for
 
-        self._metrics: ShimMetrics | None = metrics_for(registry) if metrics else None
-        self._observers: tuple[CallObserver, ...] = ()
+        self._observers = CallObservers(metrics_for(registry) if metrics else None, logger)
         self._cache = AnswerCache(self._live.current().cache.max_entries)
-        # validated arguments -> (request, its fields); shared, never mutated
-        self._valid: dict[tuple[Any, ...], tuple[v2.V2Request, dict[str, str]]] = {}
+        self._requests = Requests()
         self._live.on_reload(self._on_reload)
         self._live.on_reload_failed(self._on_reload_failed)
         self._pid = _PID
@@ -162,22 +186,27 @@ class _ShimCore:
 
         It runs on the thread (or task) that finished the call; its exceptions are swallowed.
         """
-        self._observers = (*self._observers, observer)
+        self._observers.subscribe(observer)
 
     def unsubscribe(self, observer: Callable[[CallRecord], None]) -> None:
         """Stop calling ``observer``."""
-        self._observers = tuple(o for o in self._observers if o != observer)
+        self._observers.unsubscribe(observer)
 
     @property
     def metrics(self) -> ShimMetrics | None:
         """The metrics this shim records into (None without ``prometheus_client``)."""
-        return self._metrics
+        return self._observers.metrics
+
+    @property
+    def _runner(self) -> Any:
+        """The shadow runner, if one was built (read-only, for tests and the load bench)."""
+        return self._shadows.running
 
     def _fresh_after_fork(self) -> None:
         """In a forked child: state no thread of the parent may hold a lock on, anew."""
         self._breakers = {}
         self._breaker_lock = threading.Lock()
-        self._stats = ShadowStats()  # the child's own totals
+        self._shadows.after_fork()  # the child's own totals, no runner
         self._cache = AnswerCache(self._live.current().cache.max_entries)
 
     @property
@@ -187,7 +216,7 @@ class _ShimCore:
 
     def shadow_totals(self) -> ShadowTotals:
         """Running shadow totals: calls, matches, mismatches per field, errors, dropped."""
-        return self._stats.snapshot()
+        return self._shadows.totals()
 
     def breaker(self, route: Route, mch_id: str) -> CircuitBreaker:
         """The circuit breaker of one route for one merchant."""
@@ -199,23 +228,18 @@ class _ShimCore:
                 if found is None:
                     found = self._breakers[key] = CircuitBreaker(
                         self._live.current().breaker,
-                        listener=lambda change: self._breaker_changed(route, mch_id, change),
+                        listener=lambda change: self._observers.breaker(route, mch_id, change),
                     )
-                    if self._metrics is not None:
-                        self._metrics.breakers_known([key])
+                    self._observers.breaker_known(route, mch_id)
         return found
-
-    def _breaker_changed(self, route: Route, mch_id: str, change: BreakerTransition) -> None:
-        self._events.breaker(route, mch_id, change)
-        if self._metrics is not None:
-            self._metrics.breaker(route, mch_id, change)
 
     def _on_reload(self, old: ShimConfig, new: ShimConfig) -> None:
         """Consumers of the config follow a swapped snapshot (on the reloading thread).
 
-        Breakers of removed merchants go (with their metric series), the others and the
-        shadow runner take the new settings; cached answers are dropped. Routing, retry,
-        upstream, merchants and mapping are read from each call's snapshot.
+        Breakers of removed merchants go (with their metric series), the others take the new
+        settings, as do the shadow runner, the admission limit, the answer cache's size and
+        the flag source; cached answers are dropped. Routing, retry and backoff, upstream,
+        single-flight, merchants and mapping are read from each call's snapshot.
         """
         with self._breaker_lock:
             gone = [k for k in self._breakers if k[1] not in new.merchants]
@@ -224,20 +248,19 @@ class _ShimCore:
             kept = list(self._breakers.values())
         for breaker in kept:
             breaker.reconfigure(new.breaker)  # the others follow the reloaded settings
-        runner = getattr(self, "_runner", None)
-        if runner is not None:
-            runner.reconfigure(new.shadow)
+        self._shadows.reconfigure(new.shadow)
+        gate = getattr(self, "_gate", None)  # (None while the twin is still being built)
+        if gate is not None:
+            gate.limit = new.upstream.max_in_flight
+        self._flags.reconfigure(new.routing)
         # Cached answers were verified and mapped under the old snapshot: start afresh.
         self._cache.resize(new.cache.max_entries)
         self._cache.clear()
-        if self._metrics is not None:
-            self._metrics.reload(applied=True)
-            for route, mch_id in gone:
-                self._metrics.breaker_forgotten(route, mch_id)
+        self._observers.reload(applied=True)
+        self._observers.breakers_forgotten(gone)
 
     def _on_reload_failed(self, why: str) -> None:
-        if self._metrics is not None:
-            self._metrics.reload(applied=False)
+        self._observers.reload(applied=False)
 
     def _table(self, snapshot: ShimConfig) -> MappingTable:
         """The mapping of the snapshot in force (loaded with it; edits arrive by reload)."""
@@ -249,70 +272,31 @@ class _ShimCore:
             cached = self._mapping = (snapshot, load_mapping(snapshot.mapping_dir))
         return cached[1]
 
-    def _flag_mode(self, snapshot: ShimConfig, mch_id: str, stock_id: str, bucket_by: str) -> Any:
-        if snapshot.routing.flag_source != "openfeature":
-            return None
-        source, wanted = self._flag_source, snapshot.routing.openfeature_flag
-        if source is None or (self._owns_flag_source and source.flag_key != wanted):
-            # built here, so it follows a reloaded routing.openfeature_flag
-            source = self._flag_source = OpenFeatureRouteSource(flag_key=wanted)
-            self._owns_flag_source = True
-        return source.mode_for(mch_id, stock_id, routing_key(bucket_by, mch_id, stock_id))
-
-    def _validated(self, values: dict[str, Any]) -> tuple[v2.V2Request, dict[str, str]]:
-        """The validated request and its fields, memoised for plain-string arguments.
-
-        Validation is a pure function of the arguments, and hot traffic repeats them; the memo
-        is bounded (cleared when full) and never holds a rejected argument.
-        """
-        key = tuple([values.get(name) for name in v2.REQUEST_FIELDS])
-        if values.keys() <= _REQUEST_FIELD_SET and all(type(v) is str or v is None for v in key):
-            hit = self._valid.get(key)
-            if hit is None:
-                request = v2.validate_request(values)
-                if len(self._valid) >= _MEMO_SIZE:
-                    self._valid.clear()
-                hit = self._valid[key] = (request, request._asdict())
-            return hit
-        request = v2.validate_request(values)
-        return request, request._asdict()
-
     def _prepare(
         self, values: dict[str, Any], xml: Mapping[str, Any] | None, *, route: Route | None = None
     ) -> _Call:
+        """Validate the call, pick the merchant, decide the route, build the context."""
         started = self._clock()
-        if xml is not None:
-            if any(v is not None for v in values.values()):
-                raise InputError("pass either xml={...} or the fields, not both", field="xml")
-            if not isinstance(xml, Mapping):
-                raise InputError("must be a dict of v2 request fields", field="xml")
-            values = {k: v for k, v in xml.items() if k not in _IGNORED_PAYLOAD_KEYS}
         snapshot = self._live.current()
-        mch_id = values.get("mch_id")
-        appid = values.get("appid")
-        if (appid is None or (isinstance(appid, str) and not appid)) and v2.is_plausible_id(mch_id):
-            # left out: the merchant's own (an unknown merchant is named as such, not as a
-            # missing appid); a falsy non-string appid is the caller's error, not "left out"
-            values["appid"] = snapshot.merchant(mch_id).appid
-        request, request_fields = self._validated(values)
+        request, request_fields = self._requests.normalise(values, xml, snapshot)
         merchant = snapshot.merchant(request.mch_id)
-        routing = snapshot.routing
         if route is not None:
             decision = Decision(route, None, "explicit")
         else:
-            bucket_by = merchant.bucket_by or routing.bucket_by
+            routing = snapshot.routing
+            mch_id, stock_id = request.mch_id, request.coupon_stock_id
+            bucket_by = merchant.bucket_by
             decision = decide(
                 routing,
-                mch_id=request.mch_id,
-                coupon_stock_id=request.coupon_stock_id,
+                mch_id=mch_id,
+                coupon_stock_id=stock_id,
                 kill_switch=kill_switch_on(routing, self._env),
-                bucket_by=merchant.bucket_by,
-                flag_mode=self._flag_mode(
-                    snapshot, request.mch_id, request.coupon_stock_id, bucket_by
+                v3_available=merchant.v3 is not None,
+                bucket_by=bucket_by,
+                flag_mode=self._flags.mode_for(
+                    routing, mch_id, stock_id, bucket_by or routing.bucket_by
                 ),
             )
-            if merchant.v3 is None and (decision.serve == "v3" or decision.shadow == "v3"):
-                decision = Decision("legacy", None, _NO_V3, decision.bucket)
         ctx = CallContext(
             config=snapshot,
             merchant=merchant,
@@ -328,31 +312,57 @@ class _ShimCore:
         )
         return _Call(ctx, decision, started)
 
-    # ------------------------------------------------------------------ cache, single-flight
+    def _prepare_via(self, route: Route, fields: dict[str, Any]) -> _Call:
+        values, xml = via_values(route, fields)
+        return self._prepare(values, xml, route=route)
+
+    # ------------------------------------------------------------------ serving: the decisions
+
+    def _plan(self, call: _Call) -> _Plan | CallOutcome:
+        """The cache's answer, or how to serve the call (with or without single-flight)."""
+        snapshot = call.ctx.config
+        key = None
+        if snapshot.cache.ttl_s > 0:
+            key = self._cache_key(call)
+            entry: Entry | None = self._cache.get(key, self._clock())
+            call.tags = {"cache": "hit" if entry is not None else "miss"}
+            if entry is not None:
+                route: Route = "v3" if entry.route == "v3" else "legacy"
+                result = RouteResult(resign(call.ctx, entry.fields), route, 0, entry.unmapped)
+                return CallOutcome(result, route, False)
+        if not snapshot.single_flight.enabled:
+            return _Plan(key)
+        flight_key = (*(key or self._cache_key(call)), call.decision.shadow)
+        return _Plan(key, flight_key)
 
     def _cache_key(self, call: _Call) -> tuple[Any, ...]:
         """Same merchant, stock, request fields, serving route and upstream."""
         up, serve = call.ctx.config.upstream, call.decision.serve
         return (serve, up.v3_base_url if serve == "v3" else up.v2_base_url, call.ctx.request)
 
-    def _flight_key(self, call: _Call) -> tuple[Any, ...]:
-        return (*self._cache_key(call), call.decision.shadow)
+    def _waits(self, call: _Call) -> dict[str, Any]:
+        """A follower's terms in single-flight: which shared outcome may serve it (one whose
+        reply came after it started), how long it may wait, and its error if that runs out."""
+        return {
+            "fresh": lambda outcome: outcome.result.received_at >= call.started,
+            "remaining": lambda: call.ctx.deadline - self._clock(),
+            "expired": lambda: UpstreamError(
+                "the call's time budget ran out waiting for an identical call in flight",
+                route=call.decision.serve,
+                kind="budget",
+            ),
+        }
 
-    def _from_cache(self, call: _Call) -> tuple[Any, CallOutcome | None]:
-        """(cache key or None when the cache is off, the outcome of a hit or None)."""
-        ttl = call.ctx.config.cache.ttl_s
-        if ttl <= 0:
-            return None, None
-        key = self._cache_key(call)
-        entry: Entry | None = self._cache.get(key, self._clock())
-        call.tags = {"cache": "hit" if entry is not None else "miss"}
-        if entry is None:
-            return key, None
-        route: Route = "v3" if entry.route == "v3" else "legacy"
-        result = RouteResult(resign(call.ctx, entry.fields), route, 0, entry.unmapped)
-        return key, CallOutcome(result, route, False)
-
-    def _remember(self, call: _Call, key: Any, outcome: CallOutcome) -> None:
+    def _settle(
+        self, call: _Call, plan: _Plan, outcome: CallOutcome, coalesced: bool
+    ) -> CallOutcome:
+        """After the flow (or the flight) served: a follower's own copy, or the cache fed."""
+        if coalesced:
+            # a coalesced caller's own copy of the shared outcome: its own nonce and sign
+            call.tags = {**(call.tags or {}), "coalesced": True}
+            result = outcome.result
+            return replace(outcome, result=replace(result, answer=resign(call.ctx, result.answer)))
+        key = plan.cache_key
         if key is not None and not outcome.fallback and not outcome.result.credentials_refused:
             self._cache.put(
                 key,
@@ -361,36 +371,15 @@ class _ShimCore:
                 unmapped=outcome.result.unmapped,
                 expires=self._clock() + call.ctx.config.cache.ttl_s,
             )
+        return outcome
 
-    def _follower(self, call: _Call, outcome: CallOutcome) -> CallOutcome:
-        """A coalesced caller's own copy of the shared outcome: its own nonce and sign."""
-        call.tags = {**(call.tags or {}), "coalesced": True}
-        result = outcome.result
-        return replace(outcome, result=replace(result, answer=resign(call.ctx, result.answer)))
-
-    def _fresh(self, call: _Call) -> Callable[[CallOutcome], bool]:
-        """Whether a shared outcome was produced during this call (its reply came after)."""
-        return lambda outcome: outcome.result.received_at >= call.started
-
-    def _remaining(self, call: _Call) -> Callable[[], float]:
-        return lambda: call.ctx.deadline - self._clock()
-
-    def _expired(self, call: _Call) -> Callable[[], ShimError]:
-        return lambda: UpstreamError(
-            "the call's time budget ran out waiting for an identical call in flight",
-            route=call.decision.serve,
-            kind="budget",
-        )
+    def _unserved(self, call: _Call, plan: _Plan) -> None:
+        """The flow (or the flight) raised: a follower's error is tagged as coalesced."""
+        if plan.flight is not None and not plan.did_run:
+            call.tags = {**(call.tags or {}), "coalesced": True}
 
     def _flow(self, call: _Call) -> Flow[CallOutcome]:
-        merchant = call.ctx.merchant
-        return call_flow(
-            call.ctx, call.decision, can_serve=lambda r: r == "legacy" or merchant.v3 is not None
-        )
-
-    def _shadow_ctx(self, call: _Call, submitted: float) -> CallContext:
-        snap = call.ctx.config
-        return replace(call.ctx, deadline=submitted + snap.shadow.timeout_s, attempts=1)
+        return call_flow(call.ctx, call.decision)
 
     def _record(
         self,
@@ -403,34 +392,18 @@ class _ShimCore:
     ) -> None:
         """Build the call's one record and hand it to every observer."""
         req = call.ctx.request
-        record = CallRecord(
-            req.mch_id,
-            req.coupon_stock_id,
-            call.decision,
-            latency_ms if latency_ms is not None else (self._clock() - call.started) * 1000.0,
-            outcome,
-            error,
-            shadow,
-            call.tags,
+        self._observers.call(
+            CallRecord(
+                req.mch_id,
+                req.coupon_stock_id,
+                call.decision,
+                latency_ms if latency_ms is not None else (self._clock() - call.started) * 1000.0,
+                outcome,
+                error,
+                shadow,
+                call.tags,
+            )
         )
-        self._events.call(record)
-        if self._metrics is not None:
-            self._metrics.call(record)
-        for observer in self._observers:
-            try:
-                observer(record)
-            except Exception:  # noqa: S112 - an observer must never break a call
-                continue
-
-    def _prepare_via(self, route: Route, fields: dict[str, Any]) -> _Call:
-        if route not in ("legacy", "v3"):
-            shown = repr(route) if isinstance(route, str) else type(route).__name__
-            raise InputError(f"must be 'legacy' or 'v3', got {shown[:24]}", field="route")
-        xml = fields.pop("xml", None)
-        values = _values(*(fields.pop(k, None) for k in v2.REQUEST_FIELDS))
-        if fields:
-            raise InputError("is not a field of query_coupon_stock", field=sorted(fields)[0])
-        return self._prepare(values, xml, route=route)
 
     def _served(self, call: _Call, outcome: CallOutcome) -> dict[str, str]:
         """After serving: hand the other side to the shadow runner, or record the call.
@@ -439,71 +412,33 @@ class _ShimCore:
         compared when it was made).
         """
         tags = call.tags
+        shadow = call.decision.shadow
         if (
-            call.decision.shadow is None
+            shadow is None
             or outcome.fallback
             or (tags and (tags.get("coalesced") or tags.get("cache") == "hit"))
         ):
             self._record(call, outcome=outcome)
         else:
             latency_ms = (self._clock() - call.started) * 1000.0
-            metrics = self._metrics
+            observers = self._observers
 
-            def done(shadow: ShadowOutcome) -> None:
-                if metrics is not None:
-                    metrics.shadow_in_flight(-1)
-                self._record(call, outcome=outcome, shadow=shadow, latency_ms=latency_ms)
+            def done(result: ShadowOutcome) -> None:
+                observers.shadow_in_flight(-1)
+                self._record(call, outcome=outcome, shadow=result, latency_ms=latency_ms)
 
-            if metrics is not None:
-                metrics.shadow_in_flight(1)
-            self._submit_shadow(call, outcome, done)
+            observers.shadow_in_flight(1)
+            job = ShadowJob(
+                call.ctx, shadow, outcome.result.answer, self._clock(), queued=self._QUEUED
+            )
+            self._submit_shadow(job, done)
         return outcome.result.answer
 
-    def _submit_shadow(
-        self, call: _Call, outcome: CallOutcome, done: Callable[[ShadowOutcome], None]
-    ) -> None:
+    #: whether the twin's shadow runner queues jobs (see :class:`shim._shadowing.ShadowJob`)
+    _QUEUED = False
+
+    def _submit_shadow(self, job: ShadowJob, done: Callable[[ShadowOutcome], None]) -> None:
         raise NotImplementedError  # pragma: no cover - each twin runs shadows its own way
-
-    def _shadow_flow(self, call: _Call, submitted: float) -> Flow[RouteResult]:
-        """The other side of a shadowed call: one attempt within the shadow time budget,
-        counted from the job's submission (time queued for a worker counts)."""
-        assert call.decision.shadow is not None
-        return route_flow(self._shadow_ctx(call, submitted), call.decision.shadow)
-
-    def _shadow_outcome(
-        self, call: _Call, outcome: CallOutcome, started: float, other: RouteResult | ShimError
-    ) -> ShadowOutcome:
-        latency_ms = (self._clock() - started) * 1000.0
-        if isinstance(other, ClosedError):
-            return ShadowOutcome("dropped", latency_ms=latency_ms)  # cut by close()
-        if isinstance(other, ShimError):
-            return ShadowOutcome.from_error(other, latency_ms=latency_ms)
-        return compare_answers(
-            outcome.result.answer,
-            other.answer,
-            ignore=call.ctx.config.shadow.ignore_fields,
-            latency_ms=latency_ms,
-        )
-
-
-def _values(
-    coupon_stock_id: Any,
-    appid: Any,
-    mch_id: Any,
-    op_user_id: Any,
-    device_info: Any,
-    version: Any,
-    type_: Any,
-) -> dict[str, Any]:
-    return {
-        "coupon_stock_id": coupon_stock_id,
-        "appid": appid,
-        "mch_id": mch_id,
-        "op_user_id": op_user_id,
-        "device_info": device_info,
-        "version": version,
-        "type": type_,
-    }
 
 
 class CouponStockShim(_ShimCore):
@@ -516,8 +451,15 @@ class CouponStockShim(_ShimCore):
             builds one pooled client for its lifetime.
         transport: an httpx transport for the shim's own client (e.g. the emulator's
             in-process ``MockTransport``).
-        flag_source: an OpenFeature route source (``routing.flag_source = "openfeature"``).
+        flag_source: an OpenFeature route source (``routing.flag_source = "openfeature"``);
+            by default the shim builds one reading ``routing.openfeature_flag`` from the
+            global OpenFeature API when the config asks for it.
         env: environment for the kill switch and overrides (default ``os.environ``).
+        clock: the monotonic clock of budgets, backoff, breakers and the cache (seconds).
+        wall: the wall clock of v3 request timestamps (seconds since the epoch).
+        nonce: makes each request's and answer's ``nonce_str``.
+        logger: where the shim's events go (default: the library's ``shim`` logger, silent
+            unless the application configures logging or structlog; see :mod:`shim._logs`).
         registry: the ``prometheus_client.CollectorRegistry`` to record metrics into
             (default: ``prometheus_client.REGISTRY`` when the package is installed).
         metrics: False to record no metrics at all.
@@ -527,21 +469,41 @@ class CouponStockShim(_ShimCore):
         >>> shim.query_coupon_stock("1757", "wx5edab3bdfba3dc1c", "10000098")  # doctest: +SKIP
     """
 
+    _QUEUED = True  # the thread pool queues jobs beyond its workers
+    _gate: Admission
+    _shadows: Shadows[ThreadShadowRunner]
+
     def __init__(
         self,
         config: ShimConfig | LiveConfig | str | os.PathLike[str],
         *,
         client: httpx.Client | None = None,
         transport: httpx.BaseTransport | None = None,
-        **kwargs: Any,
+        flag_source: OpenFeatureRouteSource | None = None,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        nonce: Callable[[], str] = pooled_nonce,
+        logger: Any = None,
+        registry: CollectorRegistry | None = None,
+        metrics: bool = True,
     ) -> None:
-        super().__init__(config, **kwargs)
+        self._shadows = Shadows(ThreadShadowRunner, lambda: self._live.current().shadow)
+        super().__init__(
+            config,
+            flag_source=flag_source,
+            env=env,
+            clock=clock,
+            wall=wall,
+            nonce=nonce,
+            logger=logger,
+            registry=registry,
+            metrics=metrics,
+        )
         self._owns_client = client is None
         self._transport = transport
         self._client = client or self._new_client()
         self._gate = Admission(self._live.current().upstream.max_in_flight)
-        self._runner: ThreadShadowRunner | None = None
-        self._runner_lock = threading.Lock()
         self._flights: ThreadFlights[CallOutcome] = ThreadFlights()
 
     def _new_client(self) -> httpx.Client:
@@ -567,8 +529,6 @@ class CouponStockShim(_ShimCore):
                 _ABANDONED.append(self._client)  # the parent's sockets: never used, never closed
                 self._client = self._new_client()
             self._gate = Admission(self._live.current().upstream.max_in_flight)
-            self._runner = None  # its threads did not survive the fork
-            self._runner_lock = threading.Lock()
             self._flights = ThreadFlights()  # a leader in a parent thread never finishes here
             self._pid = _PID
 
@@ -579,9 +539,36 @@ class CouponStockShim(_ShimCore):
             raise ClosedError(_CLOSED_MESSAGE)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> CouponStockShim:
-        """Build a shim from a TOML config file (watched for changes)."""
-        return cls(Path(path), **kwargs)  # watched, with the shim's own env
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
+        flag_source: OpenFeatureRouteSource | None = None,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        nonce: Callable[[], str] = pooled_nonce,
+        logger: Any = None,
+        registry: CollectorRegistry | None = None,
+        metrics: bool = True,
+    ) -> CouponStockShim:
+        """Build a shim from a TOML config file (watched for changes); the other arguments
+        are the constructor's."""
+        return cls(  # watched, with the shim's own env
+            Path(path),
+            client=client,
+            transport=transport,
+            flag_source=flag_source,
+            env=env,
+            clock=clock,
+            wall=wall,
+            nonce=nonce,
+            logger=logger,
+            registry=registry,
+            metrics=metrics,
+        )
 
     @scrubs_locals
     def query_coupon_stock(
@@ -609,9 +596,8 @@ class CouponStockShim(_ShimCore):
             ConfigError: the merchant's configuration cannot serve the chosen route.
         """
         self._enter()
-        values = _values(coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
+        values = call_values(coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
         call = self._prepare(values, xml)
-        self._gate.limit = call.ctx.config.upstream.max_in_flight
         try:
             outcome = self._serve(call)
         except ShimError as err:
@@ -620,36 +606,24 @@ class CouponStockShim(_ShimCore):
         return self._served(call, outcome)
 
     def _serve(self, call: _Call) -> CallOutcome:
-        """The cache, then single-flight, then the call's own flow."""
-        key, hit = self._from_cache(call)
-        if hit is not None:
-            return hit
-        ran = False
+        """The cache, then single-flight, then the call's own flow (decided by the core)."""
+        plan = self._plan(call)
+        if not isinstance(plan, _Plan):
+            return plan  # a cache hit
 
         def run() -> CallOutcome:
-            nonlocal ran
-            ran = True
+            plan.ran()
             return run_sync(self._flow(call), self._client, self._clock, self._gate)
 
-        if not call.ctx.config.single_flight.enabled:
-            outcome = run()
-        else:
-            try:
-                outcome, coalesced = self._flights.run(
-                    self._flight_key(call),
-                    run,
-                    fresh=self._fresh(call),
-                    remaining=self._remaining(call),
-                    expired=self._expired(call),
-                )
-            except ShimError:
-                if not ran:
-                    call.tags = {**(call.tags or {}), "coalesced": True}
-                raise
-            if coalesced:
-                return self._follower(call, outcome)
-        self._remember(call, key, outcome)
-        return outcome
+        try:
+            if plan.flight is None:
+                outcome, coalesced = run(), False
+            else:
+                outcome, coalesced = self._flights.run(plan.flight, run, **self._waits(call))
+        except ShimError:
+            self._unserved(call, plan)
+            raise
+        return self._settle(call, plan, outcome, coalesced)
 
     @scrubs_locals
     def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
@@ -669,38 +643,25 @@ class CouponStockShim(_ShimCore):
         self._record(call, outcome=CallOutcome(result, route, False))
         return result.answer
 
-    def _submit_shadow(
-        self, call: _Call, outcome: CallOutcome, done: Callable[[ShadowOutcome], None]
-    ) -> None:
-        submitted = self._clock()
-
-        def job() -> ShadowOutcome:
-            started = self._clock()
-            if started >= submitted + call.ctx.config.shadow.timeout_s:
-                return ShadowOutcome("dropped")  # waited out its whole budget in the queue
+    def _submit_shadow(self, job: ShadowJob, done: Callable[[ShadowOutcome], None]) -> None:
+        def run() -> ShadowOutcome:
+            flow = job.begin()
+            if isinstance(flow, ShadowOutcome):
+                return flow
             try:
                 other: RouteResult | ShimError = run_sync(
-                    self._shadow_flow(call, submitted), self._client, self._clock, self._gate
+                    flow, self._client, self._clock, self._gate
                 )
             except ShimError as err:
                 other = err
-            return self._shadow_outcome(call, outcome, started, other)
+            return job.end(other)
 
-        self._shadow_runner().submit(job, done)
-
-    def _shadow_runner(self) -> ThreadShadowRunner:
-        runner = self._runner
-        if runner is None:
-            with self._runner_lock:
-                if self._runner is None:
-                    self._runner = ThreadShadowRunner(self._live.current().shadow, self._stats)
-                runner = self._runner
-        return runner
+        self._shadows.runner().submit(run, done)
 
     def wait_for_shadows(self, timeout: float = 10.0) -> bool:
         """Block until no shadow comparison is in flight (for tests, scripts and shutdown)."""
         end = time.monotonic() + timeout
-        while self._runner is not None and self._runner.in_flight:
+        while self._shadows.in_flight():
             if time.monotonic() >= end:
                 return False
             time.sleep(0.005)
@@ -720,9 +681,10 @@ class CouponStockShim(_ShimCore):
         if self._closed:
             return
         self._closed = True
-        if self._runner is not None:
+        runner = self._shadows.running
+        if runner is not None:
             timeout = self._live.current().shadow.timeout_s + CLOSE_GRACE_S
-            self._runner.close(wait=True, timeout=timeout)
+            runner.close(wait=True, timeout=timeout)
         self._gate.close()
         if self._owns_client:
             self._client.close()
@@ -741,37 +703,56 @@ class AsyncCouponStockShim(_ShimCore):
     ``httpx.AsyncBaseTransport``. Use ``async with`` or call :meth:`aclose`.
     """
 
+    _gate: AsyncAdmission
+    _shadows: Shadows[AsyncShadowRunner]
+
     def __init__(
         self,
         config: ShimConfig | LiveConfig | str | os.PathLike[str],
         *,
         client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        **kwargs: Any,
+        flag_source: OpenFeatureRouteSource | None = None,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        nonce: Callable[[], str] = pooled_nonce,
+        logger: Any = None,
+        registry: CollectorRegistry | None = None,
+        metrics: bool = True,
     ) -> None:
-        super().__init__(config, **kwargs)
+        self._shadows = Shadows(AsyncShadowRunner, lambda: self._live.current().shadow)
+        super().__init__(
+            config,
+            flag_source=flag_source,
+            env=env,
+            clock=clock,
+            wall=wall,
+            nonce=nonce,
+            logger=logger,
+            registry=registry,
+            metrics=metrics,
+        )
         self._owns_client = client is None
         self._transport = transport
-        self._client = client or self._new_client()
+        self._client: httpx.AsyncClient | AsyncPool = client or self._new_client()
         self._gate = AsyncAdmission(self._live.current().upstream.max_in_flight)
-        self._runner: AsyncShadowRunner | None = None
         self._flights: AsyncFlights[CallOutcome] = AsyncFlights()
 
-    def _new_client(self) -> httpx.AsyncClient:
+    def _new_client(self) -> httpx.AsyncClient | AsyncPool:
         limits = _limits(self._live.current().upstream.max_in_flight)
-        return httpx.AsyncClient(transport=self._transport, limits=limits, follow_redirects=False)
+        return new_async_client(limits, self._transport)
 
     def _after_fork(self) -> None:
         """First use in a forked child: a pool, gate and shadow runner of its own."""
         with _FORK_LOCK:
             if self._pid == _PID:
                 return
-            self._fresh_after_fork()
+            self._fresh_after_fork()  # its shadow tasks belong to the parent's event loop
             if self._owns_client:
                 _ABANDONED.append(self._client)  # the parent's sockets: never used, never closed
                 self._client = self._new_client()
             self._gate = AsyncAdmission(self._live.current().upstream.max_in_flight)
-            self._runner = None  # its tasks belong to the parent's event loop
             self._flights = AsyncFlights()
             self._pid = _PID
 
@@ -782,9 +763,36 @@ class AsyncCouponStockShim(_ShimCore):
             raise ClosedError(_CLOSED_MESSAGE)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> AsyncCouponStockShim:
-        """Build a shim from a TOML config file (watched for changes)."""
-        return cls(Path(path), **kwargs)  # watched, with the shim's own env
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        flag_source: OpenFeatureRouteSource | None = None,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        nonce: Callable[[], str] = pooled_nonce,
+        logger: Any = None,
+        registry: CollectorRegistry | None = None,
+        metrics: bool = True,
+    ) -> AsyncCouponStockShim:
+        """Build a shim from a TOML config file (watched for changes); the other arguments
+        are the constructor's."""
+        return cls(  # watched, with the shim's own env
+            Path(path),
+            client=client,
+            transport=transport,
+            flag_source=flag_source,
+            env=env,
+            clock=clock,
+            wall=wall,
+            nonce=nonce,
+            logger=logger,
+            registry=registry,
+            metrics=metrics,
+        )
 
     @scrubs_locals_async
     async def query_coupon_stock(
@@ -801,9 +809,8 @@ class AsyncCouponStockShim(_ShimCore):
     ) -> dict[str, str]:
         """Query a coupon stock with the v2 call signature; see :class:`CouponStockShim`."""
         self._enter()
-        values = _values(coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
+        values = call_values(coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
         call = self._prepare(values, xml)
-        self._gate.limit = call.ctx.config.upstream.max_in_flight
         try:
             outcome = await self._serve(call)
         except ShimError as err:
@@ -812,36 +819,24 @@ class AsyncCouponStockShim(_ShimCore):
         return self._served(call, outcome)
 
     async def _serve(self, call: _Call) -> CallOutcome:
-        """The cache, then single-flight, then the call's own flow."""
-        key, hit = self._from_cache(call)
-        if hit is not None:
-            return hit
-        ran = False
+        """The cache, then single-flight, then the call's own flow (decided by the core)."""
+        plan = self._plan(call)
+        if not isinstance(plan, _Plan):
+            return plan  # a cache hit
 
         async def run() -> CallOutcome:
-            nonlocal ran
-            ran = True
+            plan.ran()
             return await run_async(self._flow(call), self._client, self._clock, self._gate)
 
-        if not call.ctx.config.single_flight.enabled:
-            outcome = await run()
-        else:
-            try:
-                outcome, coalesced = await self._flights.run(
-                    self._flight_key(call),
-                    run,
-                    fresh=self._fresh(call),
-                    remaining=self._remaining(call),
-                    expired=self._expired(call),
-                )
-            except ShimError:
-                if not ran:
-                    call.tags = {**(call.tags or {}), "coalesced": True}
-                raise
-            if coalesced:
-                return self._follower(call, outcome)
-        self._remember(call, key, outcome)
-        return outcome
+        try:
+            if plan.flight is None:
+                outcome, coalesced = await run(), False
+            else:
+                outcome, coalesced = await self._flights.run(plan.flight, run, **self._waits(call))
+        except ShimError:
+            self._unserved(call, plan)
+            raise
+        return self._settle(call, plan, outcome, coalesced)
 
     @scrubs_locals_async
     async def query_via(self, route: Route, **fields: Any) -> dict[str, str]:
@@ -858,29 +853,25 @@ class AsyncCouponStockShim(_ShimCore):
         self._record(call, outcome=CallOutcome(result, route, False))
         return result.answer
 
-    def _submit_shadow(
-        self, call: _Call, outcome: CallOutcome, done: Callable[[ShadowOutcome], None]
-    ) -> None:
-        submitted = self._clock()
-
-        async def job() -> ShadowOutcome:
-            started = self._clock()
+    def _submit_shadow(self, job: ShadowJob, done: Callable[[ShadowOutcome], None]) -> None:
+        async def run() -> ShadowOutcome:
+            flow = job.begin()
+            if isinstance(flow, ShadowOutcome):
+                return flow
             try:
                 other: RouteResult | ShimError = await run_async(
-                    self._shadow_flow(call, submitted), self._client, self._clock, self._gate
+                    flow, self._client, self._clock, self._gate
                 )
             except ShimError as err:
                 other = err
-            return self._shadow_outcome(call, outcome, started, other)
+            return job.end(other)
 
-        if self._runner is None:
-            self._runner = AsyncShadowRunner(self._live.current().shadow, self._stats)
-        self._runner.submit(job, done)
+        self._shadows.runner().submit(run, done)
 
     async def wait_for_shadows(self, timeout: float = 10.0) -> bool:
         """Wait until no shadow comparison is in flight."""
         end = time.monotonic() + timeout
-        while self._runner is not None and self._runner.in_flight:
+        while self._shadows.in_flight():
             if time.monotonic() >= end:
                 return False
             await asyncio.sleep(0.005)
@@ -899,8 +890,9 @@ class AsyncCouponStockShim(_ShimCore):
         if self._closed:
             return
         self._closed = True
-        if self._runner is not None:
-            await self._runner.aclose(wait=True)
+        runner = self._shadows.running
+        if runner is not None:
+            await runner.aclose(wait=True)
         self._gate.close()
         if self._owns_client:
             await self._client.aclose()

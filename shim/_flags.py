@@ -19,13 +19,13 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from shim._errors import ConfigError
-from shim._routing import parse_mode
-from shim._values import DEFAULT_FLAG_KEY, Mode
+from shim._routing import parse_mode, routing_key
+from shim._values import DEFAULT_FLAG_KEY, Mode, RoutingConfig
 
 if TYPE_CHECKING:
     from openfeature.client import OpenFeatureClient
 
-__all__ = ["OpenFeatureRouteSource"]
+__all__ = ["OpenFeatureRouteSource", "RouteFlags"]
 
 _INSTALL_HINT: Final = (
     "the OpenFeature flag source needs the openfeature-sdk package: "
@@ -121,15 +121,49 @@ class OpenFeatureRouteSource:
             return None
         return self._interpret(details)
 
-    async def mode_for_async(
-        self, mch_id: str, coupon_stock_id: str, routing_key: str
+
+class RouteFlags:
+    """One shim's flag source, through its lifecycle.
+
+    With ``routing.flag_source = "openfeature"`` each call asks the source for its mode. A
+    source passed to the shim is used as it is; otherwise the shim builds its own on first
+    use (reading ``routing.openfeature_flag``), and a reload that names another flag drops
+    it, so the next call builds one that reads the new flag. With any other ``flag_source``
+    the config decides and no source is asked (nor built).
+
+    Args:
+        source: the application's source, or None to build one when needed.
+    """
+
+    __slots__ = ("_owned", "_source")
+
+    def __init__(self, source: OpenFeatureRouteSource | None = None) -> None:
+        self._source = source
+        self._owned = source is None
+
+    @property
+    def source(self) -> OpenFeatureRouteSource | None:
+        """The source in use (None until a call needed one the shim builds itself)."""
+        return self._source
+
+    def mode_for(
+        self, routing: RoutingConfig, mch_id: str, coupon_stock_id: str, bucket_by: str
     ) -> Mode | None:
-        """The async twin of :meth:`mode_for` (uses the provider's async resolver)."""
-        try:
-            details = await self._client.get_string_details_async(
-                self.flag_key, "", self._context(mch_id, coupon_stock_id, routing_key)
-            )
-        except Exception:
-            self._count_failure()
+        """The flag's mode for one call, or None (no flag source configured, or no valid mode).
+
+        Raises:
+            ConfigError: the source must be built and ``openfeature-sdk`` is not installed.
+        """
+        if routing.flag_source != "openfeature":
             return None
-        return self._interpret(details)
+        source = self._source
+        if source is None:
+            source = self._source = OpenFeatureRouteSource(flag_key=routing.openfeature_flag)
+        key = routing_key(bucket_by, mch_id, coupon_stock_id)
+        return source.mode_for(mch_id, coupon_stock_id, key)
+
+    def reconfigure(self, routing: RoutingConfig) -> None:
+        """Follow a reloaded ``[routing]``: a source the shim built for another flag goes."""
+        source = self._source
+        if self._owned and source is not None and source.flag_key != routing.openfeature_flag:
+            self._source = None

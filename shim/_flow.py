@@ -477,9 +477,7 @@ def route_flow(
         return result if result.attempts == attempt else replace(result, attempts=attempt)
 
 
-def call_flow(
-    ctx: CallContext, decision: Decision, *, can_serve: Callable[[Route], bool]
-) -> Flow[CallOutcome]:
+def call_flow(ctx: CallContext, decision: Decision) -> Flow[CallOutcome]:
     """Serve a call on ``decision.serve``; fall back to the other route when the policy says so.
 
     :func:`shim._policy.fallback_target` decides once, before any I/O, whether a fallback is
@@ -488,7 +486,7 @@ def call_flow(
     example, the serving route keeps the whole budget). :func:`shim._policy.fallback_cause`
     then says whether the serving route's failure lets the call fall back.
     """
-    target = fallback_target(ctx.config.routing, decision, v3_available=can_serve("v3"))
+    target = fallback_target(ctx.config.routing, decision)
     serve_deadline = ctx.deadline
     if target is not None:
         up = ctx.config.upstream

@@ -19,7 +19,7 @@ line such as ``coupon_stock.query mch_id=10000098 route=v3 …``), with the ``_l
 ``_name`` attributes that :class:`structlog.stdlib.ProcessorFormatter` reads: a plain
 formatter prints the logfmt line, a ``ProcessorFormatter`` (e.g. with ``JSONRenderer``) gets
 every field. Context variables bound with ``structlog.contextvars`` (``request_id`` …) are
-merged in, and :func:`shim._events.redact_secrets` always runs on this path.
+merged in, and :func:`shim._redaction.redact_secrets` always runs on this path.
 
 The library never calls ``structlog.configure()``.
 """
@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from shim._events import redact_secrets
+from shim._redaction import redact_secrets
 
 __all__ = ["LibraryLogger", "get_logger"]
 

@@ -72,10 +72,14 @@ from shim._routing import Decision
 from shim._shadow.outcome import ShadowOutcome, error_kind_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shim._flow import CallOutcome
+    from shim.metrics import ShimMetrics
 
 __all__ = [
     "BREAKER_EVENT",
+    "CallObservers",
     "CallRecord",
     "EventSink",
     "Outcome",
@@ -312,3 +316,62 @@ def event_fields(record: CallRecord) -> dict[str, Any]:
         if shadow.latency_ms is not None:
             fields["shadow_latency_ms"] = round(shadow.latency_ms, 3)
     return fields
+
+
+class CallObservers:
+    """Everyone told about one shim's calls: its events, its metrics, its subscribers.
+
+    The facade hands each finished call's one :class:`CallRecord` (and each breaker change,
+    reload and shadow start/end) here; this fans it out to the :class:`EventSink`, the
+    shim's :class:`~shim.metrics.ShimMetrics` (None without ``prometheus_client`` or with
+    ``metrics=False``) and every subscriber. A subscriber runs on the thread (or task) that
+    finished the call; its exceptions are swallowed.
+    """
+
+    __slots__ = ("_events", "_subscribers", "metrics")
+
+    def __init__(self, metrics: ShimMetrics | None, logger: Any = None) -> None:
+        self._events = EventSink(logger)
+        self.metrics = metrics
+        self._subscribers: tuple[Callable[[CallRecord], None], ...] = ()
+
+    def subscribe(self, observer: Callable[[CallRecord], None]) -> None:
+        self._subscribers = (*self._subscribers, observer)
+
+    def unsubscribe(self, observer: Callable[[CallRecord], None]) -> None:
+        self._subscribers = tuple(o for o in self._subscribers if o != observer)
+
+    def call(self, record: CallRecord) -> None:
+        """One finished call."""
+        self._events.call(record)
+        if self.metrics is not None:
+            self.metrics.call(record)
+        for observer in self._subscribers:
+            try:
+                observer(record)
+            except Exception:  # noqa: S112 - an observer must never break a call
+                continue
+
+    def breaker(self, route: Route, mch_id: str, change: BreakerTransition) -> None:
+        """One breaker's state change."""
+        self._events.breaker(route, mch_id, change)
+        if self.metrics is not None:
+            self.metrics.breaker(route, mch_id, change)
+
+    def breaker_known(self, route: Route, mch_id: str) -> None:
+        if self.metrics is not None:
+            self.metrics.breakers_known([(route, mch_id)])
+
+    def breakers_forgotten(self, pairs: list[tuple[Route, str]]) -> None:
+        if self.metrics is not None:
+            for route, mch_id in pairs:
+                self.metrics.breaker_forgotten(route, mch_id)
+
+    def reload(self, applied: bool) -> None:
+        """A config reload was applied (or refused)."""
+        if self.metrics is not None:
+            self.metrics.reload(applied=applied)
+
+    def shadow_in_flight(self, delta: int) -> None:
+        if self.metrics is not None:
+            self.metrics.shadow_in_flight(delta)

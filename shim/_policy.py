@@ -42,20 +42,18 @@ _LEGACY_DEMANDED: Final = frozenset(
 )
 
 
-def fallback_target(
-    routing: RoutingConfig, decision: Decision, *, v3_available: bool
-) -> Route | None:
+def fallback_target(routing: RoutingConfig, decision: Decision) -> Route | None:
     """The route a call may fall back to if its serving route fails, or None: the one place
     that decides whether a fallback is possible, before any I/O (and so whether the serving
     route must leave part of the budget for it).
 
     v3 -> legacy when ``fallback_to_legacy``. legacy -> v3 when ``fallback_to_v3``, the
-    merchant has v3 credentials (``v3_available``) and routing did not demand legacy (kill
-    switch, force-legacy lists, no v3 credentials).
+    merchant has v3 credentials (``decision.v3_available``, set by routing) and routing did
+    not demand legacy (kill switch, force-legacy lists, no v3 credentials).
     """
     if decision.serve == "v3":
         return "legacy" if routing.fallback_to_legacy else None
-    if decision.reason in _LEGACY_DEMANDED or not v3_available:
+    if decision.reason in _LEGACY_DEMANDED or not decision.v3_available:
         return None
     return "v3" if routing.fallback_to_v3 else None
 

@@ -1,9 +1,13 @@
-"""The one home of secret detection: which names are secret, what text looks secret, and how
-any value (strings, bytes, containers, objects whose ``repr`` carries a secret) is redacted.
+"""The one redactor: which names are secret, what text looks secret, and how any value
+(strings, bytes, containers, objects whose ``repr`` carries a secret) is redacted.
 
-Used by the structlog processor (:func:`shim._events.redact_secrets`), by shadow diffs
-(:func:`shim._diff.is_secret_field`) and by every ``repr`` that could otherwise show a key, a
-signature or an ``Authorization`` header. Pure: no I/O, no logging.
+One implementation and one pattern set for every user: the structlog processor
+:func:`redact_secrets` (on the library's own log path and in the CLI's and gateway's chains),
+the CLI's and gateway's plain-text messages (:func:`redact_text`), report labels, shadow diffs
+(:func:`shim._diff.is_secret_field`) and every ``repr`` that could otherwise show a key, a
+signature or an ``Authorization`` header. :func:`redact_secrets` is a plain structlog processor:
+add it to your own processor chain and no key, signature or Authorization header leaves the
+process in an event, even one some other code logged by mistake. Pure: no I/O, no logging.
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, MutableMapping
 from types import FrameType
 from typing import Any, Final, ParamSpec, TypeVar
 
 __all__ = [
     "REDACTED",
     "is_secret_name",
+    "redact_secrets",
     "redact_text",
     "redact_value",
     "scrub_traceback",
@@ -165,6 +170,25 @@ def redact_value(value: Any) -> Any:
     levels is redacted whole.
     """
     return _redact(value, 0)
+
+
+def redact_secrets(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: blank secret-named keys and secret-looking text in every value.
+
+    Values of secret-named keys (``sign``, ``paySign``, ``signature``, ``key``,
+    ``authorization``, ``private_key``, … in any case) are replaced whole; every other value is
+    scrubbed with :func:`redact_value` (strings, bytes, lists, tuples, sets, nested mappings,
+    and objects whose ``repr`` carries a secret).
+    """
+    for k in list(event_dict):
+        v = event_dict[k]
+        if is_secret_name(k):
+            event_dict[k] = REDACTED
+        elif not isinstance(v, _PLAIN):
+            event_dict[k] = _redact(v, 0)
+    return event_dict
 
 
 # ---------------------------------------------------------------------------- traceback locals

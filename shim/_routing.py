@@ -37,7 +37,7 @@ canary_percent * 100``, so raising the percentage only ever adds keys to v3.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, cast
 
 from shim._errors import ConfigError, Route
@@ -47,7 +47,6 @@ __all__ = [
     "Decision",
     "bucket_of",
     "decide",
-    "other_route",
     "parse_mode",
     "routing_key",
 ]
@@ -98,11 +97,6 @@ def routing_key(bucket_by: str, mch_id: str, coupon_stock_id: str) -> str:
     )
 
 
-def other_route(route: Route) -> Route:
-    """The other side: ``legacy`` <-> ``v3``."""
-    return "v3" if route == "legacy" else "legacy"
-
-
 @dataclass(frozen=True, slots=True)
 class Decision:
     """Where one call goes.
@@ -112,17 +106,23 @@ class Decision:
         shadow: the route run in the background and compared, or None.
         reason: ``kill_switch``, ``force_legacy_mch_id``, ``force_legacy_stock_id``,
             ``force_v3_mch_id``, ``force_v3_stock_id``, ``mode`` (from the config),
-            ``flag`` (from the flag source), ``canary_in`` or ``canary_out``.
+            ``flag`` (from the flag source), ``canary_in``, ``canary_out``, or
+            ``no_v3_credentials`` (v3 was chosen, to serve or to shadow, for a merchant
+            without v3 credentials: legacy serves alone).
         bucket: the routing key's bucket when the decision depended on it (canary), else None.
+        v3_available: whether the merchant has v3 credentials (False: no route of this call,
+            fallbacks included, is v3).
     """
 
     serve: Route
     shadow: Route | None
     reason: str
     bucket: int | None = None
+    v3_available: bool = True
 
 
 _ROUTE_PAIR: Final[tuple[Route, Route]] = ("legacy", "v3")
+_OTHER: Final[dict[Route, Route]] = {"legacy": "v3", "v3": "legacy"}
 _KILL: Final = Decision("legacy", None, "kill_switch")
 _FORCE_LEGACY_MCH: Final = Decision("legacy", None, "force_legacy_mch_id")
 _FORCE_LEGACY_STOCK: Final = Decision("legacy", None, "force_legacy_stock_id")
@@ -143,6 +143,7 @@ def decide(
     mch_id: str,
     coupon_stock_id: str,
     kill_switch: bool,
+    v3_available: bool = True,
     bucket_by: str | None = None,
     flag_mode: Mode | None = None,
 ) -> Decision:
@@ -156,6 +157,10 @@ def decide(
         mch_id: the caller's merchant id.
         coupon_stock_id: the stock queried.
         kill_switch: the result of :func:`kill_switch_on`.
+        v3_available: whether the merchant has v3 credentials. This is the one place that
+            knows a merchant has none: a decision that would serve or shadow v3 becomes
+            legacy alone (reason ``no_v3_credentials``, the bucket kept), and every decision
+            carries it (``Decision.v3_available``) so that the fallback policy never picks v3.
         bucket_by: a per-merchant override of ``cfg.bucket_by`` (validated by the config
             loader; an invalid value raises ConfigError when a bucket is needed).
         flag_mode: the mode from a flag source (e.g. OpenFeature), or None to use ``cfg.mode``.
@@ -163,6 +168,25 @@ def decide(
     Returns:
         The decision.
     """
+    decision = _decide(cfg, mch_id, coupon_stock_id, kill_switch, bucket_by, flag_mode)
+    if v3_available:
+        return decision
+    if decision.serve == "v3" or decision.shadow == "v3":
+        return Decision("legacy", None, _NO_V3, decision.bucket, v3_available=False)
+    return replace(decision, v3_available=False)
+
+
+_NO_V3: Final = "no_v3_credentials"
+
+
+def _decide(
+    cfg: RoutingConfig,
+    mch_id: str,
+    coupon_stock_id: str,
+    kill_switch: bool,
+    bucket_by: str | None,
+    flag_mode: Mode | None,
+) -> Decision:
     if kill_switch:
         return _KILL
     if mch_id in cfg.force_legacy_mch_ids:
@@ -183,17 +207,11 @@ def decide(
         return _PLAIN[(mode, reason, None)]
     if mode == "shadow":
         serve = cfg.shadow_serve
-        return _PLAIN[(serve, reason, other_route(serve))]
+        return _PLAIN[(serve, reason, _OTHER[serve])]
     if mode == "canary":
         bucket = bucket_of(routing_key(bucket_by or cfg.bucket_by, mch_id, coupon_stock_id))
         if bucket < cfg.canary_buckets:
             return Decision("v3", "legacy" if cfg.canary_shadow else None, "canary_in", bucket)
         return Decision("legacy", "v3" if cfg.canary_shadow else None, "canary_out", bucket)
     # An invalid flag_mode slipped past typing: the config decides.
-    return decide(
-        cfg,
-        mch_id=mch_id,
-        coupon_stock_id=coupon_stock_id,
-        kill_switch=False,
-        bucket_by=bucket_by,
-    )
+    return _decide(cfg, mch_id, coupon_stock_id, False, bucket_by, None)

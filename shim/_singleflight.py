@@ -63,29 +63,54 @@ class _Abandoned(Exception):
     """The leader ended without a ShimError or an outcome (internal)."""
 
 
-class _Flight(Generic[T]):
-    # ``done`` is made by the first follower (under the group's lock): a call nobody joins,
-    # the common case, costs no Event.
-    __slots__ = ("done", "error", "result")
+class _Outcome(Generic[T]):
+    """What a finished flight left for its followers; shared by both twins' groups."""
+
+    __slots__ = ("error", "result")
 
     def __init__(self) -> None:
-        self.done: threading.Event | None = None
         self.result: T | None = None
         self.error: BaseException | None = None
 
+    def failed(self, error: BaseException) -> None:
+        """The leader's side: its typed error is shared; anything else (cancelled, a bug,
+        ``KeyboardInterrupt``) abandons the flight and the followers run the call themselves."""
+        self.error = error if isinstance(error, ShimError) else _Abandoned()
+
+    def for_follower(self, fresh: Callable[[T], bool], stats: FlightStats) -> T | None:
+        """The follower's side, once the flight is done: the shared result (if ``fresh``),
+        the shared typed error raised, or None: run the call yourself (too old, abandoned)."""
+        error = self.error
+        if error is None:
+            result = self.result
+            assert result is not None
+            if fresh(result):
+                stats.coalesced += 1
+                return result
+        elif isinstance(error, ShimError):
+            stats.coalesced += 1
+            raise error
+        stats.retried += 1
+        return None
+
+
+class _Flight(_Outcome[T]):
+    # ``done`` is made by the first follower (under the group's lock): a call nobody joins,
+    # the common case, costs no Event.
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done: threading.Event | None = None
+
 
 class ThreadFlights(Generic[T]):
-    """The blocking twin's group: ``run(key, call, fresh, remaining)``.
+    """The blocking twin's group: ``run(key, call, fresh, remaining)``."""
 
-    Args:
-        on_follow: called with the key each time a call is coalesced (a metrics hook).
-    """
-
-    def __init__(self, on_follow: Callable[[Hashable], None] | None = None) -> None:
+    def __init__(self) -> None:
         self._flights: dict[Hashable, _Flight[T]] = {}
         self._lock = threading.Lock()
         self.stats = FlightStats()
-        self._on_follow = on_follow
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -125,34 +150,19 @@ class ThreadFlights(Generic[T]):
                 return self._lead(key, flight, call), False
             if not done.wait(max(0.0, remaining())):
                 raise expired()
-            error = flight.error
-            if error is None:
-                result = flight.result
-                assert result is not None
-                if fresh(result):
-                    self._followed(key)
-                    return result, True
-            elif isinstance(error, ShimError):
-                self._followed(key)
-                raise error
-            self.stats.retried += 1  # too old, or abandoned: run it ourselves
-
-    def _followed(self, key: Hashable) -> None:
-        with self._lock:
-            self.stats.coalesced += 1
-        if self._on_follow is not None:
-            self._on_follow(key)
+            with self._lock:  # the totals are shared by threads
+                result = flight.for_follower(fresh, self.stats)
+            if result is not None:
+                return result, True
+            # too old, or abandoned: run it ourselves
 
     def _lead(self, key: Hashable, flight: _Flight[T], call: Callable[[], T]) -> T:
         with self._lock:
             self.stats.led += 1
         try:
             result = call()
-        except ShimError as err:
-            flight.error = err
-            raise
-        except BaseException:
-            flight.error = _Abandoned()
+        except BaseException as err:
+            flight.failed(err)
             raise
         else:
             flight.result = result
@@ -166,13 +176,12 @@ class ThreadFlights(Generic[T]):
                 done.set()
 
 
-class _AsyncFlight(Generic[T]):
-    __slots__ = ("done", "error", "result")
+class _AsyncFlight(_Outcome[T]):
+    __slots__ = ("done",)
 
     def __init__(self) -> None:
+        super().__init__()
         self.done: asyncio.Event | None = None  # made by the first follower
-        self.result: T | None = None
-        self.error: BaseException | None = None
 
 
 class AsyncFlights(Generic[T]):
@@ -183,10 +192,9 @@ class AsyncFlights(Generic[T]):
     an answer or a typed error, never the leader's ``CancelledError``.
     """
 
-    def __init__(self, on_follow: Callable[[Hashable], None] | None = None) -> None:
+    def __init__(self) -> None:
         self._flights: dict[tuple[int, Hashable], _AsyncFlight[T]] = {}
         self.stats = FlightStats()
-        self._on_follow = on_follow
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -214,22 +222,10 @@ class AsyncFlights(Generic[T]):
                 await asyncio.wait_for(done.wait(), max(0.0, remaining()))
             except asyncio.TimeoutError:
                 raise expired() from None
-            error = flight.error
-            if error is None:
-                result = flight.result
-                assert result is not None
-                if fresh(result):
-                    self._followed(key)
-                    return result, True
-            elif isinstance(error, ShimError):
-                self._followed(key)
-                raise error
-            self.stats.retried += 1  # too old, or abandoned: run it ourselves
-
-    def _followed(self, key: Hashable) -> None:
-        self.stats.coalesced += 1
-        if self._on_follow is not None:
-            self._on_follow(key)
+            result = flight.for_follower(fresh, self.stats)
+            if result is not None:
+                return result, True
+            # too old, or abandoned: run it ourselves
 
     async def _lead(
         self,
@@ -240,11 +236,8 @@ class AsyncFlights(Generic[T]):
         self.stats.led += 1
         try:
             result = await call()
-        except ShimError as err:
-            flight.error = err
-            raise
-        except BaseException:  # cancelled, or a bug: the followers run the call themselves
-            flight.error = _Abandoned()
+        except BaseException as err:
+            flight.failed(err)
             raise
         else:
             flight.result = result

@@ -43,12 +43,13 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpcore
 import httpx
 
+from shim._async_pool import AsyncPool
 from shim._flow import (
     Flow,
     HttpRequest,
@@ -64,8 +65,10 @@ __all__ = [
     "MAX_ENCODINGS",
     "Admission",
     "AsyncAdmission",
+    "AsyncPool",
     "DeadlineBackend",
     "DeadlineTransport",
+    "new_async_client",
     "proxy_mounts",
     "run_async",
     "run_sync",
@@ -132,7 +135,7 @@ class _BodyReader:
         self.layer_caps: list[int] = []
         self.wbits: list[int] = []
 
-    def start(self, headers: httpx.Headers) -> TransportFailure | None:
+    def start(self, headers: Mapping[str, str]) -> TransportFailure | None:
         """Check the declared length and set up decoding; a failure refuses the answer."""
         cap = self.req.max_body_bytes
         declared = headers.get("content-length", "")
@@ -366,13 +369,27 @@ def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])  # pragma: no cover - no poll()
 
 
-class _DeadlineStream(httpcore.NetworkStream):
-    """A socket stream whose every operation ends by the exchange's deadline."""
+class _BackendStream(httpcore.NetworkStream):
+    """A stream on one of a :class:`DeadlineBackend`'s sockets: registered with the backend
+    while open, so the shim's ``close()`` can interrupt a read blocked on it."""
 
     def __init__(self, sock: socket.socket, backend: DeadlineBackend) -> None:
         self._sock = sock
         self._backend = backend
         backend._streams.add(self)
+
+    def close(self) -> None:
+        self._backend._streams.discard(self)
+        self._sock.close()
+
+    def interrupt(self) -> None:
+        """Wake a read blocked in another thread (the shim is closing)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+
+class _DeadlineStream(_BackendStream):
+    """A socket stream whose every operation ends by the exchange's deadline."""
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         left = _left(timeout, httpcore.ReadTimeout)
@@ -397,15 +414,6 @@ class _DeadlineStream(httpcore.NetworkStream):
             raise httpcore.WriteTimeout(str(exc)) from exc
         except OSError as exc:
             raise httpcore.WriteError(str(exc)) from exc
-
-    def close(self) -> None:
-        self._backend._streams.discard(self)
-        self._sock.close()
-
-    def interrupt(self) -> None:
-        """Wake a read blocked in another thread (the shim is closing)."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
 
     def start_tls(
         self,
@@ -451,7 +459,7 @@ class _DeadlineStream(httpcore.NetworkStream):
         return None
 
 
-class _TunnelTLSStream(httpcore.NetworkStream):
+class _TunnelTLSStream(_BackendStream):
     """TLS inside a TLS connection (an ``https://`` proxy's ``CONNECT`` tunnel).
 
     ``SSLContext.wrap_socket`` cannot wrap an ``SSLSocket``, so the inner TLS runs on an
@@ -469,14 +477,12 @@ class _TunnelTLSStream(httpcore.NetworkStream):
         timeout: float | None,
         backend: DeadlineBackend,
     ) -> None:
-        self._sock = sock
-        self._backend = backend
+        super().__init__(sock, backend)
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = ssl_context.wrap_bio(
             self._incoming, self._outgoing, server_hostname=server_hostname
         )
-        backend._streams.add(self)
         try:
             self._io(
                 self._tls.do_handshake, timeout, httpcore.ConnectTimeout, httpcore.ConnectError
@@ -536,15 +542,6 @@ class _TunnelTLSStream(httpcore.NetworkStream):
             sent = self._io(step, timeout, httpcore.WriteTimeout, httpcore.WriteError)
             view = view[sent:]
 
-    def close(self) -> None:
-        self._backend._streams.discard(self)
-        self._sock.close()
-
-    def interrupt(self) -> None:
-        """Wake a read blocked in another thread (the shim is closing)."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-
     def start_tls(
         self,
         ssl_context: ssl.SSLContext,
@@ -601,7 +598,7 @@ class DeadlineBackend(httpcore.NetworkBackend):
     """
 
     def __init__(self) -> None:
-        self._streams: weakref.WeakSet[_DeadlineStream | _TunnelTLSStream] = weakref.WeakSet()
+        self._streams: weakref.WeakSet[_BackendStream] = weakref.WeakSet()
 
     def connect_tcp(
         self,
@@ -761,6 +758,22 @@ def proxy_mounts(
     }
 
 
+def new_async_client(
+    limits: httpx.Limits, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient | AsyncPool:
+    """The async twin's own client: the lean :class:`AsyncPool`, unless a transport is given
+    or the environment names a proxy (then an ``httpx.AsyncClient``, which honours it)."""
+    if transport is None and not _environment_proxies():
+        return AsyncPool(limits)
+    return httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=False)
+
+
+def _environment_proxies() -> dict[str, str | None]:
+    from httpx._utils import get_environment_proxies  # as proxy_mounts reads them
+
+    return get_environment_proxies()
+
+
 # -- the drivers ---------------------------------------------------------------------------
 
 
@@ -892,7 +905,7 @@ else:  # pragma: no cover - Python 3.10
 
 
 async def _send_async(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | AsyncPool,
     req: HttpRequest,
     clock: Callable[[], float],
     gate: AsyncAdmission | None,
@@ -922,6 +935,28 @@ async def _send_async(
                 gate.release()
                 return _OVERLOAD
     reader = _BodyReader(req, clock)
+    reply: HttpResponse | TransportFailure
+    if isinstance(client, AsyncPool):
+        try:
+            # The pool bounds each socket operation by the deadline itself; this scope is
+            # the backstop, as on the httpx path.
+            async with _scope(remaining + _BACKSTOP_S):
+                got = await client.exchange(req, reader.start, reader.feed, clock)
+            if isinstance(got, TransportFailure):
+                reply = _BUDGET if got.kind == "timeout" and _late(req, clock) else got
+            else:
+                reply = reader.finish() or HttpResponse(got[0], got[1], bytes(reader.body))
+        except TimeoutError:
+            reply = _BUDGET
+        finally:
+            if admitted and gate is not None:
+                gate.release()
+        if gate is not None and isinstance(reply, TransportFailure):
+            if gate.closed:
+                return _CLOSED
+            if waited:
+                return _queued_out(reply, req, remaining)
+        return reply
     try:
         # One timeout over the whole exchange. httpx's own (per-phase) timeouts, cut to the
         # deadline, fire first where they can and close cleanly; this scope, a hair later,
@@ -991,7 +1026,7 @@ def run_sync(
 
 async def run_async(
     flow: Flow[T],
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | AsyncPool,
     clock: Callable[[], float] = time.monotonic,
     gate: AsyncAdmission | None = None,
 ) -> T:

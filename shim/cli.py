@@ -172,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code (:class:`~shim._commands.ExitCode`).
     """
-    from shim._events import configure_cli_logging, redact_text
+    from shim._events import configure_cli_logging
+    from shim._redaction import redact_text
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -99,40 +99,25 @@ DURATION_BUCKETS: Final = (
     10.0,
 )
 
-#: Every v2 answer field the API defines (current and older doc versions); any other field
-#: name is counted as ``other`` so a hostile answer cannot grow the label set.
-V2_ANSWER_FIELDS: Final = frozenset(
-    {
-        "return_code",
-        "return_msg",
-        "appid",
-        "mch_id",
-        "device_info",
-        "nonce_str",
-        "sign",
-        "result_code",
-        "err_code",
-        "err_code_des",
-        "coupon_stock_id",
-        "coupon_name",
-        "coupon_value",
-        "coupon_mininumn",
-        "coupon_stock_status",
-        "coupon_total",
-        "max_quota",
-        "is_send_num",
-        "begin_time",
-        "end_time",
-        "create_time",
-        "coupon_budget",
-        "begin_time_t",
-        "end_time_t",
-        "create_time_t",
-        "coupon_type",
-        "locked_num",
-        "used_num",
-    }
-)
+#: Fields every v2 answer carries besides the mapped ones: the signature envelope the shim adds
+#: when it signs (``nonce_str``, ``sign``) and the business-error pair the mapping's error
+#: rules fill (``err_code``, ``err_code_des``).
+_ENVELOPE_FIELDS: Final = ("nonce_str", "sign", "err_code", "err_code_des")
+
+
+def _answer_fields() -> frozenset[str]:
+    """The v2 answer fields the shipped mapping can produce, plus the envelope fields."""
+    from shim._mapping.load import default_mapping_dir, load_mapping
+
+    table = load_mapping(default_mapping_dir())
+    return frozenset({rule.v2_key for rule in table.fields} | set(_ENVELOPE_FIELDS))
+
+
+#: Every v2 answer field the metrics name (any other field name is counted as ``other``, so a
+#: hostile answer cannot grow the label set): derived from the shipped mapping, the one home
+#: of the answer's keys, plus the envelope fields.
+V2_ANSWER_FIELDS: Final = _answer_fields()
+
 
 #: The metric families this module defines (names as exposed, without sample suffixes).
 METRIC_NAMES: Final = (

@@ -65,10 +65,15 @@ def server(_session_emulator: Emulator) -> Iterator[Any]:
 
 @pytest.fixture
 def emulator(_session_emulator: Emulator) -> Iterator[Emulator]:
-    """The session emulator, with faults, counts, stocks and clock reset after each test."""
+    """The session emulator, with faults, counts, stocks and clock reset after each test.
+
+    Counts are also cleared before the test: tests that use only ``server`` (or a shim built
+    on the session emulator) do not reset them, and a test counting requests must see its own.
+    """
     import time
 
     stocks = dict(_session_emulator.stocks)
+    _session_emulator.reset_counts()
     yield _session_emulator
     _session_emulator.clear_faults()
     _session_emulator.reset_counts()

@@ -37,10 +37,9 @@ from shim._errors import (
     SignatureError,
     UpstreamError,
 )
-from shim._events import redact_text
 from shim._loader import load_config
 from shim._mapping.load import default_mapping_dir
-from shim._redaction import REDACTED, is_secret_name, redact_value
+from shim._redaction import REDACTED, is_secret_name, redact_text, redact_value
 from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin

@@ -516,7 +516,7 @@ def test_progress_on_a_terminal_shows_count_rate_and_eta(
     a terminal, one closing line."""
     import io
 
-    from shim._compare.cli import _progress
+    from shim._commands.compare import _progress
 
     monkeypatch.setenv("FORCE_COLOR", "1")
     err = io.StringIO()

@@ -133,15 +133,6 @@ def test_explicit_client_and_domain() -> None:
     assert _mode(OpenFeatureRouteSource(), "M_OTHER") == "legacy"
 
 
-async def test_async_mode_for() -> None:
-    """The async twin evaluates through the provider's async resolver with the same outcome."""
-    source = OpenFeatureRouteSource()
-    assert await source.mode_for_async("M_V3", "1", "M_V3:1") == "v3"
-    assert await source.mode_for_async("M_BAD", "1", "M_BAD:1") is None
-    assert await source.mode_for_async("M_BOOM", "1", "M_BOOM:1") is None
-    assert (source.evaluations, source.errors, source.invalid) == (3, 2, 1)
-
-
 def test_missing_sdk_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without openfeature-sdk the source raises ConfigError telling how to install the extra."""
     monkeypatch.setitem(sys.modules, "openfeature", None)
@@ -149,3 +140,29 @@ def test_missing_sdk_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None
         OpenFeatureRouteSource()
     assert "pip install 'coupon-shim[openfeature]'" in str(ei.value)
     assert ei.value.key == "routing.flag_source"
+
+
+def test_route_flags_lifecycle() -> None:
+    """RouteFlags builds its own source only when the config asks for OpenFeature, follows a
+    reloaded flag key by dropping the source it built, and never replaces the caller's."""
+    from shim._flags import RouteFlags
+
+    config = RoutingConfig()
+    openfeature = RoutingConfig(flag_source="openfeature")
+    other_flag = RoutingConfig(flag_source="openfeature", openfeature_flag="other-flag")
+    own = RouteFlags()
+    assert own.mode_for(config, "M_V3", "1", "mch_id") is None and own.source is None
+    assert own.mode_for(openfeature, "M_V3", "1", "mch_id") == "v3"
+    built = own.source
+    assert built is not None and built.flag_key == FLAG
+    own.reconfigure(openfeature)
+    assert own.source is built  # same flag: kept
+    own.reconfigure(other_flag)
+    assert own.source is None  # another flag: the next call builds a source for it
+    assert own.mode_for(other_flag, "M_V3", "1", "mch_id") is None  # no such flag: config
+    assert own.source is not None and own.source.flag_key == "other-flag"
+    given = OpenFeatureRouteSource()
+    theirs = RouteFlags(given)
+    theirs.reconfigure(other_flag)
+    assert theirs.source is given
+    assert theirs.mode_for(other_flag, "M_V3", "1", "mch_id") == "v3"  # reads its own flag

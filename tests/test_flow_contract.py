@@ -443,7 +443,7 @@ def test_a_transient_v3_failure_falls_back_to_legacy(h: Harness) -> None:
     h = _with_routing(h, fallback_to_legacy=True)
     ctx = h.context()
     d = h.driver(ctx, v3=[503], legacy=["answer"])
-    outcome = d.run(call_flow(ctx, V3_SERVES, can_serve=lambda route: True))
+    outcome = d.run(call_flow(ctx, V3_SERVES))
     assert isinstance(outcome, CallOutcome)
     assert outcome.served_by == "legacy" and outcome.fallback
     assert outcome.fallback_cause == "transient"
@@ -458,7 +458,7 @@ def test_the_serving_route_leaves_the_fallback_its_reserve(h: Harness) -> None:
     ctx = h.context()
     d = h.driver(ctx, {"v3": 0.7, "legacy": 0.1}, v3=[TIMEOUT_FAILURE], legacy=["answer"])
     h.rng = 0.0
-    outcome = d.run(call_flow(ctx, V3_SERVES, can_serve=lambda route: True))
+    outcome = d.run(call_flow(ctx, V3_SERVES))
     assert outcome.served_by == "legacy"
     reserve = min(TIMEOUT, BUDGET / 2)
     v3_sent = [(at, r) for at, r in d.sent if r.route == "v3"]
@@ -480,7 +480,7 @@ def test_without_a_possible_fallback_the_serving_route_keeps_the_whole_budget(
     ctx = h.context()
     d = h.driver(ctx, legacy=[TIMEOUT_FAILURE])
     with pytest.raises(UpstreamError):
-        d.run(call_flow(ctx, Decision("legacy", None, "kill_switch"), can_serve=lambda r: True))
+        d.run(call_flow(ctx, Decision("legacy", None, "kill_switch")))
     assert d.routes() == ["legacy"] * 3
     assert all(r.deadline == ctx.deadline for _, r in d.sent)
 
@@ -489,13 +489,13 @@ def test_legacy_falls_back_to_v3_only_when_allowed(h: Harness) -> None:
     h = _with_routing(h, fallback_to_v3=True)
     ctx = h.context()
     d = h.driver(ctx, legacy=[503], v3=["answer"])
-    outcome = d.run(call_flow(ctx, Decision("legacy", None, "mode"), can_serve=lambda r: True))
+    outcome = d.run(call_flow(ctx, Decision("legacy", None, "mode")))
     assert outcome.served_by == "v3" and outcome.fallback
     h.breakers.clear()  # legacy's breaker opened on those three 503s
     ctx = h.context()
     d = h.driver(ctx, legacy=[503], v3=["answer"])
     with pytest.raises(UpstreamError):  # no v3 credentials: no fallback, and no reserve
-        d.run(call_flow(ctx, Decision("legacy", None, "mode"), can_serve=lambda r: r != "v3"))
+        d.run(call_flow(ctx, Decision("legacy", None, "mode", v3_available=False)))
     assert set(d.routes()) == {"legacy"}
     assert all(r.deadline == ctx.deadline for _, r in d.sent)
 
@@ -506,7 +506,7 @@ def test_a_forged_answer_never_falls_back(h: Harness, emulator: Emulator) -> Non
     ctx = h.context()
     d = h.driver(ctx, v3=["answer"], legacy=["answer"])
     with pytest.raises(SignatureError):
-        d.run(call_flow(ctx, V3_SERVES, can_serve=lambda route: True))
+        d.run(call_flow(ctx, V3_SERVES))
     assert d.routes() == ["v3"]
 
 
@@ -515,7 +515,7 @@ def test_fallback_off_raises_the_serving_routes_error(h: Harness) -> None:
     ctx = h.context()
     d = h.driver(ctx, v3=[503], legacy=["answer"])
     with pytest.raises(UpstreamError) as info:
-        d.run(call_flow(ctx, V3_SERVES, can_serve=lambda route: True))
+        d.run(call_flow(ctx, V3_SERVES))
     assert info.value.route == "v3" and set(d.routes()) == {"v3"}
 
 
@@ -523,7 +523,7 @@ def test_an_unsigned_401_falls_back_as_credentials_refused(h: Harness) -> None:
     h = _with_routing(h, fallback_to_legacy=True)
     ctx = h.context()
     d = h.driver(ctx, v3=[401], legacy=["answer"])
-    outcome = d.run(call_flow(ctx, V3_SERVES, can_serve=lambda route: True))
+    outcome = d.run(call_flow(ctx, V3_SERVES))
     assert outcome.served_by == "legacy" and outcome.fallback_cause == "credentials_refused"
     assert d.routes() == ["v3", "legacy"]  # a refusal is not retried
 
@@ -533,7 +533,7 @@ def test_a_fallback_that_fails_too_raises_its_own_error_from_the_first(h: Harnes
     ctx = h.context()
     d = h.driver(ctx, v3=[503], legacy=[CONNECTION_FAILURE])
     with pytest.raises(UpstreamError) as info:
-        d.run(call_flow(ctx, V3_SERVES, can_serve=lambda route: True))
+        d.run(call_flow(ctx, V3_SERVES))
     assert info.value.route == "legacy" and info.value.kind == "connection"
     assert isinstance(info.value.__cause__, UpstreamError)
     assert info.value.__cause__.route == "v3"

@@ -673,12 +673,13 @@ class _CountingForwarder:
 
 
 def test_connections_are_kept_alive_both_sides(
-    sandbox_state: SandboxState, server: Any, tmp_path: Path
+    sandbox_state: SandboxState, server: Any, emulator: Emulator, tmp_path: Path
 ) -> None:
     """Sequential calls reuse one upstream connection, and the caller's one stays open.
 
     A new upstream connection per call (or a caller connection closed after each answer)
-    costs a TCP handshake per call on the latency the gateway adds.
+    costs a TCP handshake per call on the latency the gateway adds. (``emulator``: its
+    request counts are reset afterwards, for the tests that count.)
     """
     port = int(server.base_url.rsplit(":", 1)[1])
     forwarder = _CountingForwarder(port)

@@ -258,6 +258,21 @@ def test_field_labels_are_bounded() -> None:
     assert _field("9000000001") == "other"
 
 
+def test_answer_field_labels_come_from_the_mapping() -> None:
+    """V2_ANSWER_FIELDS is derived, not hand-listed: every v2 key the shipped mapping can
+    produce, plus the envelope the shim signs (nonce_str, sign) and the business-error pair its
+    error rules fill; nothing else (the older doc's unmapped locked_num is ``other``)."""
+    from shim._mapping.load import default_mapping_dir, load_mapping  # the mapping is the oracle
+    from shim.metrics import V2_ANSWER_FIELDS, _field
+
+    table = load_mapping(default_mapping_dir())
+    produced = {rule.v2_key for rule in table.fields}
+    business = {r.kind for r in table.errors.values()} & {"business"}
+    assert business  # so err_code / err_code_des are fields the mapping produces
+    assert produced | {"nonce_str", "sign", "err_code", "err_code_des"} == V2_ANSWER_FIELDS
+    assert _field("locked_num") == "other"
+
+
 def test_render_latest_aggregates_worker_processes(tmp_path: Path) -> None:
     """With PROMETHEUS_MULTIPROC_DIR, render_latest sums what two worker processes counted."""
     folder = tmp_path / "prom"

@@ -7,6 +7,7 @@ a restart. The reload event names the keys that changed, never their values.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
-from shim import AsyncCouponStockShim, CouponStockShim, InputError, UpstreamError
+from shim import AsyncCouponStockShim, CouponStockShim, InputError, OverloadError, UpstreamError
 from shim._live import LiveConfig
 from shim._observe import CallRecord
 from shim.sandbox import Emulator, SandboxState
@@ -47,6 +48,16 @@ class Watched:
         found = pattern.search(self.text, start)
         assert found is not None, (section, key)
         self.text = self.text[: found.start()] + f"{key} = {value}" + self.text[found.end() :]
+        return self
+
+    def add(self, section: str, key: str, value: str) -> Watched:
+        """Add a key the sandbox's file does not write (its table is made when missing)."""
+        header = f"[{section}]\n"
+        if header in self.text:
+            at = self.text.index(header) + len(header)
+            self.text = self.text[:at] + f"{key} = {value}\n" + self.text[at:]
+        else:
+            self.text = self.text.rstrip("\n") + f"\n\n{header}{key} = {value}\n"
         return self
 
     def drop_merchant(self, mch_id: str) -> Watched:
@@ -83,6 +94,16 @@ async def watched(
     yield build
     for twin in made:
         await twin.close()
+
+
+async def at_once(twin: Twin, *stocks: str) -> list[dict[str, str] | BaseException]:
+    """One call per stock, all started together (threads for the sync twin)."""
+    if isinstance(twin.shim, AsyncCouponStockShim):
+        calls = [twin.shim.query_coupon_stock(s, mch_id=MD5_MCH) for s in stocks]
+    else:
+        sync = twin.shim
+        calls = [asyncio.to_thread(sync.query_coupon_stock, s, mch_id=MD5_MCH) for s in stocks]
+    return list(await asyncio.gather(*calls, return_exceptions=True))
 
 
 def records_of(twin: Twin) -> list[CallRecord]:
@@ -223,6 +244,74 @@ async def test_upstream_timeout(watched: Callable[..., Any], emulator: Emulator)
     with pytest.raises(UpstreamError) as info:
         await twin.query("1757", mch_id=MD5_MCH)
     assert info.value.kind == "timeout"
+
+
+async def test_upstream_max_in_flight(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[upstream] max_in_flight (the admission gate): lowered to 1, of two calls at once on a
+    stalled upstream one holds the slot and the other gets OverloadError within its budget
+    (before, both were admitted and both ran out of budget upstream)."""
+    w, twin = watched("v3")
+    w.set("routing", "fallback_to_legacy", "false").set("retry", "attempts", "1")
+    w.set("upstream", "budget_s", "0.3").apply()
+    for stock in ("1757", "9856030"):
+        emulator.set_fault("v3", stock, "delay", delay_s=1.0)
+    before = await at_once(twin, "1757", "9856030")
+    assert all(type(r) is UpstreamError for r in before), before
+    w.add("upstream", "max_in_flight", "1").apply()
+    after = await at_once(twin, "1757", "9856030")
+    assert sorted(type(r).__name__ for r in after) == ["OverloadError", "UpstreamError"], after
+    assert all("max_in_flight" in str(r) for r in after if isinstance(r, OverloadError))
+
+
+# ------------------------------------------------------------ cache and single-flight
+
+
+async def test_cache_ttl(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[cache] ttl_s: 0 (off) → 60 s serves a repeated query from the cache."""
+    w, twin = watched("v3")
+    for _ in range(2):
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert emulator.request_counts["v3"] == 2
+    w.add("cache", "ttl_s", "60.0").apply()
+    emulator.reset_counts()
+    records = records_of(twin)
+    for _ in range(2):
+        await twin.query("1757", mch_id=MD5_MCH)
+    assert emulator.request_counts["v3"] == 1
+    assert [(r.tags or {}).get("cache") for r in records] == ["miss", "hit"]
+
+
+async def test_cache_max_entries(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[cache] max_entries: 100 → 1 keeps only the latest answer (the earlier one is
+    fetched again)."""
+    w, twin = watched("v3")
+    w.add("cache", "ttl_s", "60.0").add("cache", "max_entries", "100").apply()
+    for stock in ("1757", "9856030", "1757"):
+        await twin.query(stock, mch_id=MD5_MCH)
+    assert emulator.request_counts["v3"] == 2  # the second 1757 was a hit
+    w.set("cache", "max_entries", "1").apply()
+    emulator.reset_counts()
+    for stock in ("1757", "9856030", "1757"):
+        await twin.query(stock, mch_id=MD5_MCH)
+    assert emulator.request_counts["v3"] == 3  # 9856030 pushed 1757 out
+
+
+async def test_single_flight_enabled(watched: Callable[..., Any], emulator: Emulator) -> None:
+    """[single_flight] enabled: false → true makes two identical calls at once share one
+    upstream exchange (the follower's record says coalesced)."""
+    w, twin = watched("v3")
+    w.add("single_flight", "enabled", "false").apply()
+    emulator.set_fault("v3", "1757", "delay", delay_s=0.3)
+    answers = await at_once(twin, "1757", "1757")
+    assert all(isinstance(a, dict) for a in answers), answers
+    assert emulator.request_counts["v3"] == 2
+    w.set("single_flight", "enabled", "true").apply()
+    emulator.reset_counts()
+    records = records_of(twin)
+    answers = await at_once(twin, "1757", "1757")
+    assert all(isinstance(a, dict) and a["result_code"] == "SUCCESS" for a in answers), answers
+    assert emulator.request_counts["v3"] == 1
+    assert sorted(bool((r.tags or {}).get("coalesced")) for r in records) == [False, True]
 
 
 # ----------------------------------------------------------------- routing and mapping

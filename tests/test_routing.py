@@ -377,7 +377,7 @@ _REFUSED = {"http_401", "sign_error_400"}
 
 
 def _fallback(cfg: RoutingConfig, decision: Decision, err: BaseException) -> str | None:
-    target = fallback_target(cfg, decision, v3_available=True)
+    target = fallback_target(cfg, decision)
     return target if fallback_cause(err, target) is not None else None
 
 
@@ -408,12 +408,10 @@ def test_demanded_legacy_never_falls_back_to_v3(reason: str) -> None:
     """Kill switch, force-legacy and no-v3 decisions have no fallback target at all (so no
     budget is reserved for one), even with fallback_to_v3; force-v3 still falls back."""
     cfg = RoutingConfig(fallback_to_v3=True)
-    assert fallback_target(cfg, Decision("legacy", None, reason), v3_available=True) is None
-    assert fallback_target(cfg, Decision("v3", None, "force_v3_mch_id"), v3_available=True) == (
-        "legacy"
-    )
-    assert fallback_target(cfg, Decision("legacy", None, "mode"), v3_available=False) is None
-    assert fallback_target(cfg, Decision("legacy", None, "mode"), v3_available=True) == "v3"
+    assert fallback_target(cfg, Decision("legacy", None, reason)) is None
+    assert fallback_target(cfg, Decision("v3", None, "force_v3_mch_id")) == "legacy"
+    assert fallback_target(cfg, Decision("legacy", None, "mode", v3_available=False)) is None
+    assert fallback_target(cfg, Decision("legacy", None, "mode")) == "v3"
 
 
 def test_unknown_kill_switch_value_is_a_loud_warning_once() -> None:
@@ -438,3 +436,26 @@ def test_unknown_kill_switch_value_is_a_loud_warning_once() -> None:
     ]
     assert warnings[0]["treated_as"] == "on" and "0/false/no/off" in warnings[0]["hint"]
     assert len(logs) == 2
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [("v3", "no_v3_credentials"), ("shadow", "no_v3_credentials"), ("legacy", "mode")],
+)
+def test_no_v3_credentials_is_decided_by_routing_alone(mode: str, reason: str) -> None:
+    """decide() is the one place that knows a merchant has no v3: a decision that would serve
+    or shadow v3 becomes legacy alone, and every decision says v3 is unavailable, so the
+    fallback policy never picks v3 for that merchant."""
+    cfg = RoutingConfig(mode=mode, fallback_to_v3=True)  # type: ignore[arg-type]
+    d = decide(cfg, mch_id="M", coupon_stock_id="1", kill_switch=False, v3_available=False)
+    assert (d.serve, d.shadow, d.reason, d.v3_available) == ("legacy", None, reason, False)
+    assert fallback_target(cfg, d) is None
+    with_v3 = decide(cfg, mch_id="M", coupon_stock_id="1", kill_switch=False)
+    assert with_v3.v3_available and with_v3.reason == "mode"
+
+
+def test_no_v3_credentials_keeps_the_canary_bucket() -> None:
+    """A canary decision turned legacy for want of v3 credentials keeps its bucket."""
+    cfg = RoutingConfig(mode="canary", canary_percent=100.0)
+    d = decide(cfg, mch_id="M", coupon_stock_id="1", kill_switch=False, v3_available=False)
+    assert d.reason == "no_v3_credentials" and d.bucket is not None

@@ -19,7 +19,7 @@ import json
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
-from shim._events import redact_text
+from shim._redaction import redact_text
 
 if TYPE_CHECKING:
     from shim._report.model import Aggregate, ReportVerdict, Thresholds

@@ -348,9 +348,16 @@ class WeChatPay(_WeChatPay):  # type: ignore[misc]
     """``wechatpy.pay.WeChatPay`` whose ``coupon.query_stock`` is served by coupon-shim.
 
     Args:
-        appid, api_key, mch_id, sub_mch_id, mch_cert, mch_key, timeout, sandbox, sub_appid:
-            exactly wechatpy's (see the module docstring for what ``timeout`` and
-            ``sandbox`` do for the coupon stock query).
+        appid: the official account's or app's appid (wechatpy's).
+        api_key: the merchant's v2 API key (wechatpy's); the shim signs with the same key.
+        mch_id: the merchant id (wechatpy's).
+        sub_mch_id, sub_appid: the sub-merchant's ids (wechatpy's; not used by the coupon
+            stock query).
+        mch_cert, mch_key: paths of the merchant's client certificate and key (wechatpy's;
+            not used by the coupon stock query).
+        timeout: seconds, or a (connect, read) pair (requests' form; see the module
+            docstring for how the coupon stock query uses it).
+        sandbox: use WeChat Pay's v2 sandbox (see the module docstring).
         shim: where the shim's configuration comes from: ``None`` (``COUPON_SHIM_CONFIG``,
             else ``./shim.toml``, else derived from the constructor), a config file path, a
             dict of settings laid over the derived configuration, or a ``CouponStockShim``.
@@ -365,15 +372,15 @@ class WeChatPay(_WeChatPay):  # type: ignore[misc]
 
     def __init__(
         self,
-        appid: Any,
-        api_key: Any,
-        mch_id: Any,
-        sub_mch_id: Any = None,
-        mch_cert: Any = None,
-        mch_key: Any = None,
-        timeout: Any = None,
+        appid: str,
+        api_key: str,
+        mch_id: str,
+        sub_mch_id: str | None = None,
+        mch_cert: str | None = None,
+        mch_key: str | None = None,
+        timeout: float | tuple[float | None, float | None] | None = None,
         sandbox: bool = False,
-        sub_appid: Any = None,
+        sub_appid: str | None = None,
         *,
         shim: str | os.PathLike[str] | Mapping[str, Any] | CouponStockShim | None = None,
     ) -> None:

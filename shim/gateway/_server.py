@@ -31,8 +31,9 @@ from typing import Any
 
 import uvicorn
 
-from shim._events import configure_cli_logging, redact_text
+from shim._events import configure_cli_logging
 from shim._loader import load_config
+from shim._redaction import redact_text
 from shim.gateway._app import GatewayApp
 from shim.gateway._metrics import MULTIPROC_ENV
 from shim.gateway._settings import GatewaySettings, check_tls, load_gateway_settings
@@ -86,10 +87,64 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Corked:
+    """A transport whose writes within one event-loop turn leave as one ``write``.
+
+    uvicorn writes a response's status line and headers, then its body, as two writes:
+    two sends, two segments and often two wake-ups of the caller per answer. Held until
+    the end of the loop turn (or a ``close``), they go out together.
+    """
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+try:  # httptools is in the gateway extra
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _UvicornHttp
+except ImportError:  # pragma: no cover - without it, uvicorn's h11 protocol
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornHttp  # type: ignore[assignment]
+
+
+class CorkedHttpProtocol(_UvicornHttp):
+    """uvicorn's HTTP protocol (httptools when installed, else h11) on a corked transport
+    (:class:`_Corked`). A module-level class: uvicorn pickles its config for workers."""
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.transport = _Corked(transport, self.loop)  # type: ignore[assignment]
+
+
 def _uvicorn_config(app: Any, settings: GatewaySettings, **extra: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        http="auto",  # httptools when installed (the gateway extra), else h11
+        http=CorkedHttpProtocol,
         loop="auto",  # uvloop when installed
         ws="none",
         lifespan="on",

@@ -1,0 +1,433 @@
+"""The async twin's own upstream connections: HTTP/1.1 on asyncio, framed by h11.
+
+The async driver spends most of a call's CPU in the layers of ``httpx.AsyncClient`` that
+the shim does not use (URL merging, cookies, auth, redirects, the response model) and in
+anyio's per-operation cancel scopes under httpcore. When the shim owns its client and the
+environment names no proxy, :class:`AsyncPool` replaces it: one request is one socket write,
+the answer is parsed by ``h11`` (httpcore's own HTTP/1.1 parser, with httpcore's header-size
+limit) and its body goes raw into the driver's capped :class:`~shim._transport._BodyReader`.
+
+The bounds are the driver's, kept per socket operation:
+
+- **Time.** Connecting (DNS, TCP, TLS) waits at most the request's ``connect_timeout_s``,
+  every read at most its ``timeout_s``, and neither past the call's deadline; the driver's
+  whole-exchange timeout stays on top as a backstop.
+- **Memory.** At most :data:`_READ_AHEAD` bytes are buffered before the socket stops being
+  read; h11 refuses a header block over :data:`MAX_HEADER_BYTES`; the body reader caps the
+  rest.
+- **Reuse.** A connection returns to the pool only after a whole answer with nothing after
+  it and both sides willing to keep it open; an idle connection the peer closed, wrote to
+  or left idle past ``keepalive_expiry`` is dropped, never reused.
+- **Close.** :meth:`AsyncPool.aclose` aborts every connection, idle or busy: a call waiting
+  on one ends as ``closed``.
+
+Failures are classified, and worded, as the httpx path classifies its exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+import httpx
+
+from shim._flow import HttpRequest, TransportFailure, header_map
+
+__all__ = ["MAX_HEADER_BYTES", "AsyncPool"]
+
+#: The largest header block accepted (httpcore's limit for h11).
+MAX_HEADER_BYTES = 100 * 1024
+_READ_AHEAD = 64 * 1024  # bytes buffered before the socket is paused
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_CLOSE_WAIT_S = 1.0  # how long aclose() lets aborted sockets finish closing
+
+
+class _Closed(Exception):
+    """The pool was closed while a call used one of its connections."""
+
+
+class _Timeout(Exception):
+    """A socket operation waited its whole timeout."""
+
+
+class _Conn(asyncio.Protocol):
+    """One upstream connection: a byte buffer the exchange reads with a deadline."""
+
+    __slots__ = (
+        "_buffer",
+        "_paused",
+        "_waiter",
+        "_write_waiter",
+        "closed",
+        "eof",
+        "error",
+        "h11",
+        "idle_since",
+        "loop",
+        "lost",
+        "transport",
+        "writable",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._buffer = bytearray()
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
+        self.transport: asyncio.Transport | None = None
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.eof = False
+        self.error: Exception | None = None  # why the connection was lost (a reset)
+        self.closed = False  # by us (aborted) or by the pool
+        self.writable = True
+        self.idle_since = 0.0
+        self.lost: asyncio.Future[None] = loop.create_future()  # set once the socket closed
+
+    # -- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # (uvloop's is no subclass)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= _READ_AHEAD and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.error = exc
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self._wake()
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        waiter, self._write_waiter = self._write_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- what an exchange uses
+
+    def reusable(self, now: float, expiry: float | None) -> bool:
+        """Idle and sound: no bytes nor EOF from the peer since its last answer."""
+        if self.closed or self.eof or self._buffer or self.transport is None:
+            return False
+        if self.transport.is_closing():
+            return False
+        return expiry is None or now - self.idle_since < expiry
+
+    async def _wait(self, fut: asyncio.Future[None], seconds: float) -> None:
+        if seconds <= 0:
+            raise _Timeout
+        timer = self.loop.call_later(seconds, _expire, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+
+    async def write(self, data: bytes, seconds: float) -> None:
+        if self.closed or self.transport is None:
+            raise _Closed
+        self.transport.write(data)
+        while not self.writable and not self.closed:
+            fut = self._write_waiter = self.loop.create_future()
+            await self._wait(fut, seconds)
+        if self.closed:
+            raise _Closed
+
+    async def read(self, seconds: float) -> bytes:
+        """What arrived (b"" at EOF), waiting at most ``seconds`` for the first byte."""
+        while not self._buffer and not self.eof:
+            if self.closed:
+                raise _Closed
+            fut = self._waiter = self.loop.create_future()
+            await self._wait(fut, seconds)
+        if self.closed:
+            raise _Closed
+        if not self._buffer and self.error is not None:
+            raise OSError(str(self.error))
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    def abort(self) -> None:
+        """Drop the connection now (and wake whoever waits on it)."""
+        self.closed = True
+        if self.transport is not None:
+            with contextlib.suppress(RuntimeError):  # its event loop is already closed
+                self.transport.abort()
+        self._wake()
+        self.resume_writing()
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(_Timeout())
+
+
+def _timed_out(name: str) -> TransportFailure:
+    return TransportFailure("timeout", f"timed out ({name})")
+
+
+def _broken(name: str) -> TransportFailure:
+    return TransportFailure("connection", f"connection failed ({name})")
+
+
+_MID_ANSWER = TransportFailure("connection", "connection broken mid-answer (RemoteProtocolError)")
+_CLOSED = TransportFailure("closed", "the shim is closed")
+
+
+class _Origin:
+    """Where a URL's request goes and what its request line and Host header say."""
+
+    __slots__ = ("host", "host_header", "key", "port", "scheme", "target")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.scheme = parts.scheme.lower()
+        if self.scheme not in _DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
+            raise ValueError(url[:60])
+        self.host = parts.hostname
+        self.port = parts.port or _DEFAULT_PORTS[self.scheme]
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        default = self.port == _DEFAULT_PORTS[self.scheme]
+        self.host_header = shown if default else f"{shown}:{self.port}"
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.key = (self.scheme, self.host, self.port)
+
+
+def _request_bytes(
+    conn: h11.Connection, req: HttpRequest, origin: _Origin, extra: tuple[str, str]
+) -> bytes:
+    """The whole request as httpx would frame it: its default headers, then the call's."""
+    given = {name.lower() for name, _ in req.headers}
+    headers: list[tuple[str, str]] = [("Host", origin.host_header)]
+    for name, value in (
+        ("Accept", "*/*"),
+        extra,
+        ("Connection", "keep-alive"),
+        ("User-Agent", f"python-httpx/{httpx.__version__}"),
+    ):
+        if name.lower() not in given:
+            headers.append((name, value))
+    headers.extend(header for header in req.headers if header[0].lower() != "host")
+    if req.body:
+        headers.append(("Content-Length", str(len(req.body))))
+    out = conn.send(h11.Request(method=req.method, target=origin.target, headers=headers))
+    if req.body:
+        out += conn.send(h11.Data(data=req.body))
+    out += conn.send(h11.EndOfMessage())
+    return out
+
+
+def _headers(raw: Any) -> Mapping[str, str]:
+    """h11's (lower-cased) header pairs as the flow takes them (:func:`header_map`)."""
+    return header_map((name.decode("latin-1"), value.decode("latin-1")) for name, value in raw)
+
+
+class AsyncPool:
+    """Pooled HTTP/1.1 connections for the async twin (used instead of an httpx client).
+
+    Args:
+        limits: ``max_keepalive_connections`` and ``keepalive_expiry`` apply; the number of
+            busy connections is bounded by the driver's admission gate.
+        ssl_context: for ``https://`` upstreams (default: httpx's, built on first use, which
+            honours ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
+    """
+
+    def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._idle: collections.defaultdict[tuple[str, str, int], list[_Conn]] = (
+            collections.defaultdict(list)
+        )
+        self._busy: set[_Conn] = set()
+        self._origins: dict[str, _Origin] = {}
+        self._keep = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
+        self._ssl = ssl_context
+        self.is_closed = False
+
+    def _origin(self, url: str) -> _Origin:
+        base = url.split("?", 1)[0]
+        origin = self._origins.get(base) if "?" not in url else None
+        if origin is None:
+            origin = _Origin(url)
+            if "?" not in url and len(self._origins) < 256:
+                self._origins[base] = origin
+        return origin
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()
+        return self._ssl
+
+    def _checkout(self, key: tuple[str, str, int]) -> _Conn | None:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        while idle:
+            conn = idle.pop()
+            if conn.loop is loop and conn.reusable(now, self._expiry):
+                return conn
+            conn.abort()
+        return None
+
+    def _checkin(self, key: tuple[str, str, int], conn: _Conn) -> None:
+        idle = self._idle[key]
+        if self.is_closed or (self._keep is not None and len(idle) >= self._keep):
+            conn.abort()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    async def _connect(self, origin: _Origin, seconds: float) -> _Conn:
+        loop = asyncio.get_running_loop()
+        tls = self._ssl_context() if origin.scheme == "https" else None
+        if seconds <= 0:
+            raise _Timeout
+        connecting = loop.create_connection(
+            lambda: _Conn(loop),
+            origin.host,
+            origin.port,
+            ssl=tls,
+            server_hostname=origin.host if tls is not None else None,
+            ssl_handshake_timeout=seconds if tls is not None else None,
+        )
+        try:  # name lookup, TCP and TLS together
+            _, conn = await asyncio.wait_for(connecting, seconds)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise _Timeout from None
+        return conn
+
+    async def exchange(
+        self,
+        req: HttpRequest,
+        feed: Callable[[Mapping[str, str]], TransportFailure | None],
+        chunk: Callable[[bytes], TransportFailure | None],
+        clock: Callable[[], float],
+    ) -> tuple[int, Mapping[str, str]] | TransportFailure:
+        """Send ``req`` and stream its answer: ``feed`` gets the headers, ``chunk`` each raw
+        body piece (either may refuse the answer). Returns the status and headers once the
+        body ended, or the failure."""
+        if self.is_closed:
+            return _CLOSED
+        try:
+            origin = self._origin(req.url)
+        except ValueError:
+            return TransportFailure("protocol", "broken HTTP exchange (UnsupportedProtocol)")
+        conn = self._checkout(origin.key)
+        phase = "ConnectTimeout"
+        try:
+            if conn is None:
+                left = req.deadline - clock()
+                conn = await self._connect(origin, min(req.connect_timeout_s, left))
+            self._busy.add(conn)
+            phase = "WriteTimeout"
+            data = _request_bytes(conn.h11, req, origin, ("Accept-Encoding", "identity"))
+            await conn.write(data, min(req.timeout_s, req.deadline - clock()))
+            phase = "ReadTimeout"
+            reply = await self._answer(conn, req, feed, chunk, clock)
+        except _Timeout:
+            reply = _timed_out(phase)
+        except _Closed:
+            reply = _CLOSED
+        except h11.RemoteProtocolError:
+            reply = _MID_ANSWER
+        except h11.LocalProtocolError:
+            reply = TransportFailure("protocol", "broken HTTP exchange (LocalProtocolError)")
+        except ssl.SSLError:
+            reply = _broken("ConnectError" if phase == "ConnectTimeout" else "ReadError")
+        except OSError:
+            reply = _broken("ConnectError" if phase == "ConnectTimeout" else "ReadError")
+        finally:
+            if conn is not None:
+                self._busy.discard(conn)
+        if conn is not None:
+            h = conn.h11
+            if (
+                not isinstance(reply, TransportFailure)
+                and h.our_state is h11.DONE
+                and h.their_state is h11.DONE
+                and not h.trailing_data[0]
+                and not conn.closed
+            ):
+                h.start_next_cycle()
+                self._checkin(origin.key, conn)
+            else:
+                conn.abort()
+        if self.is_closed and isinstance(reply, TransportFailure):
+            return _CLOSED
+        return reply
+
+    async def _answer(
+        self,
+        conn: _Conn,
+        req: HttpRequest,
+        feed: Callable[[Mapping[str, str]], TransportFailure | None],
+        chunk: Callable[[bytes], TransportFailure | None],
+        clock: Callable[[], float],
+    ) -> tuple[int, Mapping[str, str]] | TransportFailure:
+        h = conn.h11
+        status = 0
+        headers: Mapping[str, str] = {}
+        while True:
+            event = h.next_event()
+            if event is h11.NEED_DATA:
+                data = await conn.read(min(req.timeout_s, req.deadline - clock()))
+                h.receive_data(data)
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+                headers = _headers(event.headers)
+                failure = feed(headers)
+                if failure:
+                    return failure
+            elif isinstance(event, h11.Data):
+                failure = chunk(bytes(event.data))
+                if failure:
+                    return failure
+            elif isinstance(event, h11.EndOfMessage):
+                return status, headers
+            elif isinstance(event, h11.ConnectionClosed):
+                return _MID_ANSWER
+            # an InformationalResponse (1xx) is skipped; the real answer follows
+
+    async def aclose(self) -> None:
+        """Abort every connection; calls using one end as ``closed``."""
+        self.is_closed = True
+        conns = [conn for idle in self._idle.values() for conn in idle]
+        conns += self._busy
+        self._idle.clear()
+        self._busy.clear()
+        for conn in conns:
+            conn.abort()
+        loop = asyncio.get_running_loop()
+        pending = [c.lost for c in conns if c.loop is loop and not c.lost.done()]
+        if pending:  # the sockets close on the loop's next turns: let them, briefly
+            await asyncio.wait(pending, timeout=_CLOSE_WAIT_S)

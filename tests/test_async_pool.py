@@ -1,0 +1,262 @@
+"""The async twin's own connection pool (``shim._async_pool``) against real loopback servers.
+
+The hostile suites (time, memory, close, fork, overload) run the async twin through this
+pool already; these tests pin what is the pool's own: which connections it reuses and which
+it never does, so that no answer is ever read off a connection a previous answer left dirty.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from shim import AsyncCouponStockShim
+
+# The pool and the factory are private: these tests pin the driver's choice of client.
+from shim._async_pool import MAX_HEADER_BYTES, AsyncPool
+from shim._errors import ShimError, UpstreamError
+from shim._transport import new_async_client
+from shim.sandbox import Emulator, SandboxState
+from tests.fault_cases import parse_emulator_config
+from tests.hostile import Conn, HostileServer, Request, head, real_answer
+from tests.wait import await_until, wait_until
+
+STOCK = "1757"
+MCH = "10000098"
+
+
+@pytest.fixture
+async def make_shim(
+    sandbox_state: SandboxState, tmp_path: Path
+) -> AsyncIterator[Callable[..., AsyncCouponStockShim]]:
+    made: list[AsyncCouponStockShim] = []
+
+    def build(url: str, **upstream: Any) -> AsyncCouponStockShim:
+        tables = {
+            "upstream": {"timeout_s": 2.0, "connect_timeout_s": 2.0, "budget_s": 3.0, **upstream},
+            "retry": {"attempts": 1},
+            "routing": {"mode": "legacy"},
+        }
+        shim = AsyncCouponStockShim(
+            parse_emulator_config(sandbox_state, tmp_path, url, tables), env={}
+        )
+        made.append(shim)
+        return shim
+
+    yield build
+    for shim in made:
+        await shim.aclose()
+
+
+def answering(emulator: Emulator, extra: bytes = b"", close: bool = False) -> Any:
+    """A script giving the emulator's real answer (then ``extra`` bytes, if any)."""
+
+    def script(conn: Conn, req: Request) -> None:
+        status, headers, body = real_answer(emulator, req)
+        headers = [*headers, ("Content-Length", str(len(body)))]
+        if close:
+            headers.append(("Connection", "close"))
+        conn.send(head(status, headers) + body + extra)
+
+    return script
+
+
+async def query(shim: AsyncCouponStockShim) -> dict[str, str] | ShimError:
+    try:
+        return await shim.query_coupon_stock(STOCK, mch_id=MCH)
+    except ShimError as exc:
+        return exc
+
+
+def test_the_shims_own_client_is_the_pool_unless_a_proxy_or_transport_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    assert isinstance(new_async_client(limits), AsyncPool)
+    mock = httpx.MockTransport(lambda request: httpx.Response(200))
+    assert isinstance(new_async_client(limits, mock), httpx.AsyncClient)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert isinstance(new_async_client(limits), httpx.AsyncClient)
+
+
+async def test_calls_in_turn_share_one_kept_alive_connection(
+    make_shim: Callable[..., AsyncCouponStockShim], emulator: Emulator
+) -> None:
+    with HostileServer(answering(emulator), keep_alive=True) as server:
+        shim = make_shim(server.url)
+        for _ in range(3):
+            answer = await query(shim)
+            assert isinstance(answer, dict) and answer["result_code"] == "SUCCESS", answer
+    assert server.connections == 1
+    assert len(server.requests) == 3
+    sent = server.requests[0]
+    assert sent.headers["accept-encoding"] == "identity"
+    assert sent.headers["host"] == f"127.0.0.1:{server.port}"
+    assert sent.headers["content-length"] == str(len(sent.body))
+
+
+async def test_bytes_after_an_answer_are_never_read_as_the_next_answer(
+    make_shim: Callable[..., AsyncCouponStockShim], emulator: Emulator
+) -> None:
+    """A server that appends a forged second answer: the connection is dropped, the next
+    call gets a fresh one and the genuine answer."""
+    forged = head(200, [("Content-Type", "text/xml"), ("Content-Length", "27")])
+    forged += b"<xml><forged>1</forged></xml>"[:27]
+    with HostileServer(answering(emulator, extra=forged), keep_alive=True) as server:
+        shim = make_shim(server.url)
+        for _ in range(2):
+            answer = await query(shim)
+            assert isinstance(answer, dict) and answer["result_code"] == "SUCCESS", answer
+            assert "forged" not in answer
+    assert server.connections == 2
+
+
+async def test_an_answer_that_closes_its_connection_is_not_reused(
+    make_shim: Callable[..., AsyncCouponStockShim], emulator: Emulator
+) -> None:
+    with HostileServer(answering(emulator, close=True), keep_alive=True) as server:
+        shim = make_shim(server.url)
+        for _ in range(2):
+            answer = await query(shim)
+            assert isinstance(answer, dict) and answer["result_code"] == "SUCCESS", answer
+    assert server.connections == 2
+
+
+async def test_a_connection_the_peer_closed_while_idle_is_not_reused(
+    make_shim: Callable[..., AsyncCouponStockShim], emulator: Emulator
+) -> None:
+    """The server closes every connection after its answer without saying so: the next
+    call notices before sending and connects again (no failed call)."""
+    with HostileServer(answering(emulator), keep_alive=False) as server:
+        shim = make_shim(server.url)
+        first = await query(shim)
+        assert isinstance(first, dict), first
+        pool = shim._client
+        assert isinstance(pool, AsyncPool)
+        await await_until(
+            lambda: all(c.eof for idle in pool._idle.values() for c in idle),
+            "the server's FIN reached the idle connection",
+        )
+        second = await query(shim)
+        assert isinstance(second, dict) and second["result_code"] == "SUCCESS", second
+    assert server.connections == 2
+
+
+async def test_a_header_block_over_the_cap_is_a_typed_connection_error(
+    make_shim: Callable[..., AsyncCouponStockShim],
+) -> None:
+    """Headers that never end: refused once the unfinished block passes the cap, long
+    before the read timeout, with bounded memory."""
+
+    def endless_headers(conn: Conn, req: Request) -> None:
+        line = b"X-Filler: " + b"y" * 1000 + b"\r\n"
+        conn.send(b"HTTP/1.1 200 X\r\n" + line * (2 * MAX_HEADER_BYTES // len(line)))
+        conn.hold(3.0)
+
+    with HostileServer(endless_headers) as server:
+        shim = make_shim(server.url)
+        result = await query(shim)
+    assert isinstance(result, UpstreamError), result
+    assert result.kind == "connection", result  # refused by the cap, not by a timeout
+
+
+async def test_a_refused_connection_is_a_typed_connection_error(
+    make_shim: Callable[..., AsyncCouponStockShim],
+) -> None:
+    with HostileServer(lambda conn, req: None) as server:
+        url = server.url
+    shim = make_shim(url)  # nothing listens there any more
+    result = await query(shim)
+    assert isinstance(result, UpstreamError), result
+    assert result.kind == "connection"
+
+
+@pytest.fixture(scope="module")
+def tls_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Any]]:
+    """The emulator over TLS (a throwaway CA): its URL, the CA file and its state."""
+    import socket
+
+    import trustme
+
+    folder = tmp_path_factory.mktemp("pool-tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(folder / "cert.pem"))
+    state = SandboxState.load_or_create(folder / "state")
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        Emulator(state).asgi_app,
+        http="h11",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        ssl_certfile=str(folder / "cert.pem"),
+        ssl_keyfile=str(folder / "key.pem"),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive(), "the TLS emulator started")
+    assert server.started, "the TLS emulator did not start"
+    yield f"https://127.0.0.1:{sock.getsockname()[1]}", str(folder / "ca.pem"), state
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+async def test_https_upstreams_are_verified_and_answered(
+    tls_emulator: tuple[str, str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS through the pool: the CA from SSL_CERT_FILE (as httpx honours it) is trusted,
+    the real answer verifies; without that CA the certificate is refused, typed."""
+    url, ca_file, state = tls_emulator
+    tables = {
+        "upstream": {"timeout_s": 3.0, "connect_timeout_s": 3.0, "budget_s": 5.0},
+        "retry": {"attempts": 1},
+        "routing": {"mode": "legacy"},
+    }
+    cfg = parse_emulator_config(state, tmp_path, url, tables)
+    untrusted = AsyncCouponStockShim(cfg, env={})
+    try:
+        refused = await query(untrusted)
+    finally:
+        await untrusted.aclose()
+    assert isinstance(refused, UpstreamError) and refused.kind == "connection", refused
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file)
+    shim = AsyncCouponStockShim(cfg, env={})
+    try:
+        assert isinstance(shim._client, AsyncPool)
+        for _ in range(2):
+            answer = await query(shim)
+            assert isinstance(answer, dict) and answer["result_code"] == "SUCCESS", answer
+    finally:
+        await shim.aclose()
+
+
+async def test_close_aborts_kept_alive_connections_and_refuses_later_calls(
+    make_shim: Callable[..., AsyncCouponStockShim], emulator: Emulator
+) -> None:
+    with HostileServer(answering(emulator), keep_alive=True) as server:
+        shim = make_shim(server.url)
+        assert isinstance(await query(shim), dict)
+        pool = shim._client
+        assert isinstance(pool, AsyncPool)
+        await shim.aclose()
+        assert pool.is_closed
+        await await_until(
+            lambda: not any(t.is_alive() for t in server._threads[1:]),
+            "the server saw its kept-alive connection end",
+        )
+        late = await query(shim)
+    assert isinstance(late, ShimError) and type(late).__name__ == "ClosedError", late

@@ -1,0 +1,108 @@
+"""The gateway's own wire details: each answer leaves in one write."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+# Private: the corked transport and the server settings are details these tests pin.
+from shim.gateway._server import CorkedHttpProtocol, _Corked, _uvicorn_config, running
+from shim.gateway._settings import GatewaySettings
+from shim.sandbox import Emulator, SandboxState
+from tests.gateway_support import (
+    answer_verifies,
+    parse_answer,
+    request_fields,
+    to_xml,
+    write_config,
+)
+
+MD5_MCH = "10000098"
+QUERY_PATH = "/mmpaymkttransfers/query_coupon_stock"
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+async def test_writes_in_one_loop_turn_leave_as_one() -> None:
+    raw = _Transport()
+    corked = _Corked(raw, asyncio.get_running_loop())
+    corked.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+    corked.write(b"body")
+    assert raw.writes == []  # held until the turn ends
+    await asyncio.sleep(0)
+    assert raw.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody"]
+    corked.write(b"next")
+    await asyncio.sleep(0)
+    assert raw.writes[-1] == b"next"
+    assert corked.get_extra_info("peername") == ("127.0.0.1", 1)  # the rest passes through
+
+
+async def test_close_sends_what_is_held_first_and_abort_drops_it() -> None:
+    raw = _Transport()
+    corked = _Corked(raw, asyncio.get_running_loop())
+    corked.write(b"last words")
+    corked.close()
+    assert raw.writes == [b"last words"] and raw.closed
+    await asyncio.sleep(0)  # the scheduled flush finds nothing more
+    assert raw.writes == [b"last words"]
+    raw = _Transport()
+    corked = _Corked(raw, asyncio.get_running_loop())
+    corked.write(b"never sent")
+    corked.abort()
+    await asyncio.sleep(0)
+    assert raw.writes == [] and raw.aborted
+
+
+async def test_nothing_is_written_once_the_peer_has_gone() -> None:
+    raw = _Transport()
+    corked = _Corked(raw, asyncio.get_running_loop())
+    corked.write(b"too late")
+    raw.closed = True
+    await asyncio.sleep(0)
+    assert raw.writes == []
+
+
+def test_answers_through_the_corked_server_are_whole_and_kept_alive(
+    sandbox_state: SandboxState, server: Any, emulator: Emulator, tmp_path: Path
+) -> None:
+    """The server the gateway runs uses the corked protocol; signed answers arrive whole,
+    call after call, on one kept-alive caller connection."""
+    settings_protocol = _uvicorn_config(None, GatewaySettings()).http
+    assert settings_protocol is CorkedHttpProtocol
+    cfg = write_config(sandbox_state, tmp_path / "shim.toml", upstream_url=server.base_url)
+    key = sandbox_state.merchants[MD5_MCH].v2_key
+    with running(cfg) as gw, httpx.Client(base_url=gw.base_url, timeout=20) as http:
+        ports = set()
+        for stock in ("1757", "1717", "1757"):
+            body = to_xml(request_fields(sandbox_state, MD5_MCH, stock))
+            resp = http.post(QUERY_PATH, content=body)
+            assert resp.status_code == 200
+            assert resp.headers["content-type"] == "text/xml; charset=utf-8"
+            assert int(resp.headers["content-length"]) == len(resp.content)
+            assert answer_verifies(parse_answer(resp.content), key)
+            ports.add(resp.extensions["network_stream"].get_extra_info("client_addr")[1])
+        assert len(ports) == 1
