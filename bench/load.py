@@ -36,7 +36,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shim import AsyncCouponStockShim, CouponStockShim, ShimConfig, ShimError
-from shim._loader import parse_config  # private: builds the config from a dict, no file
+
+# private: the config loader's steps, tested one by one
+from shim._loader import parse_config
 from shim.sandbox import Emulator, SandboxState
 
 if sys.version_info >= (3, 11):

@@ -59,20 +59,17 @@ import trustme
 from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpayv3.utils import load_private_key, load_public_key, rsa_sign, rsa_verify
 
-# Private on purpose: section e measures the shim's own CPU by swapping the sync driver
-# (shim._client.run_sync) for one that answers from canned HttpResponses (shim._flow) and by
-# stubbing RSA (shim._v3), which no public handle allows; events-on rows use the CLI's own
-# logging chain (shim._events).
+# private: the client module, patched or read for its defaults
 import shim._client
+
+# private: the v3 protocol module, to sign or check v3 wire messages
 import shim._v3
-from shim import (
-    AsyncCouponStockShim,
-    CouponStockShim,
-    DeadlineTransport,
-    ShimConfig,
-    load_config,
-)
+from shim import AsyncCouponStockShim, CouponStockShim, DeadlineTransport, ShimConfig, load_config
+
+# private: the event names and schema the assertions read
 from shim._events import configure_cli_logging
+
+# private: the sans-IO flow, driven directly with scripted answers
 from shim._flow import HttpRequest, HttpResponse, header_map
 from shim.sandbox import Emulator, SandboxState
 
@@ -865,7 +862,8 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         load_pem_private_key,
     )
 
-    from shim import _secrets as shim_secrets  # private: the key check's own cost is measured
+    # private: secret and key loading, tested directly
+    from shim import _secrets as shim_secrets
 
     out: dict[str, Any] = {}
     big = _many_merchants(env, p.big_merchants, "m-big")

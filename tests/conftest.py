@@ -18,10 +18,13 @@ from typing import Any
 import pytest
 import structlog
 
-from shim import AsyncCouponStockShim, CouponStockShim
+from shim import AsyncCouponStockShim, CouponStockShim, ShimConfig
+
+# private: the config loader's steps, tested one by one
 from shim._loader import parse_config
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.load import clear_mapping_cache
-from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState, serve
 
 if sys.version_info >= (3, 11):
