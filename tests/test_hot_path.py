@@ -13,13 +13,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import LogCapture
 
-# Private on purpose: the nonce pool, the library logger, the redactor's shortcut and the
-# fast v2 reader are internals with no public handle; what is pinned here is their contract.
-from shim import LiveConfig, UpstreamError, _redaction
+from shim import LiveConfig, UpstreamError
+
+# private: the fast v2 reader, held to the full parser
 from shim._flatxml import read_flat
+
+# private: the library logger, which must follow each structlog.configure()
 from shim._logs import get_logger
+
+# private: the facades' batched nonce source (no public handle)
 from shim._nonces import pooled_nonce as new_nonce
-from shim._redaction import is_secret_name, redact_text
+
+# private: the redactor's shortcuts, checked against its full rules
+from shim._redaction import _is_secret_name, _redact_all, is_secret_name, redact_text
+
+# private: the full v2 XML parser, the fast reader's oracle
 from shim._v2 import parse_xml
 from shim.sandbox import SandboxState
 from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH
@@ -151,13 +159,13 @@ _PIECES = st.sampled_from(
 @settings(max_examples=400, deadline=None)
 def test_redact_text_shortcut_never_skips_a_match(text: str) -> None:
     """The one-search shortcut returns text unchanged only when no pattern would change it."""
-    assert redact_text(text) == _redaction._redact_all(text)
+    assert redact_text(text) == _redact_all(text)
 
 
 def test_is_secret_name_memo_agrees_with_the_rule() -> None:
     names = ["sign", "sign_type", "paySign", "Wechatpay-Signature", "mch_id", "api_key", "x"]
     for _ in range(2):  # the second pass answers from the memo
-        assert [is_secret_name(n) for n in names] == [_redaction._is_secret_name(n) for n in names]
+        assert [is_secret_name(n) for n in names] == [_is_secret_name(n) for n in names]
     assert [is_secret_name(n) for n in names] == [True, False, True, True, False, True, False]
 
 
