@@ -30,12 +30,12 @@ from shim._flow import (
     Flow,
     RouteResult,
     call_flow,
-    new_nonce,
     resign,
     route_flow,
 )
 from shim._live import LiveConfig
 from shim._mapping.model import MappingTable
+from shim._nonces import pooled_nonce
 from shim._observe import CallObservers, CallRecord
 from shim._policy import CircuitBreaker
 from shim._redaction import scrubs_locals, scrubs_locals_async
@@ -480,7 +480,7 @@ class CouponStockShim(_ShimCore):
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        nonce: Callable[[], str] = new_nonce,
+        nonce: Callable[[], str] = pooled_nonce,
         logger: Any = None,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
@@ -546,7 +546,7 @@ class CouponStockShim(_ShimCore):
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        nonce: Callable[[], str] = new_nonce,
+        nonce: Callable[[], str] = pooled_nonce,
         logger: Any = None,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
@@ -713,7 +713,7 @@ class AsyncCouponStockShim(_ShimCore):
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        nonce: Callable[[], str] = new_nonce,
+        nonce: Callable[[], str] = pooled_nonce,
         logger: Any = None,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
@@ -770,7 +770,7 @@ class AsyncCouponStockShim(_ShimCore):
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        nonce: Callable[[], str] = new_nonce,
+        nonce: Callable[[], str] = pooled_nonce,
         logger: Any = None,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
