@@ -35,10 +35,10 @@ import structlog
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shim import AsyncCouponStockShim, CouponStockShim
-from shim._errors import ShimError
+from shim import AsyncCouponStockShim, CouponStockShim, ShimConfig, ShimError
+
+# private: the config loader's steps, tested one by one
 from shim._loader import parse_config
-from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 
 if sys.version_info >= (3, 11):

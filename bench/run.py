@@ -52,14 +52,18 @@ import trustme
 from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpayv3.utils import load_private_key, load_public_key, rsa_sign, rsa_verify
 
+# private: the client module, patched or read for its defaults
 import shim._client
+
+# private: the v3 protocol module, to sign or check v3 wire messages
 import shim._v3
-from shim import AsyncCouponStockShim, CouponStockShim
+from shim import AsyncCouponStockShim, CouponStockShim, DeadlineTransport, ShimConfig, load_config
+
+# private: the event names and schema the assertions read
 from shim._events import configure_cli_logging
+
+# private: the sans-IO flow, driven directly with scripted answers
 from shim._flow import HttpRequest, HttpResponse, header_map
-from shim._loader import load_config
-from shim._transport import DeadlineTransport
-from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 
 HERE = Path(__file__).resolve().parent
@@ -843,6 +847,7 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         load_pem_private_key,
     )
 
+    # private: secret and key loading, tested directly
     from shim import _secrets as shim_secrets
 
     out: dict[str, Any] = {}

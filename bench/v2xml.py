@@ -36,7 +36,10 @@ from typing import Any
 import xmltodict
 
 # Private on purpose: the parsers themselves are what is measured (users never call them).
+# private: the v2 XML reader, compared with its oracle
 from shim._flatxml import read_flat
+
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim._v2 import parse_xml, verify_answer
 from shim.sandbox import render_xml, seeded_stocks, v2_sign
 

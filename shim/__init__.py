@@ -36,6 +36,7 @@ from shim._errors import (
     SignatureError,
     UpstreamError,
 )
+from shim._extras import MissingExtraError
 from shim._flags import OpenFeatureRouteSource
 from shim._live import LiveConfig
 from shim._loader import load_config
@@ -60,6 +61,7 @@ __all__ = [
     "LiveConfig",
     "LocalError",
     "MappingError",
+    "MissingExtraError",
     "Mode",
     "OpenFeatureRouteSource",
     "OverloadError",

@@ -18,10 +18,13 @@ from typing import Any
 import pytest
 import structlog
 
-from shim import AsyncCouponStockShim, CouponStockShim
+from shim import AsyncCouponStockShim, CouponStockShim, ShimConfig
+
+# private: the config loader's steps, tested one by one
 from shim._loader import parse_config
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.load import clear_mapping_cache
-from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState, serve
 
 if sys.version_info >= (3, 11):
@@ -65,10 +68,15 @@ def server(_session_emulator: Emulator) -> Iterator[Any]:
 
 @pytest.fixture
 def emulator(_session_emulator: Emulator) -> Iterator[Emulator]:
-    """The session emulator, with faults, counts, stocks and clock reset after each test."""
+    """The session emulator, with faults, counts, stocks and clock reset after each test.
+
+    Counts are also cleared before the test: tests that use only ``server`` (or a shim built
+    on the session emulator) do not reset them, and a test counting requests must see its own.
+    """
     import time
 
     stocks = dict(_session_emulator.stocks)
+    _session_emulator.reset_counts()
     yield _session_emulator
     _session_emulator.clear_faults()
     _session_emulator.reset_counts()

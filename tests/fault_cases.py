@@ -44,9 +44,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from shim import AsyncCouponStockShim, CouponStockShim
+from shim import AsyncCouponStockShim, CouponStockShim, ShimConfig
+
+# private: the config loader's steps, tested one by one
 from shim._loader import parse_config
-from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import Twin
 

@@ -18,12 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shim import ShimConfig, ShimError, SignatureError, UpstreamError
+
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim import _v2 as v2
+
+# private: the v3 protocol module, to sign or check v3 wire messages
 from shim import _v3 as v3
-from shim._errors import ShimError, SignatureError, UpstreamError
-from shim._values import ShimConfig
-from shim.sandbox import Emulator, SandboxRequest, SandboxState
-from shim.sandbox._v2 import render_xml, v2_sign
+from shim.sandbox import Emulator, SandboxRequest, SandboxState, render_xml, v2_sign
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 from tests.fault_cases import build_twin, parse_emulator_config
 from tests.forged import Answer, Forge, forged_server, upstream_at

@@ -10,9 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shim import CouponStockShim
-from shim._errors import InputError
-from shim._values import ShimConfig
+from shim import CouponStockShim, InputError, ShimConfig
 from shim.sandbox import Emulator
 from tests.conftest import MD5_MCH, Twin
 

@@ -28,19 +28,25 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.scrubber import EventScrubber
 from sentry_sdk.transport import Transport
 
-from shim import AsyncCouponStockShim, CouponStockShim, redact_secrets
-from shim._errors import (
+from shim import (
+    AsyncCouponStockShim,
     ConfigError,
+    CouponStockShim,
     InputError,
     MappingError,
+    ShimConfig,
     ShimError,
     SignatureError,
     UpstreamError,
+    load_config,
+    redact_secrets,
 )
-from shim._loader import load_config
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.load import default_mapping_dir
+
+# private: the redactor's text form
 from shim._redaction import REDACTED, is_secret_name, redact_text, redact_value
-from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 from tests.test_no_secrets import RecordingTransport, static_secrets

@@ -8,8 +8,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim import _v2 as v2
+
+# private: the answer cache, tested directly
 from shim._cache import AnswerCache, cacheable
+
+# private: the event names and schema the assertions read
 from shim._events import EVENT
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin

@@ -16,11 +16,13 @@ import httpx
 import pytest
 import uvicorn
 
-from shim import AsyncCouponStockShim
+from shim import AsyncCouponStockShim, ShimError, UpstreamError
 
 # The pool and the factory are private: these tests pin the driver's choice of client.
+# private: the async twin's connection pool, tested directly
 from shim._async_pool import MAX_HEADER_BYTES, AsyncPool
-from shim._errors import ShimError, UpstreamError
+
+# private: the transports' internals (deadline streams, limits)
 from shim._transport import new_async_client
 from shim.sandbox import Emulator, SandboxState
 from tests.fault_cases import parse_emulator_config

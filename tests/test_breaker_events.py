@@ -15,9 +15,13 @@ import structlog
 from prometheus_client import CollectorRegistry
 from structlog.testing import LogCapture
 
-from shim import AsyncCouponStockShim, CouponStockShim, UpstreamError
+from shim import AsyncCouponStockShim, CouponStockShim, ShimConfig, UpstreamError
+
+# private: the pure retry and fallback policy, driven directly
 from shim._policy import BreakerTransition, CircuitBreaker
-from shim._values import BreakerConfig, ShimConfig
+
+# private: config value types, built directly instead of from a file
+from shim._values import BreakerConfig
 from shim.sandbox import Emulator
 from tests.conftest import MD5_MCH, FakeClock, Twin
 

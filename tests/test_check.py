@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+# private: the pure routing decision, driven directly
 from shim._routing import bucket_of
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH

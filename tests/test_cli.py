@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim import _v2 as v2
 from shim.cli import main
 from shim.sandbox import DIVERGENT_FIELDS, Emulator, SandboxState

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 import shim
+
+# private: CLI command internals (exit codes, helpers)
 from shim._commands import ExitCode
 from shim.cli import build_parser
 from shim.sandbox import SandboxState

@@ -19,14 +19,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from rich.cells import cell_len
 
-from shim import CouponStockShim
+from shim import CouponStockShim, InputError, ShimConfig, UpstreamError
+
+# private: compare's model, classification and rendering, tested directly
 from shim._compare.classify import classify
+
+# private: compare's model, classification and rendering, tested directly
 from shim._compare.collect import Comparer, dedupe_ids, read_ids_file, run_compare
+
+# private: compare's model, classification and rendering, tested directly
 from shim._compare.render import render_json, render_table
-from shim._errors import InputError, UpstreamError
+
+# private: the sans-IO flow, driven directly with scripted answers
 from shim._flow import RouteResult
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.load import load_mapping
-from shim._values import ShimConfig
 from shim.cli import main
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState
 from tests.conftest import MD5_MCH
@@ -516,7 +524,8 @@ def test_progress_on_a_terminal_shows_count_rate_and_eta(
     a terminal, one closing line."""
     import io
 
-    from shim._compare.cli import _progress
+    # private: CLI command internals (exit codes, helpers)
+    from shim._commands.compare import _progress
 
     monkeypatch.setenv("FORCE_COLOR", "1")
     err = io.StringIO()

@@ -20,8 +20,7 @@ import wechatpy.pay
 from wechatpy.exceptions import WeChatPayException
 
 import shim
-from shim import CouponStockShim
-from shim._errors import ConfigError, InputError, UpstreamError
+from shim import ConfigError, CouponStockShim, InputError, UpstreamError
 from shim.compat import wechatpy as compat
 from shim.sandbox import Emulator, RunningServer, SandboxState
 

@@ -10,11 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from shim._errors import ConfigError, InputError
-from shim._live import LiveConfig
-from shim._loader import load_config
-from shim._secrets import LiteralSecretWarning
-from shim._values import Secret
+from shim import ConfigError, InputError, LiteralSecretWarning, LiveConfig, Secret, load_config
 
 V2_KEY = "0123456789abcdef0123456789ABCDEF"
 
@@ -191,7 +187,7 @@ def test_live_reload_valid_then_invalid(keydir: Path) -> None:
 
 def test_live_config_sees_env_changes() -> None:
     """With an in-memory config, a changed COUPON_SHIM_MODE takes effect at the next check."""
-    from shim._values import ShimConfig
+    from shim import ShimConfig
 
     env: dict[str, str] = {}
     live = LiveConfig(config=ShimConfig(reload_interval_s=1), env=env, watch=False)

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.converters import (
     CONVERTER_NAMES,
     CONVERTERS,

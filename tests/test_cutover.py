@@ -18,12 +18,16 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from shim import AsyncCouponStockShim, CouponStockShim
+from shim import AsyncCouponStockShim, CouponStockShim, ShimConfig, SignatureError, UpstreamError
+
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim import _v2 as v2
-from shim._errors import SignatureError, UpstreamError
+
+# private: the event names and schema the assertions read
 from shim._events import EVENT
+
+# private: the pure routing decision, driven directly
 from shim._routing import bucket_of
-from shim._values import ShimConfig
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState, seeded_stocks
 from tests.conftest import MD5_MCH, Twin
 

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 import shim
-from shim import _default
-from shim._errors import ConfigError
+
+# private: the process-wide default shim's state, reset between tests
+from shim import ConfigError, _default
 from shim.sandbox import Emulator, SandboxState
 
 MCH = "10000098"
@@ -239,7 +240,7 @@ def test_one_shim_for_all_threads(
 ) -> None:
     """Threads racing on first use get one shim, built once; their calls all answer."""
     monkeypatch.setenv("COUPON_SHIM_CONFIG", str(config_path))
-    from shim._client import CouponStockShim
+    from shim import CouponStockShim
 
     builds: list[int] = []
     real = CouponStockShim.from_file.__func__  # type: ignore[attr-defined]

@@ -13,12 +13,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
 
+from shim import ConfigError, ShimConfig, SignatureError, load_config
+
+# private: the environment overrides, tested directly
 from shim import _environ as environ
+
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim import _v2 as v2
+
+# private: CLI command internals (exit codes, helpers)
 from shim._commands import ExitCode
-from shim._errors import ConfigError, SignatureError
-from shim._loader import load_config
-from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 from tests.test_cli_conventions import assert_one_line_error, coupon_shim

@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from shim import AsyncCouponStockShim, CouponStockShim
+from shim import AsyncCouponStockShim, CouponStockShim, ShimConfig, SignatureError
+
+# private: the pure routing decision, driven directly
 from shim import _routing as routing
-from shim._errors import SignatureError
+
+# private: the event names and schema the assertions read
 from shim._events import CREDENTIALS_REFUSED_EVENT, EVENT
-from shim._values import ShimConfig
 from shim.sandbox import Emulator
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 

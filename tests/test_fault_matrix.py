@@ -19,16 +19,16 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from shim import cli
-from shim._errors import (
+from shim import (
     ConfigError,
     InputError,
     MappingError,
+    ShimConfig,
     ShimError,
     SignatureError,
     UpstreamError,
+    cli,
 )
-from shim._values import ShimConfig
 from shim.sandbox import V2_FAULT_KINDS, V3_FAULT_KINDS, Emulator, SandboxState, serve
 from tests import render_fault_matrix
 from tests.conftest import INPROCESS_URL, Twin

@@ -22,10 +22,13 @@ from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
 
-from shim import AsyncCouponStockShim, CouponStockShim
-from shim._flags import OpenFeatureRouteSource
-from shim._observe import CallRecord
-from shim._values import ShimConfig
+from shim import (
+    AsyncCouponStockShim,
+    CallRecord,
+    CouponStockShim,
+    OpenFeatureRouteSource,
+    ShimConfig,
+)
 from shim.sandbox import Emulator
 from tests.conftest import MD5_MCH, Twin
 from tests.wait import wait_until

@@ -12,9 +12,12 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
 
-from shim._errors import ConfigError
-from shim._flags import OpenFeatureRouteSource
+from shim import ConfigError, OpenFeatureRouteSource
+
+# private: the pure routing decision, driven directly
 from shim._routing import decide, routing_key
+
+# private: config value types, built directly instead of from a file
 from shim._values import RoutingConfig
 
 FLAG = "coupon-shim-route"
@@ -145,6 +148,7 @@ def test_missing_sdk_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None
 def test_route_flags_lifecycle() -> None:
     """RouteFlags builds its own source only when the config asks for OpenFeature, follows a
     reloaded flag key by dropping the source it built, and never replaces the caller's."""
+    # private: the flag source's lifecycle, tested directly
     from shim._flags import RouteFlags
 
     config = RoutingConfig()

@@ -24,8 +24,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from shim import Route, ShimConfig, ShimError, SignatureError, UpstreamError
+
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim import _v2 as v2
-from shim._errors import Route, ShimError, SignatureError, UpstreamError
+
+# private: the sans-IO flow, driven directly with scripted answers
 from shim._flow import (
     CallContext,
     CallOutcome,
@@ -37,10 +41,15 @@ from shim._flow import (
     call_flow,
     route_flow,
 )
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.load import load_mapping
+
+# private: the pure retry and fallback policy, driven directly
 from shim._policy import CircuitBreaker, backoff_delay
+
+# private: the pure routing decision, driven directly
 from shim._routing import Decision, decide
-from shim._values import ShimConfig
 from shim.sandbox import Emulator, SandboxRequest, SandboxState
 from tests.conftest import INPROCESS_URL, FakeClock
 from tests.fault_cases import parse_emulator_config
@@ -587,6 +596,7 @@ def test_the_flow_reads_time_only_through_its_context() -> None:
     them all."""
     fields = {f.name for f in dataclasses.fields(CallContext)}
     assert {"clock", "wall", "nonce", "rng", "deadline"} <= fields
+    # private: the sans-IO flow, driven directly with scripted answers
     import shim._flow as flow_module
 
     source = __import__("inspect").getsource(flow_module)

@@ -26,10 +26,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from shim._errors import ConfigError
-from shim._loader import load_config
-from shim.gateway import ACCESS_EVENT, REFUSALS, running
-from shim.gateway._settings import GatewaySettings, load_gateway_settings
+from shim import ConfigError, load_config
+from shim.gateway import ACCESS_EVENT, REFUSALS, GatewaySettings, load_gateway_settings, running
 from shim.sandbox import Emulator, SandboxState, billion_laughs_xml
 from tests.gateway_support import (
     HMAC_MCH,
@@ -474,6 +472,7 @@ def test_events_through_the_cli_redactor(
     """With the CLI's logging (as coupon-shim serve runs), events are JSON and redacted."""
     import io
 
+    # private: the event names and schema the assertions read
     from shim._events import configure_cli_logging
 
     stream = io.StringIO()

@@ -22,6 +22,7 @@ from wechatpy.exceptions import WeChatPayException
 from wechatpy.pay import WeChatPay
 from wechatpy.pay.utils import calculate_signature_hmac
 
+# private: the pure routing decision, driven directly
 from shim._routing import bucket_of
 from shim.gateway import RunningGateway, running
 from shim.sandbox import Emulator, SandboxState

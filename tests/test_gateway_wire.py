@@ -9,8 +9,10 @@ from typing import Any
 import httpx
 
 # Private: the corked transport and the server settings are details these tests pin.
-from shim.gateway._server import CorkedHttpProtocol, _Corked, _uvicorn_config, running
-from shim.gateway._settings import GatewaySettings
+from shim.gateway import GatewaySettings, running
+
+# private: gateway internals under test
+from shim.gateway._server import CorkedHttpProtocol, _Corked, _uvicorn_config
 from shim.sandbox import Emulator, SandboxState
 from tests.gateway_support import (
     answer_verifies,

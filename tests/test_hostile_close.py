@@ -19,9 +19,7 @@ from typing import Any
 
 import pytest
 
-from shim import AsyncCouponStockShim, CouponStockShim
-from shim._errors import ClosedError, ShimError
-from shim._values import ShimConfig
+from shim import AsyncCouponStockShim, ClosedError, CouponStockShim, ShimConfig, ShimError
 from shim.sandbox import Emulator, SandboxState
 from tests.fault_cases import parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request, head, real_answer

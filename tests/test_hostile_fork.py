@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 
-from shim import AsyncCouponStockShim, CouponStockShim
-from shim._errors import ShimError
+from shim import AsyncCouponStockShim, CouponStockShim, ShimError
 from shim.sandbox import Emulator, SandboxState
 from tests.fault_cases import parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request, head, real_answer

@@ -21,10 +21,15 @@ import httpx
 import pytest
 import structlog
 
-from shim import AsyncCouponStockShim, CouponStockShim
-from shim._errors import OverloadError, ShimError, UpstreamError
-from shim._transport import DeadlineTransport
-from shim._values import ShimConfig
+from shim import (
+    AsyncCouponStockShim,
+    CouponStockShim,
+    DeadlineTransport,
+    OverloadError,
+    ShimConfig,
+    ShimError,
+    UpstreamError,
+)
 from shim.sandbox import SandboxState
 from tests.fault_cases import parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request

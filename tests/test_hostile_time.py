@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from shim._errors import ShimError, UpstreamError
+from shim import ShimError, UpstreamError
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import Twin
 from tests.fault_cases import build_twin, parse_emulator_config

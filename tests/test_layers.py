@@ -22,9 +22,17 @@ import pytest
 import tomllib
 
 from shim import AsyncCouponStockShim, ConfigError, CouponStockShim
+
+# private: the sans-IO flow, driven directly with scripted answers
 from shim._flow import Flow, HttpRequest, HttpResponse, TransportFailure, header_map
+
+# private: the config loader's steps, tested one by one
 from shim._loader import parse_config
+
+# private: the config document reader, tested without files
 from shim._toml import parse_document
+
+# private: the transports' internals (deadline streams, limits)
 from shim._transport import run_async, run_sync
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import MD5_MCH, Twin

@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from shim import InputError, SignatureError, UpstreamError
+
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim import _v2 as v2
-from shim._errors import InputError, SignatureError, UpstreamError
 from shim.sandbox import Emulator, SandboxState, seeded_stocks
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin
 

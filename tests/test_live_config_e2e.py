@@ -13,6 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from shim import AsyncCouponStockShim, CouponStockShim
+
+# private: the event names and schema the assertions read
 from shim._events import EVENT
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import MD5_MCH, Twin
@@ -166,13 +168,15 @@ def test_mapping_edits_apply_live_and_a_broken_edit_keeps_the_last_good(
     from structlog.testing import capture_logs
 
     from shim import CouponStockShim
+
+    # private: the mapping's model, loader and converters, tested below the facade
     from shim._mapping.load import default_mapping_dir
 
     folder = tmp_path / "live-mappings"
     shutil.copytree(default_mapping_dir(), folder)
     path = folder / "query_coupon_stock.toml"
     original = path.read_text(encoding="utf-8")
-    from shim._live import LiveConfig
+    from shim import LiveConfig
 
     config = make_config("v3", mapping={"dir": str(folder)}, reload={"check_interval_s": 1.0})
     live = LiveConfig(config=config, env={}, watch=False)

@@ -20,8 +20,7 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
-from shim import CouponStockShim
-from shim._values import ShimConfig
+from shim import CouponStockShim, ShimConfig
 from shim.sandbox import Emulator
 from tests.conftest import MD5_MCH, Twin
 
@@ -164,6 +163,7 @@ def test_structlog_app_gets_events_through_its_own_pipeline(
 
 def test_stdlib_path_redacts_secrets(stdlib_capture: io.StringIO) -> None:
     """Anything logged through the library's stdlib path passes the secret redactor."""
+    # private: the library's logger factory
     from shim._logs import get_logger
 
     get_logger("shim").info("something", sign="ABCDEF0123456789", note="key=supersecretvalue1")
@@ -175,6 +175,7 @@ def test_filtered_level_builds_nothing(
     make_config: Callable[..., ShimConfig], emulator: Emulator, monkeypatch: Any
 ) -> None:
     """Unconfigured, INFO is below the stdlib default level: the event fields are never built."""
+    # private: call records and event fields, inspected directly
     import shim._observe as observe
 
     built: list[Any] = []

@@ -13,9 +13,15 @@ from typing import Any
 
 import pytest
 
-from shim._errors import ConfigError, MappingError
+from shim import ConfigError, MappingError
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.apply import map_error, map_success
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.load import clear_mapping_cache, default_mapping_dir, load_mapping
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.model import KNOWN_V3_ENUMS, ErrorOutcome, MappingTable, MapResult, Unmapped
 
 REPO_MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"

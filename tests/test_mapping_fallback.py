@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from shim._errors import MappingError
+from shim import MappingError
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.load import default_mapping_dir
 from shim.sandbox import Emulator
 from tests.conftest import MD5_MCH, Twin

@@ -20,8 +20,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shim import AsyncCouponStockShim, CouponStockShim, SignatureError, UpstreamError
-from shim._live import LiveConfig
+from shim import AsyncCouponStockShim, CouponStockShim, LiveConfig, SignatureError, UpstreamError
+
+# private: the pure routing decision, driven directly
 from shim._routing import bucket_of
 from shim.metrics import METRIC_NAMES, metrics_for, render_latest
 from shim.sandbox import Emulator, SandboxState
@@ -251,7 +252,7 @@ def test_one_metrics_object_per_registry(make_config: Callable[..., Any]) -> Non
 
 def test_field_labels_are_bounded() -> None:
     """A field name no v2 answer defines is counted as ``other``, never as itself."""
-    from shim.metrics import _field
+    from shim.metrics import _field  # private: the label bounding helper, tested directly
 
     assert _field("coupon_total") == "coupon_total"
     assert _field("x" * 200) == "other"
@@ -262,7 +263,10 @@ def test_answer_field_labels_come_from_the_mapping() -> None:
     """V2_ANSWER_FIELDS is derived, not hand-listed: every v2 key the shipped mapping can
     produce, plus the envelope the shim signs (nonce_str, sign) and the business-error pair its
     error rules fill; nothing else (the older doc's unmapped locked_num is ``other``)."""
+    # private: the mapping's model, loader and converters, tested below the facade
     from shim._mapping.load import default_mapping_dir, load_mapping  # the mapping is the oracle
+
+    # private: the label bounding helper, tested directly
     from shim.metrics import V2_ANSWER_FIELDS, _field
 
     table = load_mapping(default_mapping_dir())

@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from shim._errors import ConfigError
+from shim import ConfigError
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.load import clear_mapping_cache, load_mapping
+
+# private: the MIGRATION.md table generator
 from shim._migration_doc import BEGIN_MARKER, END_MARKER, render_tables, sync_migration_md
 from shim.cli import main as cli_main
 

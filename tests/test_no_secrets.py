@@ -21,9 +21,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from shim import AsyncCouponStockShim, CouponStockShim
-from shim._errors import ShimError
-from shim._values import ShimConfig
+from shim import AsyncCouponStockShim, CouponStockShim, ShimConfig, ShimError
 from shim.cli import main
 from shim.sandbox import DIVERGENT_STOCK_ID, Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin

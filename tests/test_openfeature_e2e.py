@@ -15,7 +15,11 @@ from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvid
 from structlog.testing import capture_logs
 
 from shim import AsyncCouponStockShim, CouponStockShim
+
+# private: the event names and schema the assertions read
 from shim._events import EVENT
+
+# private: the pure routing decision, driven directly
 from shim._routing import bucket_of
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin

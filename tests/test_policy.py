@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from shim._errors import ConfigError, InputError, MappingError, SignatureError, UpstreamError
+from shim import ConfigError, InputError, MappingError, SignatureError, UpstreamError
+
+# private: the pure retry and fallback policy, driven directly
 from shim._policy import CircuitBreaker, backoff_delay, should_retry
+
+# private: config value types, built directly instead of from a file
 from shim._values import BreakerConfig, RetryConfig
 
 CFG = RetryConfig(attempts=3, backoff_initial_s=0.1, backoff_max_s=0.3)

@@ -20,12 +20,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shim import MappingError, ShimError, SignatureError, UpstreamError
+
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim import _v2 as v2
+
+# private: the v3 protocol module, to sign or check v3 wire messages
 from shim import _v3 as v3
-from shim._errors import MappingError, ShimError, SignatureError, UpstreamError
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.apply import map_error, map_success
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.load import load_mapping
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.model import MappingTable
+
+# private: config value types, built directly instead of from a file
 from shim._values import V3Credentials
 from shim.sandbox import SandboxState
 from tests.conftest import INPROCESS_URL

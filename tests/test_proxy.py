@@ -26,9 +26,10 @@ import httpx
 import pytest
 import uvicorn
 
-from shim import CouponStockShim
-from shim._errors import ShimError, UpstreamError
-from shim._transport import DeadlineTransport, proxy_mounts
+from shim import CouponStockShim, DeadlineTransport, ShimError, UpstreamError
+
+# private: the transports' internals (deadline streams, limits)
+from shim._transport import proxy_mounts
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import Twin
 from tests.fault_cases import build_twin, parse_emulator_config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import re
@@ -98,3 +99,40 @@ def test_readme_python_example_runs(
     namespace = {"print": lambda *args: printed.append(args)}
     exec(compile(textwrap.dedent(example), "README.md", "exec"), namespace)
     assert printed == [("满100减10", "4")]
+
+
+def _private_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import of a private shim module in a file."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [a.name for a in node.names]
+            parts = node.module.split(".")
+            if parts[0] == "shim" and (
+                any(p.startswith("_") for p in parts[1:])
+                or any(n.startswith("_") and n not in PUBLIC_DUNDERS for n in names)
+            ):
+                found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "shim" and any(p.startswith("_") for p in parts[1:]):
+                    found.append((node.lineno, alias.name))
+    return found
+
+
+def test_tests_and_bench_import_private_modules_only_saying_why() -> None:
+    """Tests and bench import what users import; a private import carries ``# private: why``
+    on the line above it (or its own line)."""
+    files = sorted([*ROOT.glob("tests/**/*.py"), *ROOT.glob("bench/*.py")])
+    unexplained: list[str] = []
+    for path in files:
+        if "node_modules" in path.parts:
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for lineno, module in _private_imports(path):
+            here = lines[lineno - 1]
+            above = lines[lineno - 2].strip() if lineno >= 2 else ""
+            if "# private:" not in here and not above.startswith("# private:"):
+                unexplained.append(f"{path.relative_to(ROOT)}:{lineno} {module}")
+    assert not unexplained, "private imports without a reason:\n" + "\n".join(unexplained)

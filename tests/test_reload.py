@@ -14,7 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
 
 from shim import ConfigError, CouponStockShim, LiveConfig, ShimError, load_config
+
+# private: the live config's internals
 from shim import _live as live_module
+
+# private: secret and key loading, tested directly
 from shim import _secrets as secrets_module
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH

@@ -21,9 +21,15 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
-from shim import AsyncCouponStockShim, CouponStockShim, InputError, OverloadError, UpstreamError
-from shim._live import LiveConfig
-from shim._observe import CallRecord
+from shim import (
+    AsyncCouponStockShim,
+    CallRecord,
+    CouponStockShim,
+    InputError,
+    LiveConfig,
+    OverloadError,
+    UpstreamError,
+)
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import HMAC_MCH, INPROCESS_URL, MD5_MCH, FakeClock, Twin
 
@@ -497,6 +503,7 @@ async def test_retry_backoff(
     import asyncio
     import time
 
+    # private: the transports' internals (deadline streams, limits)
     import shim._transport as transport
 
     waits: list[float] = []

@@ -14,10 +14,20 @@ import pytest
 import structlog
 
 from shim import CouponStockShim
+
+# private: the event names and schema the assertions read
 from shim._events import configure_cli_logging
+
+# private: the report's model, collection and rendering, tested directly
 from shim._report.collect import aggregate, read_inputs
+
+# private: the report's model, collection and rendering, tested directly
 from shim._report.html import CHART_IDS, render_html
+
+# private: the report's model, collection and rendering, tested directly
 from shim._report.model import Thresholds, percentile
+
+# private: the report's model, collection and rendering, tested directly
 from shim._report.verdict import judge
 from shim.cli import main
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, SandboxState

@@ -19,9 +19,16 @@ from typing import Any
 
 import pytest
 
+# private: the report's model, collection and rendering, tested directly
 from shim._report.collect import aggregate, read_inputs
+
+# private: the report's model, collection and rendering, tested directly
 from shim._report.html import render_html
+
+# private: the report's model, collection and rendering, tested directly
 from shim._report.model import Thresholds
+
+# private: the report's model, collection and rendering, tested directly
 from shim._report.verdict import judge
 from tests import report_data
 

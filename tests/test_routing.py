@@ -12,19 +12,23 @@ from typing import Any
 
 import pytest
 
+# private: the pure routing decision, driven directly
 import shim._routing
+from shim import ConfigError, InputError, MappingError, ShimError, SignatureError, UpstreamError
+
+# private: the environment overrides, tested directly
 from shim._environ import apply_env_overrides, kill_switch_on
-from shim._errors import (
-    ConfigError,
-    InputError,
-    MappingError,
-    ShimError,
-    SignatureError,
-    UpstreamError,
-)
+
+# private: the pure retry and fallback policy, driven directly
 from shim._policy import credentials_refused, fallback_cause, fallback_target
+
+# private: the pure routing decision, driven directly
 from shim._routing import Decision, bucket_of, decide, routing_key
+
+# private: the config document reader, tested without files
 from shim._toml import parse_routing, parse_shadow
+
+# private: config value types, built directly instead of from a file
 from shim._values import BUCKETS, DEFAULT_ROUTING, DEFAULT_SHADOW, RoutingConfig, ShadowConfig
 
 KEYS = [f"{1_900_000_000 + i % 97}:{i}" for i in range(12_000)]
@@ -419,6 +423,7 @@ def test_unknown_kill_switch_value_is_a_loud_warning_once() -> None:
     distinct value; known values log nothing."""
     from structlog.testing import capture_logs
 
+    # private: the environment overrides, tested directly
     from shim import _environ as environ
 
     environ._WARNED_KILL_VALUES.clear()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+# private: CLI command internals (exit codes, helpers)
 from shim._commands import ExitCode
 from shim.sandbox import SandboxState
 from tests.conftest import MD5_MCH

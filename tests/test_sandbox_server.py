@@ -22,6 +22,7 @@ else:  # pragma: no cover
 import shim.sandbox as sandbox
 
 # The CLI's runner (banner, config notes): command code, not part of shim.sandbox.
+# private: CLI command internals (exit codes, helpers)
 from shim._commands.sandbox import run_forever
 from shim.sandbox import (
     FAULT_KINDS,

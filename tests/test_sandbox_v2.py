@@ -30,13 +30,16 @@ from shim.sandbox import (
     RunningServer,
     SandboxRequest,
     SandboxState,
+    billion_laughs_xml,
     parse_request_xml,
     render_xml,
     seeded_stocks,
     serve,
     v2_sign,
 )
-from shim.sandbox._v2 import V2XmlError, billion_laughs_xml
+
+# private: emulator internals under test
+from shim.sandbox._v2 import V2XmlError
 
 MCH_MD5 = "10000098"
 MCH_HMAC = "10000099"
@@ -765,6 +768,7 @@ def test_the_seeded_table_is_the_packaged_data_file() -> None:
     import json
     from importlib import resources
 
+    # private: emulator internals under test
     from shim.sandbox._stocks import STOCKS_RESOURCE, stock_from_json  # the loader is private
 
     doc = json.loads(resources.files("shim.sandbox").joinpath(STOCKS_RESOURCE).read_text("utf-8"))

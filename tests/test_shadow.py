@@ -10,11 +10,21 @@ from typing import Any
 
 import pytest
 
+from shim import ShadowTotals, SignatureError, UpstreamError
+
+# private: the answer diff, tested directly
 from shim._diff import REDACTED, FieldDiff, diff_answers, is_secret_field, normalise
-from shim._errors import SignatureError, UpstreamError
+
+# private: the shadow runners, totals and outcomes, tested directly
 from shim._shadow.outcome import ShadowOutcome, compare_answers, error_kind_of
+
+# private: the shadow runners, totals and outcomes, tested directly
 from shim._shadow.runners import AsyncShadowRunner, ThreadShadowRunner
-from shim._shadow.totals import ShadowStats, ShadowTotals
+
+# private: the shadow runners, totals and outcomes, tested directly
+from shim._shadow.totals import ShadowStats
+
+# private: config value types, built directly instead of from a file
 from shim._values import ShadowConfig
 
 IGNORE = frozenset({"nonce_str", "sign"})

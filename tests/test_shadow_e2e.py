@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from shim import ShadowTotals
+
+# private: the event names and schema the assertions read
 from shim._events import EVENT
-from shim._shadow.totals import ShadowTotals
 from shim.sandbox import DIVERGENT_FIELDS, DIVERGENT_STOCK_ID, Emulator, seeded_stocks
 from tests.conftest import MD5_MCH, Twin
 

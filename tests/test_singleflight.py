@@ -12,9 +12,17 @@ import pytest
 from structlog.testing import capture_logs
 
 from shim import AsyncCouponStockShim, CouponStockShim, UpstreamError
+
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim import _v2 as v2
+
+# private: the event names and schema the assertions read
 from shim._events import EVENT
+
+# private: the sans-IO flow, driven directly with scripted answers
 from shim._flow import CallOutcome, RouteResult
+
+# private: single-flight's structures, tested directly
 from shim._singleflight import AsyncFlights, ThreadFlights
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import MD5_MCH, Twin

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from shim import AsyncCouponStockShim
-from shim._errors import SignatureError, UpstreamError
-from shim._values import ShimConfig
+from shim import AsyncCouponStockShim, ShimConfig, SignatureError, UpstreamError
 from shim.sandbox import Emulator, SandboxState
 from tests.conftest import INPROCESS_URL, FakeClock, Twin
 from tests.fault_cases import build_twin, case_config, parse_emulator_config

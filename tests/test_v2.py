@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from shim import InputError, SignatureError, UpstreamError
+
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim import _v2 as v2
-from shim._errors import InputError, SignatureError, UpstreamError
 
 VECTOR = {
     "appid": "wxd930ea5d5a258f4f",

@@ -9,8 +9,12 @@ from typing import Any
 
 import pytest
 
+from shim import SignatureError, UpstreamError
+
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim import _v2 as v2
-from shim._errors import SignatureError, UpstreamError
+
+# private: the mapping's model, loader and converters, tested below the facade
 from shim._mapping.load import default_mapping_dir, load_mapping
 from shim.sandbox import Emulator, SandboxState, seeded_stocks
 from tests.conftest import HMAC_MCH, MD5_MCH, Twin

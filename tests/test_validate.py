@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from shim import ConfigError
+
+# private: the validation helper, tested directly
 from shim._validate import (
     Invalid,
     Table,

@@ -8,8 +8,10 @@ import xmltodict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shim import UpstreamError
+
+# private: the v2 protocol module, to build or check v2 wire messages
 from shim import _v2 as v2
-from shim._errors import UpstreamError
 
 NAMES = st.sampled_from(["return_code", "sign", "a", "b", "coupon_name", "xml", "x-y"])
 TEXT = st.text(alphabet=st.sampled_from(list("ab 1<>&\"'中\n\t]")), max_size=8)
@@ -124,6 +126,7 @@ def test_parse_xml_matches_xmltodict_on_hostile_prologs(body: bytes) -> None:
 @given(documents())
 def test_the_fast_flat_reader_agrees_with_the_full_parser(doc: bytes) -> None:
     """read_flat gives exactly parse_xml's fields, or None (then the full parser decides)."""
+    # private: the v2 XML reader, compared with its oracle
     from shim._flatxml import read_flat
 
     fast = read_flat(doc)
@@ -146,6 +149,7 @@ def test_the_fast_reader_takes_v2_answers_as_wechat_pay_writes_them(
     fields: dict[str, str], cdata: bool
 ) -> None:
     """CDATA or bare values, any text: fast and full parsers agree, or fast steps aside."""
+    # private: the v2 XML reader, compared with its oracle
     from shim._flatxml import read_flat
 
     def value(v: str) -> str:
@@ -164,6 +168,7 @@ def test_the_fast_reader_takes_v2_answers_as_wechat_pay_writes_them(
 
 def test_the_fast_reader_steps_aside_for_everything_unusual() -> None:
     """DOCTYPE, entities, declarations, BOM, CR, attributes, nesting, repeats: not read fast."""
+    # private: the v2 XML reader, compared with its oracle
     from shim._flatxml import read_flat
 
     for doc in (
