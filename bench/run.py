@@ -1,6 +1,6 @@
 """The coupon-shim benchmark: the shim side by side with its floor and the wechatpayv3 SDK.
 
-    python bench/run.py [--quick] [--out bench/results.json]
+    python bench/run.py [--quick] [--write | --out PATH] [--only a,c,...] [--table R1 R2 R3]
 
 Starts the WeChat Pay emulator in separate processes (``bench/server.py``) on loopback, over
 HTTP and over HTTPS (a throwaway CA made with ``trustme``), and measures in one run, with
@@ -9,14 +9,21 @@ warm-up and interleaved rounds (floor, shim, shim, floor, ...), medians and IQR:
 a. shim v3 route (sync) vs the floor: one pooled ``httpx.Client`` + ``wechatpayv3.utils``
    signing + answer verification + JSON parse, written here;
 b. shim v3 route vs ``wechatpayv3.WeChatPay.marketing_favor_stock_detail`` (HTTP, HTTPS);
-c. the async twin at concurrency 1, 16 and 64 vs an async floor, calls per second;
+c. the async twin at concurrency 1, 64, 256 and 1,024 vs an async floor, calls per second
+   (single-flight off and no fallback: one route and its whole budget, as the floor has), and
+   the sync twin from 64 threads vs the sync floor;
 d. shadow mode: the served answer's latency vs legacy mode's;
 e. the shim's own CPU per call, network and RSA taken out, and a cProfile of it;
+g. a 10,000-merchant config: cold load, reload, own CPU per call, and the worst call stall
+   while a 1,000-merchant file is rewritten and reloaded (with the GC pauses that bound it);
+h. hot keys: 64 async callers over 10 stocks, single-flight on and off, a 1 s cache;
 f. ``import shim`` time and memory after 10,000 calls.
 
 Events are filtered at WARNING (as a production app would run) unless a row says
 "events on" (the CLI's JSON renderer at INFO, written to /dev/null). It prints a table and
-writes the figures, the targets and the machine to ``bench/results.json``.
+writes the figures, the targets and the machine to a file outside the checkout (the path is
+printed), or to ``bench/results.json`` with ``--write``. ``--quick`` measures every row from
+smaller samples (its 10,000-merchant row on 2,000 merchants), in about a minute.
 """
 
 from __future__ import annotations
@@ -477,7 +484,11 @@ def _breakers_open(s: Any) -> int:
 async def _bench_async(env: Env, p: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     budget = 10.0
-    cfg = env.config(env.http_url, "v3", "v3-async", single_flight_enabled=False)
+    # The floor has one route and no budget: the shim runs the same single route with its
+    # whole budget (no fallback to reserve half of it for), so queueing is what is compared.
+    cfg = env.config(
+        env.http_url, "v3", "v3-async", single_flight_enabled=False, fallback_to_legacy=False
+    )
     ashim = AsyncCouponStockShim(cfg, env={})
     floor = AsyncFloor(env, env.http_url)
 
@@ -493,8 +504,10 @@ async def _bench_async(env: Env, p: argparse.Namespace) -> dict[str, Any]:
     sides = {"floor": floor_side, "shim": shim_side}
     for conc in (1, 64, 256, 1024):
         total = max(conc, p.async_calls if conc <= 64 else conc * p.async_per_task)
-        for fn in sides.values():  # warm-up: open the connections
-            await _throughput(fn, min(conc, 64), min(conc, 64) * 2)
+        if conc == 1 or not p.quick:  # --quick warms up once, for every level
+            warm = 64 if p.quick else min(conc, 64)
+            for fn in sides.values():  # warm-up: open the connections
+                await _throughput(fn, warm, warm * 2)
         runs: dict[str, list[Tally]] = {"floor": [], "shim": []}
         rounds = p.async_rounds if conc <= 64 else p.async_big_rounds
         for r in range(rounds):
@@ -525,7 +538,9 @@ def bench_threads(env: Env, p: argparse.Namespace) -> dict[str, Any]:
     """The sync twin from 64 threads vs the sync floor from 64 threads, calls per second."""
     from concurrent.futures import ThreadPoolExecutor
 
-    cfg = env.config(env.http_url, "v3", "v3-threads", single_flight_enabled=False)
+    cfg = env.config(
+        env.http_url, "v3", "v3-threads", single_flight_enabled=False, fallback_to_legacy=False
+    )
     s = CouponStockShim(cfg, env={})
     floor = Floor(env, env.http_url)
     sides = {"floor": floor.call, "shim": shim_call(s)}
@@ -851,16 +866,16 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
     from shim import _secrets as shim_secrets
 
     out: dict[str, Any] = {}
-    big = _many_merchants(env, 10_000, "m10000")
+    big = _many_merchants(env, p.big_merchants, "m-big")
     loads = [_cold_load_s(big) for _ in range(p.config_runs)]
+    out["g_big_merchants"] = p.big_merchants
     out["g_load_10000_s"] = summary(loads)
-    out["g_load_per_1000_s"] = summary([x / 10 for x in loads])
+    out["g_load_per_1000_s"] = summary([x / (p.big_merchants / 1000) for x in loads])
     thousand = _many_merchants(env, 1_000, "m1000")
     out["g_load_1000_s"] = summary([_cold_load_s(thousand) for _ in range(p.config_runs)])
     t0 = time.perf_counter()
     load_config(big, env={})
-    load_config(big, env={})
-    out["g_reload_10000_warm_s"] = (time.perf_counter() - t0) / 2
+    out["g_reload_10000_warm_s"] = time.perf_counter() - t0
     # What one distinct key costs once: the shim's check vs OpenSSL's full validation.
     pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
@@ -883,6 +898,11 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         out["g_cpu_10000_merchants_us"] = _per_call_us(shim_call(large), p.cpu_calls, p.cpu_batches)
         for s in (small, large):
             s.close()
+        # The stall row is about a process serving the 1,000-merchant config: the big
+        # config above is dropped first (a full garbage collection walks every live object,
+        # and would stall calls for as long whatever triggered it).
+        del small, large
+        gc.collect()
 
         # Worst call stall while a 1,000-merchant file is rewritten and reloaded.
         watched = _many_merchants(env, 1_000, "reload", interval_s=0.05)
@@ -901,6 +921,17 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
                 call()
                 samples.append((t0, clock() - t0))
 
+        pauses: list[tuple[int, float, float]] = []  # (generation, start, seconds)
+        gc_started = [0.0]
+
+        def gc_watch(phase: str, info: dict[str, Any]) -> None:
+            now = time.perf_counter()
+            if phase == "start":
+                gc_started[0] = now
+            else:
+                pauses.append((info["generation"], gc_started[0], now - gc_started[0]))
+
+        gc.callbacks.append(gc_watch)
         worker = threading.Thread(target=caller)
         worker.start()
         time.sleep(0.5)
@@ -921,6 +952,7 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.3)
         stop.set()
         worker.join(10)
+        gc.callbacks.remove(gc_watch)
         live.close()
     quiet = [lat for t0, lat in samples if t0 < quiet_end]
     during = [
@@ -936,6 +968,14 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         "worst_call_quiet_ms": max(quiet) * 1000,
         "worst_call_during_reload_ms": max(during) * 1000 if during else float("nan"),
         "calls_during_reloads": len(during),
+        # what bounds the stall: the longest garbage collection during the reloads
+        "worst_gc_during_reload_ms": max(
+            (d * 1000 for _, t0, d in pauses if any(a - 0.05 <= t0 <= b for a, b in windows)),
+            default=0.0,
+        ),
+        "full_collections_during_reloads": sum(
+            1 for g, t0, _ in pauses if g == 2 and any(a - 0.05 <= t0 <= b for a, b in windows)
+        ),
     }
     return out
 
@@ -947,7 +987,7 @@ def bench_import_memory(env: Env, p: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     exe = sys.executable
     cumulative = []
-    for _ in range(5):
+    for _ in range(p.import_runs):
         proc = subprocess.run(
             [exe, "-X", "importtime", "-c", "import shim"], capture_output=True, text=True
         )
@@ -959,7 +999,7 @@ def bench_import_memory(env: Env, p: argparse.Namespace) -> dict[str, Any]:
 
     def wall(code: str) -> list[float]:
         times = []
-        for _ in range(7):
+        for _ in range(p.import_runs):
             t0 = time.perf_counter()
             subprocess.run([exe, "-c", code], check=True)
             times.append((time.perf_counter() - t0) * 1000.0)
@@ -1126,16 +1166,17 @@ def table(r: dict[str, Any]) -> str:
     for prof in r["e_profile_top"][:10]:
         lines.append(f"    {prof['tottime_us']:>7.2f}  {prof['function']}")
     lines.append("g. config scale")
-    row("10,000 merchants, cold load", f"{r['g_load_10000_s']['median']:.2f} s")
+    n_big = f"{r.get('g_big_merchants', 10_000):,}"
+    row(f"{n_big} merchants, cold load", f"{r['g_load_10000_s']['median']:.2f} s")
     row("  per 1,000 merchants", f"{r['g_load_per_1000_s']['median']:.3f} s")
     row("1,000 merchants, cold load", f"{r['g_load_1000_s']['median']:.3f} s")
-    row("10,000 merchants, reload (keys already parsed)", f"{r['g_reload_10000_warm_s']:.2f} s")
+    row(f"{n_big} merchants, reload (keys already parsed)", f"{r['g_reload_10000_warm_s']:.2f} s")
     row(
         "one new key: shim check / OpenSSL validation",
         f"{r['g_key_check_ms']:.1f} ms / {r['g_key_openssl_validation_ms']:.1f} ms",
     )
     row(
-        "own CPU per call, 2 / 10,000 merchants",
+        f"own CPU per call, 2 / {n_big} merchants",
         f"{r['g_cpu_2_merchants_us']['median']:.1f} / "
         f"{r['g_cpu_10000_merchants_us']['median']:.1f} us",
     )
@@ -1144,7 +1185,9 @@ def table(r: dict[str, Any]) -> str:
         f"1,000-merchant reloads ({g['swapped']}/{g['reloads']} swapped)",
         f"reload {g['reload_s']['median'] * 1000:.0f} ms off the call path; call median "
         f"{g['call_median_ms']:.2f} ms; worst call during reloads "
-        f"{g['worst_call_during_reload_ms']:.2f} ms (quiet: {g['worst_call_quiet_ms']:.2f} ms)",
+        f"{g['worst_call_during_reload_ms']:.2f} ms (quiet: {g['worst_call_quiet_ms']:.2f} ms); "
+        f"longest GC {g['worst_gc_during_reload_ms']:.1f} ms, "
+        f"{g['full_collections_during_reloads']} full",
     )
     lines.append("f. import and memory")
     row("import shim (wall, minus python -c pass)", f"{r['f_import_wall_ms']:.0f} ms")
@@ -1247,23 +1290,26 @@ def main(argv: list[str] | None = None) -> int:
         print(readme_table(p.table))
         return 0
     q = p.quick
-    scale = 0.4 if q else 1.0
-    p.rounds = 3 if q else 8
-    p.per_round = int(120 * scale)
-    p.sdk_per_round = int(60 * scale)
-    p.shadow_per_round = int(40 * scale)
-    p.warmup = 30 if q else 60
-    p.async_rounds = 2 if q else 3
+    # --quick: every row, from smaller samples (about a minute on a quiet 2-core machine);
+    # its 10,000-merchant row is measured on 2,000 merchants and scaled per 1,000.
+    p.rounds = 2 if q else 8
+    p.per_round = 30 if q else 120
+    p.sdk_per_round = 12 if q else 60
+    p.shadow_per_round = 10 if q else 40
+    p.warmup = 10 if q else 60
+    p.async_rounds = 1 if q else 3
     p.async_big_rounds = 1 if q else 3
-    p.async_calls = 128 if q else 384
+    p.async_calls = 64 if q else 384
     p.async_per_task = 1 if q else 2
-    p.thread_calls = 192 if q else 768
-    p.hot_calls = 384 if q else 2048
-    p.cpu_calls = 500 if q else 2000
-    p.cpu_batches = 5 if q else 9
-    p.mem_calls = 1000 if q else 10_000
+    p.thread_calls = 128 if q else 768
+    p.hot_calls = 256 if q else 2048
+    p.cpu_calls = 300 if q else 2000
+    p.cpu_batches = 3 if q else 9
+    p.mem_calls = 500 if q else 10_000
     p.config_runs = 1 if q else 3
-    p.reloads = 3 if q else 5
+    p.big_merchants = 2_000 if q else 10_000
+    p.reloads = 2 if q else 5
+    p.import_runs = 3 if q else 7
     out_path = p.out or (HERE / "results.json" if p.write else default_out())
 
     events_filtered()

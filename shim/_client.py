@@ -22,7 +22,7 @@ import httpx
 
 from shim._cache import AnswerCache, Entry
 from shim._environ import kill_switch_on
-from shim._errors import ClosedError, Route, ShimError, UpstreamError
+from shim._errors import ClosedError, ConfigError, Route, ShimError, UpstreamError
 from shim._flags import OpenFeatureRouteSource, RouteFlags
 from shim._flow import (
     CallContext,
@@ -30,13 +30,12 @@ from shim._flow import (
     Flow,
     RouteResult,
     call_flow,
-    new_nonce,
     resign,
     route_flow,
 )
 from shim._live import LiveConfig
-from shim._mapping.load import load_mapping
 from shim._mapping.model import MappingTable
+from shim._nonces import pooled_nonce
 from shim._observe import CallObservers, CallRecord
 from shim._policy import CircuitBreaker
 from shim._redaction import scrubs_locals, scrubs_locals_async
@@ -167,7 +166,6 @@ class _ShimCore:
         self._clock, self._wall, self._nonce = clock, wall, nonce
         self._breakers: dict[tuple[Route, str], CircuitBreaker] = {}
         self._breaker_lock = threading.Lock()
-        self._mapping: tuple[ShimConfig, MappingTable] | None = None
         # Observers of call records and breaker changes: events always, metrics when
         # prometheus_client is installed (see shim._observe, shim.metrics).
         # The public metrics module is imported when a shim is built, not by ``import shim``.
@@ -265,12 +263,11 @@ class _ShimCore:
     def _table(self, snapshot: ShimConfig) -> MappingTable:
         """The mapping of the snapshot in force (loaded with it; edits arrive by reload)."""
         table = snapshot.mapping
-        if table is not None:
-            return table
-        cached = self._mapping
-        if cached is None or cached[0] is not snapshot:
-            cached = self._mapping = (snapshot, load_mapping(snapshot.mapping_dir))
-        return cached[1]
+        if table is None:  # LiveConfig loads the mapping with every snapshot it holds
+            raise ConfigError(
+                "the config snapshot has no mapping loaded (build it with load_config)"
+            )
+        return table
 
     def _prepare(
         self, values: dict[str, Any], xml: Mapping[str, Any] | None, *, route: Route | None = None
@@ -483,7 +480,7 @@ class CouponStockShim(_ShimCore):
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        nonce: Callable[[], str] = new_nonce,
+        nonce: Callable[[], str] = pooled_nonce,
         logger: Any = None,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
@@ -549,7 +546,7 @@ class CouponStockShim(_ShimCore):
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        nonce: Callable[[], str] = new_nonce,
+        nonce: Callable[[], str] = pooled_nonce,
         logger: Any = None,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
@@ -716,7 +713,7 @@ class AsyncCouponStockShim(_ShimCore):
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        nonce: Callable[[], str] = new_nonce,
+        nonce: Callable[[], str] = pooled_nonce,
         logger: Any = None,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
@@ -773,7 +770,7 @@ class AsyncCouponStockShim(_ShimCore):
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        nonce: Callable[[], str] = new_nonce,
+        nonce: Callable[[], str] = pooled_nonce,
         logger: Any = None,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,

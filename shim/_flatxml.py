@@ -30,7 +30,8 @@ __all__ = ["read_flat"]
 _ROOT: Final = re.compile(r"[ \t\n]*<xml>(.*)</xml>[ \t\n]*", re.DOTALL)
 _ELEMENT: Final = re.compile(
     r"[ \t\n]*<([A-Za-z_][A-Za-z0-9_.\-]{0,63})>"
-    r"(?:<!\[CDATA\[((?:(?!\]\]>).)*)\]\]>|([^<&\]]*))"  # one CDATA section, or plain text
+    # one CDATA section (anything without "]]>", read a run at a time), or plain text
+    r"(?:<!\[CDATA\[((?:[^\]]++|\](?!\]>))*+)\]\]>|([^<&\]]*+))"
     r"</\1>",
     re.DOTALL,
 )

@@ -64,9 +64,12 @@ _XML_TYPES = ("text/xml", "application/xml", "text/plain")
 _UNSIGNED = frozenset({"nonce_str", "sign"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HttpRequest:
-    """One HTTP request for the driver to send, with its time limits."""
+    """One HTTP request for the driver to send, with its time limits.
+
+    Treated as immutable, like every per-call value here (see :class:`CallContext`).
+    """
 
     method: str
     url: str
@@ -136,13 +139,18 @@ Flow = Generator[Instruction, "HttpResponse | TransportFailure | None", T]
 
 
 def new_nonce() -> str:
-    """A fresh 32-character nonce."""
+    """A fresh 32-character nonce (the facades pass a faster one: :mod:`shim._nonces`)."""
     return secrets.token_hex(16)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class CallContext:
-    """Everything one call's flow needs, passed in (time, nonce and randomness included)."""
+    """Everything one call's flow needs, passed in (time, nonce and randomness included).
+
+    Treated as immutable (derive another with :func:`dataclasses.replace`); the per-call
+    values are not declared frozen because a frozen dataclass's ``__init__`` costs four
+    times as much, and the hot path builds several of them on every call.
+    """
 
     config: ShimConfig
     merchant: MerchantConfig
@@ -158,9 +166,12 @@ class CallContext:
     request_fields: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RouteResult:
-    """A verified v2-shaped answer from one route."""
+    """A verified v2-shaped answer from one route.
+
+    Treated as immutable, like every per-call value here (see :class:`CallContext`).
+    """
 
     answer: dict[str, str]
     route: Route
@@ -173,9 +184,12 @@ class RouteResult:
     credentials_refused: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallOutcome:
-    """What served a call."""
+    """What served a call.
+
+    Treated as immutable, like every per-call value here (see :class:`CallContext`).
+    """
 
     result: RouteResult
     served_by: Route

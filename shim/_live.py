@@ -260,6 +260,7 @@ class LiveConfig:
             base_dir=self._path.resolve().parent,
             env=self._env,
             path=self._path,
+            previous=self._config.merchants,
         )
         return with_mapping(config)
 

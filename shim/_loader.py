@@ -31,10 +31,19 @@ __all__ = ["build_config", "load_config", "parse_config", "read_config_file", "w
 
 
 @scrubs_locals
-def build_config(doc: ConfigDocument, *, base_dir: Path, env: Mapping[str, str]) -> ShimConfig:
+def build_config(
+    doc: ConfigDocument,
+    *,
+    base_dir: Path,
+    env: Mapping[str, str],
+    previous: Mapping[str, MerchantConfig] | None = None,
+) -> ShimConfig:
     """Resolve a validated document into a snapshot (env overrides, folders, secrets, keys).
 
-    The mapping is not loaded here (see :func:`with_mapping`).
+    The mapping is not loaded here (see :func:`with_mapping`). A reload passes the merchants
+    in force as ``previous``: a merchant that resolves equal to its previous self keeps that
+    object (a reload of a big file then leaves few new long-lived objects behind, so it
+    rarely sets off a full garbage collection, which would stall every thread).
 
     Raises:
         ConfigError: an override, a folder, a reference or a key is wrong (naming file and key).
@@ -51,9 +60,12 @@ def build_config(doc: ConfigDocument, *, base_dir: Path, env: Mapping[str, str])
     merchants: dict[str, MerchantConfig] = {}
     reads: dict[str, str] = {}  # file: references, read once per load
     for mch_id, draft in doc.merchants.items():
-        merchants[mch_id] = resolve_merchant(
-            draft, base_dir=base_dir, env=env, source=source, reads=reads
-        )
+        merchant = resolve_merchant(draft, base_dir=base_dir, env=env, source=source, reads=reads)
+        if previous is not None:
+            before = previous.get(mch_id)
+            if before is not None and before == merchant:
+                merchant = before
+        merchants[mch_id] = merchant
     return ShimConfig(
         upstream=doc.upstream,
         retry=doc.retry,
@@ -88,6 +100,7 @@ def parse_config(
     base_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
     path: Path | None = None,
+    previous: Mapping[str, MerchantConfig] | None = None,
 ) -> ShimConfig:
     """Build a :class:`ShimConfig` from a decoded TOML document, resolving its secrets.
 
@@ -101,13 +114,19 @@ def parse_config(
         base_dir: folder that relative ``file:`` references resolve against.
         env: environment for ``env:`` references and overrides (default ``os.environ``).
         path: the file the data came from, if any.
+        previous: the merchants in force, on a reload (see :func:`build_config`).
 
     Raises:
         ConfigError: anything is wrong; the message names the file and the key.
     """
     base_dir = base_dir or Path.cwd()
     doc = parse_document(data, source=source, path=path)
-    return build_config(doc, base_dir=base_dir, env=os.environ if env is None else env)
+    return build_config(
+        doc,
+        base_dir=base_dir,
+        env=os.environ if env is None else env,
+        previous=previous,
+    )
 
 
 def read_config_file(path: Path, *, source: str) -> bytes:

@@ -63,7 +63,7 @@ def _to_stdlib(
 class LibraryLogger:
     """A logger that follows the application's choice at each event (see the module doc)."""
 
-    __slots__ = ("_name", "_stdlib")
+    __slots__ = ("_name", "_resolved", "_stdlib")
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -77,6 +77,8 @@ class LibraryLogger:
             ],
             wrapper_class=structlog.stdlib.BoundLogger,
         ).bind()
+        #: (structlog's configuration it was built from, the bound logger): see resolve()
+        self._resolved: tuple[tuple[Any, ...], Any] | None = None
 
     @property
     def name(self) -> str:
@@ -84,10 +86,27 @@ class LibraryLogger:
         return self._name
 
     def resolve(self) -> Any:
-        """The concrete bound logger that the next event goes to."""
-        if structlog.is_configured():
-            return structlog.get_logger(self._name).bind()
-        return self._stdlib
+        """The concrete bound logger that the next event goes to.
+
+        Under a structlog configuration the bound logger is built once and kept until
+        ``structlog.configure()`` changes the processors, context class, wrapper class or
+        logger factory (building it costs more than a filtered event).
+        """
+        if not structlog.is_configured():
+            return self._stdlib
+        config = structlog.get_config()
+        key = (
+            config["processors"],
+            config["context_class"],
+            config["wrapper_class"],
+            config["logger_factory"],
+        )
+        resolved = self._resolved
+        if resolved is not None and all(a is b for a, b in zip(resolved[0], key, strict=True)):
+            return resolved[1]
+        log = structlog.get_logger(self._name).bind()
+        self._resolved = (key, log)
+        return log
 
     def enabled(self, level: int) -> bool:
         """Whether an event at ``level`` would be logged (False: build nothing)."""

@@ -70,8 +70,19 @@ _PATTERNS: Final = (
     # Bare long Base64 runs (an RSA-2048 signature is 344 characters)
     re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{120,}={0,2}"),
 )
+# Text in which none of the patterns above can match, found with one search: each branch is
+# a part that every match of one pattern contains (most logged text, such as event names,
+# routes and timestamps, has none, and is then returned as it is).
+_TRIGGER: Final = re.compile(
+    r"wechatpay2-sha256|-----begin|<\w*(?:sign|key|signature)>|[A-Za-z0-9+/]{120}"
+    rf"""|(?:{_NAME_WORDS})['"]?\s*[:=]""",
+    re.IGNORECASE,
+)
 _MAX_DEPTH: Final = 8
 _PLAIN: Final = (int, float, bool, type(None))
+#: is_secret_name's answers for names seen (event keys repeat on every event); bounded.
+_SECRET_NAMES: dict[str, bool] = {}
+_SECRET_NAMES_MAX: Final = 4096
 
 
 def is_secret_name(name: object) -> bool:
@@ -81,10 +92,23 @@ def is_secret_name(name: object) -> bool:
     ``Wechatpay-Signature``, ``key``, ``v2_key``, ``api_key``, ``private_key``, ``secret``,
     ``authorization``, ``password``, ``token`` and the like. ``sign_type`` is not secret.
     """
+    if type(name) is str:
+        known = _SECRET_NAMES.get(name)
+        if known is not None:
+            return known
+        secret = _is_secret_name(name)
+        if len(_SECRET_NAMES) >= _SECRET_NAMES_MAX:
+            _SECRET_NAMES.clear()
+        _SECRET_NAMES[name] = secret
+        return secret
     if isinstance(name, (bytes, bytearray)):
         name = bytes(name).decode("latin-1")
     if not isinstance(name, str):
         return False
+    return _is_secret_name(name)
+
+
+def _is_secret_name(name: str) -> bool:
     compact = _SEPARATORS.sub("", name.lower())
     if not compact:
         return False
@@ -97,6 +121,12 @@ def _item(match: re.Match[str]) -> str:
 
 def redact_text(text: str) -> str:
     """Replace anything in ``text`` that looks like a key, a signature or an Authorization."""
+    if _TRIGGER.search(text) is None:
+        return text  # nothing any pattern could match
+    return _redact_all(text)
+
+
+def _redact_all(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(REDACTED, text)
     return _ITEM.sub(_item, text)

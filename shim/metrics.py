@@ -264,6 +264,7 @@ class ShimMetrics:
             registry=r,
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._hot: dict[tuple[str, str, str, str], tuple[Any, Any, Any]] = {}
 
     # ------------------------------------------------------------------ observer methods
 
@@ -275,15 +276,29 @@ class ShimMetrics:
             child = self._children.setdefault(cache_key, metric.labels(*key))
         return child
 
+    def _per_call(self, key: tuple[str, str, str, str]) -> tuple[Any, Any, Any]:
+        """The bound ``inc``/``observe`` of the three series every call touches."""
+        route, outcome, serve, reason = key
+        bound = (
+            self._child(self.calls, route, outcome).inc,
+            self._child(self.duration, route).observe,
+            self._child(self.decisions, serve, reason).inc,
+        )
+        return self._hot.setdefault(key, bound)
+
     def call(self, record: CallRecord) -> None:
         """Count one finished call (and its shadow comparison, if any)."""
         child = self._child
         route = record.route
         served = record.served
-        child(self.calls, route, record.outcome).inc()
-        child(self.duration, route).observe(record.latency_ms / 1000.0)
         d = record.decision
-        child(self.decisions, d.serve, d.reason).inc()
+        # The three series of every call, bound once per (route, outcome, decision): a
+        # bounded set (two routes, four outcomes, the routing reasons).
+        key = (route, record.outcome, d.serve, d.reason)
+        per_call = self._hot.get(key) or self._per_call(key)
+        per_call[0]()
+        per_call[1](record.latency_ms / 1000.0)
+        per_call[2]()
         if served is None or served.fallback_error is not None:
             first = record.first_error
             if first is not None:
