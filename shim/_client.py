@@ -200,6 +200,17 @@ class _ShimCore:
         """The shadow runner, if one was built (read-only, for tests and the load bench)."""
         return self._shadows.running
 
+    def _enter(self) -> None:
+        """Before each call: a forked child rebuilds its own state; a closed shim refuses."""
+        if self._pid != _PID:
+            self._after_fork()
+        if self._closed:
+            raise ClosedError(_CLOSED_MESSAGE)
+
+    def _after_fork(self) -> None:
+        """A twin's own pool, gate and flights, anew in a forked child (see the twins)."""
+        raise NotImplementedError
+
     def _fresh_after_fork(self) -> None:
         """In a forked child: state no thread of the parent may hold a lock on, anew."""
         self._breakers = {}
@@ -529,12 +540,6 @@ class CouponStockShim(_ShimCore):
             self._flights = ThreadFlights()  # a leader in a parent thread never finishes here
             self._pid = _PID
 
-    def _enter(self) -> None:
-        if self._pid != _PID:
-            self._after_fork()
-        if self._closed:
-            raise ClosedError(_CLOSED_MESSAGE)
-
     @classmethod
     def from_file(
         cls,
@@ -752,12 +757,6 @@ class AsyncCouponStockShim(_ShimCore):
             self._gate = AsyncAdmission(self._live.current().upstream.max_in_flight)
             self._flights = AsyncFlights()
             self._pid = _PID
-
-    def _enter(self) -> None:
-        if self._pid != _PID:
-            self._after_fork()
-        if self._closed:
-            raise ClosedError(_CLOSED_MESSAGE)
 
     @classmethod
     def from_file(

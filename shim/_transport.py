@@ -790,6 +790,22 @@ def _queued_out(reply: TransportFailure, req: HttpRequest, left: float) -> Trans
     return reply
 
 
+def _gated_failure(
+    reply: TransportFailure,
+    gate: Admission | AsyncAdmission,
+    waited: bool,
+    req: HttpRequest,
+    left: float,
+) -> TransportFailure:
+    """A failed exchange through the admission gate: closed while it ran, or a budget cut
+    after queueing (:func:`_queued_out`); otherwise the failure as it came."""
+    if gate.closed:
+        return _CLOSED
+    if waited:
+        return _queued_out(reply, req, left)
+    return reply
+
+
 def _finish(
     resp: httpx.Response, reader: _BodyReader, failure: TransportFailure | None
 ) -> HttpResponse | TransportFailure:
@@ -869,10 +885,7 @@ def _send_sync(
                 return _CLOSED
             raise
         if isinstance(reply, TransportFailure):
-            if gate.closed:
-                return _CLOSED
-            if waited:
-                return _queued_out(reply, req, remaining)
+            return _gated_failure(reply, gate, waited, req, remaining)
         return reply
     finally:
         gate.release()
@@ -913,19 +926,15 @@ async def _send_async(
     remaining = req.deadline - clock()
     if remaining <= 0:
         return _BUDGET
-    admitted = gate is None
     waited = False
     if gate is not None:
         if gate.closed:
             return _CLOSED
-        if gate.try_acquire():
-            admitted = True
-        else:
+        if not gate.try_acquire():
             waited = True
             try:
                 async with _scope(remaining):  # waiting for a slot counts against the budget
                     await gate.acquire()
-                admitted = True
             except TimeoutError:
                 return _OVERLOAD
             except _GateClosed:
@@ -934,29 +943,39 @@ async def _send_async(
             if remaining <= 0:
                 gate.release()
                 return _OVERLOAD
+    try:
+        if isinstance(client, AsyncPool):
+            reply = await _exchange_pool(client, req, clock, remaining)
+        else:
+            reply = await _exchange_httpx(client, req, clock, remaining)
+    finally:
+        if gate is not None:
+            gate.release()
+    if gate is not None and isinstance(reply, TransportFailure):
+        return _gated_failure(reply, gate, waited, req, remaining)
+    return reply
+
+
+async def _exchange_pool(
+    pool: AsyncPool, req: HttpRequest, clock: Callable[[], float], remaining: float
+) -> HttpResponse | TransportFailure:
     reader = _BodyReader(req, clock)
-    reply: HttpResponse | TransportFailure
-    if isinstance(client, AsyncPool):
-        try:
-            # The pool bounds each socket operation by the deadline itself; this scope is
-            # the backstop, as on the httpx path.
-            async with _scope(remaining + _BACKSTOP_S):
-                got = await client.exchange(req, reader.start, reader.feed, clock)
-            if isinstance(got, TransportFailure):
-                reply = _BUDGET if got.kind == "timeout" and _late(req, clock) else got
-            else:
-                reply = reader.finish() or HttpResponse(got[0], got[1], bytes(reader.body))
-        except TimeoutError:
-            reply = _BUDGET
-        finally:
-            if admitted and gate is not None:
-                gate.release()
-        if gate is not None and isinstance(reply, TransportFailure):
-            if gate.closed:
-                return _CLOSED
-            if waited:
-                return _queued_out(reply, req, remaining)
-        return reply
+    try:
+        # The pool bounds each socket operation by the deadline itself; this scope is the
+        # backstop, as on the httpx path.
+        async with _scope(remaining + _BACKSTOP_S):
+            got = await pool.exchange(req, reader.start, reader.feed, clock)
+    except TimeoutError:
+        return _BUDGET
+    if isinstance(got, TransportFailure):
+        return _BUDGET if got.kind == "timeout" and _late(req, clock) else got
+    return reader.finish() or HttpResponse(got[0], got[1], bytes(reader.body))
+
+
+async def _exchange_httpx(
+    client: httpx.AsyncClient, req: HttpRequest, clock: Callable[[], float], remaining: float
+) -> HttpResponse | TransportFailure:
+    reader = _BodyReader(req, clock)
     try:
         # One timeout over the whole exchange. httpx's own (per-phase) timeouts, cut to the
         # deadline, fire first where they can and close cleanly; this scope, a hair later,
@@ -981,26 +1000,16 @@ async def _send_async(
                     failure = reader.feed(chunk)
                     if failure:
                         break
-            reply = _finish(resp, reader, failure)
+            return _finish(resp, reader, failure)
     except TimeoutError:
-        reply = _BUDGET
+        return _BUDGET
     except _ERRORS as exc:
         reply = _failure(exc)
-        if reply.kind == "timeout" and _late(req, clock):
-            reply = _BUDGET
+        return _BUDGET if reply.kind == "timeout" and _late(req, clock) else reply
     except RuntimeError:
         if not client.is_closed:
             raise
-        reply = _CLOSED
-    finally:
-        if admitted and gate is not None:
-            gate.release()
-    if gate is not None and isinstance(reply, TransportFailure):
-        if gate.closed:
-            return _CLOSED
-        if waited:
-            return _queued_out(reply, req, remaining)
-    return reply
+        return _CLOSED
 
 
 def run_sync(
