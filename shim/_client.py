@@ -56,7 +56,8 @@ from shim._transport import (
     run_async,
     run_sync,
 )
-from shim._values import ShimConfig
+from shim._v2 import REQUEST_FIELDS, V2Request
+from shim._values import MerchantConfig, ShimConfig
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -100,6 +101,31 @@ def _limits(limit: int) -> httpx.Limits:
     )
 
 
+#: A call's answer-cache key and single-flight key (see :meth:`_ShimCore._plan`).
+_Keys = tuple[tuple[Any, ...], tuple[Any, ...]]
+#: What a call's arguments resolve to under one snapshot (:meth:`_ShimCore._resolve`):
+#: request, its fields, merchant, mapping, decision (None: decided per call) and its keys.
+_Static = tuple[
+    V2Request,
+    Mapping[str, str],
+    MerchantConfig,
+    "MappingTable | None",
+    "Decision | None",
+    "_Keys | None",
+]
+#: Argument types a snapshot's memo of resolved calls keeps (anything else is validated anew).
+_MEMO_TYPES: frozenset[type] = frozenset({str, type(None)})
+#: Resolved argument tuples one snapshot's memo keeps before it starts afresh.
+_MEMO_SIZE = 4096
+_REQUEST_FIELD_SET = frozenset(REQUEST_FIELDS)
+
+
+def _cache_key_of(snapshot: ShimConfig, serve: Route, request: V2Request) -> tuple[Any, ...]:
+    """Same merchant, stock, request fields, serving route and upstream."""
+    up = snapshot.upstream
+    return (serve, up.v3_base_url if serve == "v3" else up.v2_base_url, request)
+
+
 @dataclass(slots=True)
 class _Call:
     ctx: CallContext
@@ -107,6 +133,8 @@ class _Call:
     started: float
     #: event fields of how the call was served: ``coalesced`` (single-flight), ``cache``
     tags: dict[str, Any] | None = None
+    #: the cache and single-flight keys of ``decision``, when resolved with the arguments
+    keys: _Keys | None = None
 
 
 @dataclass(slots=True)
@@ -174,6 +202,8 @@ class _ShimCore:
         self._observers = CallObservers(metrics_for(registry) if metrics else None, logger)
         self._cache = AnswerCache(self._live.current().cache.max_entries)
         self._requests = Requests()
+        # the snapshot in force and its memo of resolved calls (see _prepare_args)
+        self._memo: tuple[ShimConfig | None, dict[tuple[Any, ...], _Static]] = (None, {})
         self._live.on_reload(self._on_reload)
         self._live.on_reload_failed(self._on_reload_failed)
         self._pid = _PID
@@ -286,29 +316,119 @@ class _ShimCore:
         """Validate the call, pick the merchant, decide the route, build the context."""
         started = self._clock()
         snapshot = self._live.current()
+        request, request_fields, merchant, mapping, decision, keys = self._resolve(
+            values, xml, snapshot, decide_route=route is None
+        )
+        if route is not None:
+            decision, keys = Decision(route, None, "explicit"), None
+        elif decision is None or kill_switch_on(snapshot.routing, self._env):
+            decision, keys = self._decide(snapshot, request, merchant), None
+        if mapping is None:
+            mapping = self._table(snapshot)
+        return self._call(
+            snapshot, started, request, request_fields, merchant, mapping, decision, keys
+        )
+
+    def _prepare_args(self, args: tuple[Any, ...]) -> _Call:
+        """:meth:`_prepare` of the positional v2 call signature (``args`` in the order of
+        :data:`shim._v2.REQUEST_FIELDS`), through the snapshot's memo of resolved calls."""
+        started = self._clock()
+        snapshot = self._live.current()
+        memo = self._memo
+        if memo[0] is not snapshot:  # a reloaded snapshot: its own memo
+            memo = self._memo = (snapshot, {})
+        # Only plain strings and None are memoised (a str subclass or any other object goes
+        # through validation on every call).
+        static = memo[1].get(args) if {*map(type, args)} <= _MEMO_TYPES else None
+        if static is None:
+            static = self._resolve(dict(zip(REQUEST_FIELDS, args, strict=True)), None, snapshot)
+        request, request_fields, merchant, mapping, decision, keys = static
+        # the kill switch is read on every call (the environment may change at any time)
+        if decision is None or kill_switch_on(snapshot.routing, self._env):
+            decision, keys = self._decide(snapshot, request, merchant), None
+        if mapping is None:
+            mapping = self._table(snapshot)
+        return self._call(
+            snapshot, started, request, request_fields, merchant, mapping, decision, keys
+        )
+
+    def _resolve(
+        self,
+        values: dict[str, Any],
+        xml: Mapping[str, Any] | None,
+        snapshot: ShimConfig,
+        *,
+        decide_route: bool = True,
+    ) -> _Static:
+        """What a call's arguments resolve to under ``snapshot``, whatever the call's time:
+        the validated request, the merchant, the mapping and, unless a flag source decides
+        each call, the routing decision without the kill switch with its cache and
+        single-flight keys. Kept in the snapshot's memo when the arguments are memoisable
+        (plain strings or None), never when any step raises. ``decide_route=False``
+        (``query_via``): no routing decision, nothing memoised."""
+        memo_key = None
+        if decide_route and xml is None and values.keys() <= _REQUEST_FIELD_SET:
+            memo_key = tuple([values.get(name) for name in REQUEST_FIELDS])
         request, request_fields = self._requests.normalise(values, xml, snapshot)
         merchant = snapshot.merchant(request.mch_id)
-        if route is not None:
-            decision = Decision(route, None, "explicit")
-        else:
-            routing = snapshot.routing
-            mch_id, stock_id = request.mch_id, request.coupon_stock_id
-            bucket_by = merchant.bucket_by
-            decision = decide(
-                routing,
-                mch_id=mch_id,
-                coupon_stock_id=stock_id,
-                kill_switch=kill_switch_on(routing, self._env),
-                v3_available=merchant.v3 is not None,
-                bucket_by=bucket_by,
-                flag_mode=self._flags.mode_for(
-                    routing, mch_id, stock_id, bucket_by or routing.bucket_by
-                ),
-            )
+        decision: Decision | None = None
+        keys: _Keys | None = None
+        if decide_route and snapshot.routing.flag_source != "openfeature":
+            decision = self._decide(snapshot, request, merchant, kill_switch=False)
+            cache_key = _cache_key_of(snapshot, decision.serve, request)
+            keys = (cache_key, (*cache_key, decision.shadow))
+        # (a flag source decides each call: the mapping is checked after that decision)
+        mapping = snapshot.mapping if decision is None else self._table(snapshot)
+        static = (request, request_fields, merchant, mapping, decision, keys)
+        if memo_key is not None and {*map(type, memo_key)} <= _MEMO_TYPES:
+            memo = self._memo
+            if memo[0] is snapshot:
+                if len(memo[1]) >= _MEMO_SIZE:
+                    memo[1].clear()
+                memo[1][memo_key] = static
+        return static
+
+    def _decide(
+        self,
+        snapshot: ShimConfig,
+        request: V2Request,
+        merchant: MerchantConfig,
+        *,
+        kill_switch: bool | None = None,
+    ) -> Decision:
+        """The routing decision of one call (the kill switch read now unless given)."""
+        routing = snapshot.routing
+        mch_id, stock_id = request.mch_id, request.coupon_stock_id
+        bucket_by = merchant.bucket_by
+        return decide(
+            routing,
+            mch_id=mch_id,
+            coupon_stock_id=stock_id,
+            kill_switch=(
+                kill_switch_on(routing, self._env) if kill_switch is None else kill_switch
+            ),
+            v3_available=merchant.v3 is not None,
+            bucket_by=bucket_by,
+            flag_mode=self._flags.mode_for(
+                routing, mch_id, stock_id, bucket_by or routing.bucket_by
+            ),
+        )
+
+    def _call(
+        self,
+        snapshot: ShimConfig,
+        started: float,
+        request: V2Request,
+        request_fields: Mapping[str, str],
+        merchant: MerchantConfig,
+        mapping: MappingTable,
+        decision: Decision,
+        keys: _Keys | None,
+    ) -> _Call:
         ctx = CallContext(
             config=snapshot,
             merchant=merchant,
-            mapping=self._table(snapshot),
+            mapping=mapping,
             request=request,
             request_fields=request_fields,
             breakers=self.breaker,
@@ -318,7 +438,7 @@ class _ShimCore:
             wall=self._wall,
             nonce=self._nonce,
         )
-        return _Call(ctx, decision, started)
+        return _Call(ctx, decision, started, keys=keys)
 
     def _prepare_via(self, route: Route, fields: dict[str, Any]) -> _Call:
         values, xml = via_values(route, fields)
@@ -329,9 +449,10 @@ class _ShimCore:
     def _plan(self, call: _Call) -> _Plan | CallOutcome:
         """The cache's answer, or how to serve the call (with or without single-flight)."""
         snapshot = call.ctx.config
+        keys = call.keys
         key = None
         if snapshot.cache.ttl_s > 0:
-            key = self._cache_key(call)
+            key = keys[0] if keys is not None else self._cache_key(call)
             entry: Entry | None = self._cache.get(key, self._clock())
             call.tags = {"cache": "hit" if entry is not None else "miss"}
             if entry is not None:
@@ -340,13 +461,13 @@ class _ShimCore:
                 return CallOutcome(result, route, False)
         if not snapshot.single_flight.enabled:
             return _Plan(key)
-        flight_key = (*(key or self._cache_key(call)), call.decision.shadow)
-        return _Plan(key, flight_key)
+        if keys is not None:
+            return _Plan(key, keys[1])
+        return _Plan(key, (*(key or self._cache_key(call)), call.decision.shadow))
 
     def _cache_key(self, call: _Call) -> tuple[Any, ...]:
         """Same merchant, stock, request fields, serving route and upstream."""
-        up, serve = call.ctx.config.upstream, call.decision.serve
-        return (serve, up.v3_base_url if serve == "v3" else up.v2_base_url, call.ctx.request)
+        return _cache_key_of(call.ctx.config, call.decision.serve, call.ctx.request)
 
     def _waits(self, call: _Call) -> dict[str, Any]:
         """A follower's terms in single-flight: which shared outcome may serve it (one whose
@@ -598,8 +719,15 @@ class CouponStockShim(_ShimCore):
             ConfigError: the merchant's configuration cannot serve the chosen route.
         """
         self._enter()
-        values = call_values(coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
-        call = self._prepare(values, xml)
+        if xml is None:
+            call = self._prepare_args(
+                (coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
+            )
+        else:
+            values = call_values(
+                coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type
+            )
+            call = self._prepare(values, xml)
         try:
             outcome = self._serve(call)
         except ShimError as err:
@@ -612,16 +740,31 @@ class CouponStockShim(_ShimCore):
         plan = self._plan(call)
         if not isinstance(plan, _Plan):
             return plan  # a cache hit
-
-        def run() -> CallOutcome:
-            plan.ran()
-            return run_sync(self._flow(call), self._client, self._clock, self._gate)
-
+        key = plan.flight
         try:
-            if plan.flight is None:
-                outcome, coalesced = run(), False
+            if key is None:
+                plan.did_run = True
+                outcome = run_sync(self._flow(call), self._client, self._clock, self._gate)
+                coalesced = False
             else:
-                outcome, coalesced = self._flights.run(plan.flight, run, **self._waits(call))
+                flights = self._flights
+                flight = flights.lead(key)
+                if flight is not None:  # no identical call in flight: this one leads
+                    plan.did_run = True
+                    try:
+                        outcome = run_sync(self._flow(call), self._client, self._clock, self._gate)
+                    except BaseException as err:
+                        flights.land(key, flight, error=err)
+                        raise
+                    flights.land(key, flight, outcome)
+                    coalesced = False
+                else:
+
+                    def run() -> CallOutcome:
+                        plan.ran()
+                        return run_sync(self._flow(call), self._client, self._clock, self._gate)
+
+                    outcome, coalesced = flights.run(key, run, **self._waits(call))
         except ShimError:
             self._unserved(call, plan)
             raise
@@ -805,8 +948,15 @@ class AsyncCouponStockShim(_ShimCore):
     ) -> dict[str, str]:
         """Query a coupon stock with the v2 call signature; see :class:`CouponStockShim`."""
         self._enter()
-        values = call_values(coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
-        call = self._prepare(values, xml)
+        if xml is None:
+            call = self._prepare_args(
+                (coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
+            )
+        else:
+            values = call_values(
+                coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type
+            )
+            call = self._prepare(values, xml)
         try:
             outcome = await self._serve(call)
         except ShimError as err:

@@ -141,13 +141,20 @@ class ThreadFlights(Generic[T]):
                 flight = self._flights.get(key)
                 if flight is None:
                     flight = self._flights[key] = _Flight()
+                    self.stats.led += 1
                     done = None
                 else:
                     done = flight.done
                     if done is None:
                         done = flight.done = threading.Event()
             if done is None:
-                return self._lead(key, flight, call), False
+                try:
+                    led = call()
+                except BaseException as err:
+                    self.land(key, flight, error=err)
+                    raise
+                self.land(key, flight, led)
+                return led, False
             if not done.wait(max(0.0, remaining())):
                 raise expired()
             with self._lock:  # the totals are shared by threads
@@ -156,24 +163,38 @@ class ThreadFlights(Generic[T]):
                 return result, True
             # too old, or abandoned: run it ourselves
 
-    def _lead(self, key: Hashable, flight: _Flight[T], call: Callable[[], T]) -> T:
+    def lead(self, key: Hashable) -> _Flight[T] | None:
+        """Lead the flight of ``key`` when none is in flight (the caller then runs the call
+        and hands its outcome to :meth:`land`); None: an identical call is in flight (join it
+        with :meth:`run`). The facade's fast path for a call nobody joins, as :meth:`run`
+        would lead it."""
         with self._lock:
+            if key in self._flights:
+                return None
+            flight = self._flights[key] = _Flight()
             self.stats.led += 1
-        try:
-            result = call()
-        except BaseException as err:
-            flight.failed(err)
-            raise
+        return flight
+
+    def land(
+        self,
+        key: Hashable,
+        flight: _Flight[T],
+        result: T | None = None,
+        *,
+        error: BaseException | None = None,
+    ) -> None:
+        """The leader's outcome (``result``, or how it ended: ``error``) for the followers:
+        the flight closes to newcomers, then its followers are woken."""
+        if error is not None:
+            flight.failed(error)
         else:
             flight.result = result
-            return result
-        finally:
-            with self._lock:  # closed to newcomers before anyone is woken
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
-                done = flight.done
-            if done is not None:
-                done.set()
+        with self._lock:  # closed to newcomers before anyone is woken
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            done = flight.done
+        if done is not None:
+            done.set()
 
 
 class _AsyncFlight(_Outcome[T]):
