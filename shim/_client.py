@@ -128,6 +128,15 @@ def _cache_key_of(snapshot: ShimConfig, serve: Route, request: V2Request) -> tup
 
 @dataclass(slots=True)
 class _Call:
+    """One call, and how :class:`_ShimCore` serves it when the cache did not answer.
+
+    :meth:`_ShimCore._plan` sets the plan: the answer-cache key (``cache_key``, None with the
+    cache off) and the single-flight key (``flight``, None with single-flight off). The twin
+    runs the call's flow (through single-flight when ``flight`` is a key), calling :meth:`ran`
+    from the work it hands to the group, then gives the outcome to :meth:`_ShimCore._settle`
+    (or, for a ShimError, calls :meth:`_ShimCore._unserved`).
+    """
+
     ctx: CallContext
     decision: Decision
     started: float
@@ -135,23 +144,16 @@ class _Call:
     tags: dict[str, Any] | None = None
     #: the cache and single-flight keys of ``decision``, when resolved with the arguments
     keys: _Keys | None = None
-
-
-@dataclass(slots=True)
-class _Plan:
-    """How :class:`_ShimCore` serves one call that the cache did not answer.
-
-    The twin runs the call's flow (through single-flight when ``flight`` is a key), calling
-    :meth:`ran` from the work it hands to the group, then gives the outcome to
-    :meth:`_ShimCore._settle` (or, for a ShimError, calls :meth:`_ShimCore._unserved`).
-    """
-
-    cache_key: Any
+    cache_key: Any = None
     flight: Any = None
     did_run: bool = False
 
     def ran(self) -> None:
         self.did_run = True
+
+
+#: How a call is served (see :class:`_Call`): the call itself, with its plan set.
+_Plan = _Call
 
 
 class _ShimCore:
@@ -447,7 +449,7 @@ class _ShimCore:
     # ------------------------------------------------------------------ serving: the decisions
 
     def _plan(self, call: _Call) -> _Plan | CallOutcome:
-        """The cache's answer, or how to serve the call (with or without single-flight)."""
+        """The cache's answer, or the call with its plan set (with or without single-flight)."""
         snapshot = call.ctx.config
         keys = call.keys
         key = None
@@ -459,11 +461,13 @@ class _ShimCore:
                 route: Route = "v3" if entry.route == "v3" else "legacy"
                 result = RouteResult(resign(call.ctx, entry.fields), route, 0, entry.unmapped)
                 return CallOutcome(result, route, False)
-        if not snapshot.single_flight.enabled:
-            return _Plan(key)
-        if keys is not None:
-            return _Plan(key, keys[1])
-        return _Plan(key, (*(key or self._cache_key(call)), call.decision.shadow))
+            call.cache_key = key
+        if snapshot.single_flight.enabled:
+            if keys is not None:
+                call.flight = keys[1]
+            else:
+                call.flight = (*(key or self._cache_key(call)), call.decision.shadow)
+        return call
 
     def _cache_key(self, call: _Call) -> tuple[Any, ...]:
         """Same merchant, stock, request fields, serving route and upstream."""

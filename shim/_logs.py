@@ -102,8 +102,10 @@ class LibraryLogger:
             config["logger_factory"],
         )
         resolved = self._resolved
-        if resolved is not None and all(a is b for a, b in zip(resolved[0], key, strict=True)):
-            return resolved[1]
+        if resolved is not None:
+            was = resolved[0]
+            if was[0] is key[0] and was[1] is key[1] and was[2] is key[2] and was[3] is key[3]:
+                return resolved[1]
         log = structlog.get_logger(self._name).bind()
         self._resolved = (key, log)
         return log

@@ -180,6 +180,9 @@ def fallback_kind(first: ShimError) -> str:
 def credentials_refusal(record: CallRecord) -> tuple[bool, ShimError | None]:
     """Whether v3 refused the shim's credentials in this call, and the error that said so
     (None for a signed 401 the mapping turned into an answer)."""
+    served = record.served
+    if served is not None and served.fallback_error is None and record.error is None:
+        return served.result.credentials_refused, None  # an answer of the serving route
     for error in (record.first_error, record.error):
         if error is not None and credentials_refused(error):
             return True, error

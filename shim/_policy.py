@@ -192,6 +192,8 @@ class CircuitBreaker:
 
     def allow(self, now: float) -> bool:
         """Whether a request may go out now."""
+        if self._opened_at is None:  # closed (read as the lock would: one attribute)
+            return True
         with self._lock:
             if self._opened_at is None:
                 return True
@@ -204,6 +206,10 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         """An answer arrived (any verified answer, business errors included)."""
+        if self._opened_at is None and self._failures == 0:
+            # Closed with no failure counted: nothing to reset. (A failure counts before it
+            # opens and a success resets both, so this is what taking the lock would find.)
+            return
         with self._lock:
             previous = self.state
             self._failures = 0

@@ -53,10 +53,12 @@ from gunicorn's ``child_exit`` hook so dead workers drop out.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import weakref
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from shim._errors import ConfigError, Route
@@ -151,6 +153,56 @@ def available() -> bool:
 
 def _field(name: str) -> str:
     return name if name in V2_ANSWER_FIELDS else "other"
+
+
+def _counting(child: Any) -> Callable[[], None]:
+    """``child.inc`` (a labelled counter's child) as the value update it comes down to.
+
+    ``Counter.inc`` checks, on every call, that the child has its labels and that the amount
+    is not negative, then adds under the value's lock; for a bound child and an amount of 1
+    only the addition is left. Any other prometheus_client layout keeps the public method.
+    """
+    from prometheus_client import Counter
+
+    value = getattr(child, "_value", None)
+    if type(child).inc is Counter.inc and callable(getattr(value, "inc", None)):
+        return functools.partial(value.inc, 1)  # type: ignore[union-attr]
+    return child.inc  # type: ignore[no-any-return]
+
+
+def _observing(child: Any) -> Callable[[float], None]:
+    """``child.observe`` (a labelled histogram's child), reduced to its value updates.
+
+    ``Histogram.observe`` adds the amount to the sum, then 1 to the first bucket whose upper
+    bound is at least the amount (the last is +Inf), each under its value's lock: the same
+    updates here, the bucket found by bisection. Any other prometheus_client layout keeps
+    the public method.
+    """
+    from prometheus_client import Histogram
+
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if (
+        type(child).observe is not Histogram.observe
+        or not isinstance(bounds, list | tuple)
+        or not isinstance(buckets, list)
+        or len(buckets) != len(bounds)
+        or not callable(getattr(total, "inc", None))
+    ):
+        return child.observe  # type: ignore[no-any-return]
+    upper = tuple(bounds)
+    add = total.inc  # type: ignore[union-attr]
+    counts = tuple(bucket.inc for bucket in buckets)
+    last = len(upper)
+
+    def observe(amount: float) -> None:
+        add(amount)
+        i = bisect_left(upper, amount)
+        if i < last and amount <= upper[i]:  # (never true for NaN, as in observe())
+            counts[i](1)
+
+    return observe
 
 
 class ShimMetrics:
@@ -280,9 +332,9 @@ class ShimMetrics:
         """The bound ``inc``/``observe`` of the three series every call touches."""
         route, outcome, serve, reason = key
         bound = (
-            self._child(self.calls, route, outcome).inc,
-            self._child(self.duration, route).observe,
-            self._child(self.decisions, serve, reason).inc,
+            _counting(self._child(self.calls, route, outcome)),
+            _observing(self._child(self.duration, route)),
+            _counting(self._child(self.decisions, serve, reason)),
         )
         return self._hot.setdefault(key, bound)
 

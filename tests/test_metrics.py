@@ -259,6 +259,36 @@ def test_field_labels_are_bounded() -> None:
     assert _field("9000000001") == "other"
 
 
+def test_the_per_call_updates_record_what_prometheus_own_methods_record() -> None:
+    """The bound per-call updates (counter +1, histogram observe) leave exactly the samples
+    that ``Counter.inc`` and ``Histogram.observe`` leave, bucket boundaries included."""
+    from prometheus_client import Counter, Histogram
+
+    # private: the reduced per-call updates, held to prometheus_client's own methods
+    from shim.metrics import DURATION_BUCKETS, _counting, _observing
+
+    amounts = [0.0, -1.0, 1e-9, float("inf"), float("nan"), 10.0, 10.000001, 123.0]
+    for bound in DURATION_BUCKETS:
+        amounts += [bound, bound - 1e-12, bound + 1e-12, bound / 2]
+    scraped = []
+    for fast in (False, True):
+        registry = CollectorRegistry()
+        hist = Histogram("h_seconds", "h", ["route"], buckets=DURATION_BUCKETS, registry=registry)
+        count = Counter("c", "c", ["route"], registry=registry)
+        observe = (_observing if fast else lambda c: c.observe)(hist.labels("v3"))
+        inc = (_counting if fast else lambda c: c.inc)(count.labels("v3"))
+        for amount in amounts:
+            observe(amount)
+            inc()
+        scraped.append(
+            {k: v for k, v in scrape(registry).items() if not k[0].endswith("_created")}
+        )
+    slow, fast_ = scraped
+    nan_free = {k: v for k, v in slow.items() if v == v}
+    assert {k: v for k, v in fast_.items() if v == v} == nan_free
+    assert set(fast_) == set(slow) and len(nan_free) > len(DURATION_BUCKETS)
+
+
 def test_answer_field_labels_come_from_the_mapping() -> None:
     """V2_ANSWER_FIELDS is derived, not hand-listed: every v2 key the shipped mapping can
     produce, plus the envelope the shim signs (nonce_str, sign) and the business-error pair its
