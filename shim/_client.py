@@ -297,6 +297,7 @@ class _ShimCore:
         # Cached answers were verified and mapped under the old snapshot: start afresh.
         self._cache.resize(new.cache.max_entries)
         self._cache.clear()
+        self._memo = (None, {})  # calls resolve anew under the new snapshot
         self._observers.reload(applied=True)
         self._observers.breakers_forgotten(gone)
 
@@ -428,17 +429,17 @@ class _ShimCore:
         keys: _Keys | None,
     ) -> _Call:
         ctx = CallContext(
-            config=snapshot,
-            merchant=merchant,
-            mapping=mapping,
-            request=request,
+            snapshot,
+            merchant,
+            mapping,
+            request,
+            self.breaker,
+            started + snapshot.upstream.budget_s,
+            snapshot.retry.attempts,
+            self._clock,
+            self._wall,
+            self._nonce,
             request_fields=request_fields,
-            breakers=self.breaker,
-            deadline=started + snapshot.upstream.budget_s,
-            attempts=snapshot.retry.attempts,
-            clock=self._clock,
-            wall=self._wall,
-            nonce=self._nonce,
         )
         return _Call(ctx, decision, started, keys=keys)
 

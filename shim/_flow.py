@@ -143,13 +143,14 @@ def new_nonce() -> str:
     return secrets.token_hex(16)
 
 
-@dataclass(kw_only=True, slots=True)
+@dataclass(slots=True)
 class CallContext:
     """Everything one call's flow needs, passed in (time, nonce and randomness included).
 
     Treated as immutable (derive another with :func:`dataclasses.replace`); the per-call
     values are not declared frozen because a frozen dataclass's ``__init__`` costs four
-    times as much, and the hot path builds several of them on every call.
+    times as much, and the hot path builds several of them on every call (it passes the
+    fields by position: a dozen keyword arguments cost more than the whole ``__init__``).
     """
 
     config: ShimConfig
@@ -212,7 +213,18 @@ def _answer(reply: HttpResponse | TransportFailure | None, route: Route) -> Http
 
 def _media_type(headers: Mapping[str, str]) -> str:
     """``text/xml`` of ``Content-Type: text/xml; charset=utf-8`` (lower-case; "" if absent)."""
-    return headers.get("content-type", "").split(";")[0].strip().lower()
+    raw = headers.get("content-type", "")
+    media = _MEDIA_TYPES.get(raw)
+    if media is None:
+        media = raw.split(";")[0].strip().lower()
+        if len(_MEDIA_TYPES) < _MEDIA_TYPES_KEPT and len(raw) <= 128:
+            _MEDIA_TYPES[raw] = media  # the few an upstream sends, bounded whatever it sends
+    return media
+
+
+#: ``Content-Type`` values seen, and their media types (pure, so shared; bounded).
+_MEDIA_TYPES: dict[str, str] = {}
+_MEDIA_TYPES_KEPT = 64
 
 
 def _request(

@@ -62,7 +62,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from shim._errors import ConfigError, Route
-from shim._observe import fallback_kind
+from shim._observe import fallback_kind, outcome_of
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -341,12 +341,15 @@ class ShimMetrics:
     def call(self, record: CallRecord) -> None:
         """Count one finished call (and its shadow comparison, if any)."""
         child = self._child
-        route = record.route
         served = record.served
         d = record.decision
+        if served is not None:  # (record.route and record.outcome, read once)
+            route, outcome = served.served_by, outcome_of(served.result.answer)
+        else:
+            route, outcome = record.route, "error"
         # The three series of every call, bound once per (route, outcome, decision): a
         # bounded set (two routes, four outcomes, the routing reasons).
-        key = (route, record.outcome, d.serve, d.reason)
+        key = (route, outcome, d.serve, d.reason)
         per_call = self._hot.get(key) or self._per_call(key)
         per_call[0]()
         per_call[1](record.latency_ms / 1000.0)

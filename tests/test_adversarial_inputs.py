@@ -84,6 +84,29 @@ async def test_query_via_refuses_unknown_routes(
     assert emulator.request_counts == {}
 
 
+class _LooksLikeAStock:
+    """Hashes and compares like the string "1757", but is no string."""
+
+    def __hash__(self) -> int:
+        return hash("1757")
+
+    def __eq__(self, other: object) -> bool:
+        return other == "1757"
+
+
+async def test_an_object_equal_to_a_served_argument_is_still_validated(
+    make_shim: Callable[..., Twin], emulator: Emulator
+) -> None:
+    """Repeated arguments skip validation only when they are plain strings: an object that
+    compares equal to a stock id just served is still refused, before any I/O."""
+    twin = make_shim("legacy")
+    await twin.query("1757", mch_id=MD5_MCH)
+    with pytest.raises(InputError) as info:
+        await twin.query(_LooksLikeAStock(), mch_id=MD5_MCH)
+    assert info.value.field == "coupon_stock_id"
+    assert emulator.request_counts == {"v2": 1}
+
+
 async def test_good_int_stock_and_left_out_appid_still_work(
     make_shim: Callable[..., Twin],
 ) -> None:
