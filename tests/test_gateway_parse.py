@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-# private: the gateway's pure request checks and the fast reader, compared with each other
+# private: the fast v2 reader, compared with the gateway's full parser
 from shim._flatxml import read_flat
+
+# private: the gateway's pure request checks, tested without a server
 from shim.gateway._protocol import GatewayRefusal, _parse_full, parse_request
 
 NAMES = st.sampled_from(["appid", "mch_id", "sign", "a", "xml", "x-y", "n.1", "_u"])
