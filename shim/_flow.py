@@ -339,7 +339,7 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     answer_headers = reply.headers
     status, rid = reply.status, v3.request_id_of(answer_headers)
     if 200 <= status < 300:
-        v3.verify_answer(creds, answer_headers, reply.body, now=ctx.wall(), status=status)
+        text = v3.verify_answer(creds, answer_headers, reply.body, now=ctx.wall(), status=status)
         ctype = _media_type(answer_headers)
         if ctype != "application/json":
             raise UpstreamError(
@@ -349,7 +349,7 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
                 status=status,
                 request_id=rid,
             )
-        body = v3.parse_json_object(reply.body, status=status, request_id=rid)
+        body = v3.parse_json_object(text, status=status, request_id=rid)
         if body.get("stock_id") != stock_id or body.get("stock_creator_mchid", creator) != creator:
             raise UpstreamError(
                 "v3 answered for another stock or creator merchant than the one asked for; "
