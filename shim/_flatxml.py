@@ -38,8 +38,8 @@ _ELEMENT: Final = re.compile(
     re.DOTALL,
 )
 # Every byte but those XML 1.0 cannot carry below 0x20, and CR (see above). Bytes left over
-# after deleting these are refused; so are U+FFFE and U+FFFF (EF BF BE, EF BF BF in UTF-8),
-# and strict UTF-8 decoding refuses surrogates: what is left is exactly XML's Char, less CR.
+# after deleting these are refused; so are U+FFFE and U+FFFF, and strict UTF-8 decoding
+# refuses surrogates: what is left is exactly XML's Char, less CR.
 _ALLOWED_BYTES: Final = bytes([0x09, 0x0A, *range(0x20, 0x100)])
 _BLANK: Final = " \t\n"
 
@@ -53,11 +53,13 @@ def read_flat(body: bytes) -> dict[str, str] | None:
     Returns:
         The fields in document order, values stripped, or ``None``.
     """
-    if body.translate(None, _ALLOWED_BYTES) or b"\xef\xbf\xbe" in body or b"\xef\xbf\xbf" in body:
+    if body.translate(None, _ALLOWED_BYTES):
         return None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
+        return None
+    if "\ufffe" in text or "\uffff" in text:
         return None
     root = _ROOT.fullmatch(text)
     if root is None:

@@ -186,3 +186,14 @@ def test_printable_token_edges() -> None:
     assert printable_token("!~", max_len=2) == "!~"
     for bad in ("", "a b", "a\x7f", "a\t", "é", "x" * 65):
         assert printable_token(bad, max_len=64) is None
+
+
+def test_the_memoised_key_order_stays_bounded_and_right() -> None:
+    """The same keys in any order sign alike; many key sets never grow the memo unbounded."""
+    a = {"b": "2", "a": "1", "nonce_str": "n", "sign": "S"}
+    b = {"sign": "S", "nonce_str": "n", "a": "1", "b": "2"}
+    assert v2.sign(a, "k", "MD5") == v2.sign(b, "k", "MD5") == _plain_sign(a, "k", "MD5")
+    for i in range(2 * v2._ORDERS_MAX):
+        fields = {f"k{i}": "x", "a": "1", f"z{i % 7}": ""}
+        assert v2.sign(fields, "k", "HMAC-SHA256") == _plain_sign(fields, "k", "HMAC-SHA256")
+        assert len(v2._ORDERS) <= v2._ORDERS_MAX
