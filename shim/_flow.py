@@ -259,7 +259,7 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     """One signed POST to the retired v2 endpoint; the answer is verified, fail closed."""
     m = ctx.merchant
     key = m.v2_key.reveal()
-    fields = v2.build_request_fields(
+    sent_xml = v2.signed_request_xml(
         ctx.request, key=key, sign_type=m.v2_sign_type, nonce=ctx.nonce()
     )
     sent = yield _request(
@@ -269,7 +269,7 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
         "POST",
         ctx.config.upstream.v2_base_url + v2.QUERY_COUPON_STOCK_PATH,
         (("Content-Type", "text/xml; charset=utf-8"), ("User-Agent", USER_AGENT)),
-        v2.to_xml(fields),
+        sent_xml,
     )
     reply = _answer(sent, "legacy")
     received = ctx.clock()

@@ -27,6 +27,7 @@ __all__ = [
     "checked_answer",
     "parse_xml",
     "sign",
+    "signed_request_xml",
     "to_xml",
     "validate_request",
     "verify_answer",
@@ -176,6 +177,60 @@ def build_request_fields(
         fields["sign_type"] = "HMAC-SHA256"
     fields["sign"] = sign(fields, key, sign_type)
     return fields
+
+
+class _RequestTemplate(NamedTuple):
+    """What a signed request's XML and sign string hold besides the nonce and the sign."""
+
+    sign_head: str  # the sorted pairs before nonce_str, each followed by "&"
+    sign_tail: str  # the sorted pairs after nonce_str, each preceded by "&"
+    xml_head: str  # "<xml>" and the request's elements
+    xml_middle: str  # the elements between nonce_str and sign (sign_type)
+
+
+_TEMPLATES: dict[tuple[V2Request, str], _RequestTemplate] = {}
+_TEMPLATES_MAX: Final = 1024
+
+
+def _request_template(request: V2Request, sign_type: str) -> _RequestTemplate:
+    found = _TEMPLATES.get((request, sign_type))
+    if found is not None:
+        return found
+    fields = {k: v for k, v in zip(REQUEST_FIELDS, request, strict=True) if v}
+    extra = {"sign_type": "HMAC-SHA256"} if sign_type == "HMAC-SHA256" else {}
+    pairs = sorted({**fields, **extra}.items())
+    before = [f"{k}={v}" for k, v in pairs if k < "nonce_str"]
+    after = [f"{k}={v}" for k, v in pairs if k > "nonce_str"]
+    found = _RequestTemplate(
+        "".join(f"{pair}&" for pair in before),
+        "".join(f"&{pair}" for pair in after),
+        "<xml>" + "".join(f"<{k}>{_cdata(v)}</{k}>" for k, v in fields.items()),
+        "".join(f"<{k}>{_cdata(v)}</{k}>" for k, v in extra.items()),
+    )
+    if len(_TEMPLATES) >= _TEMPLATES_MAX:
+        _TEMPLATES.clear()
+    _TEMPLATES[(request, sign_type)] = found
+    return found
+
+
+def signed_request_xml(request: V2Request, *, key: str, sign_type: str, nonce: str) -> bytes:
+    """``to_xml(build_request_fields(...))``, byte for byte, from a per-request template.
+
+    A request's fields and their sorted order are the same on every call for it: only the
+    nonce and the sign differ, so the rest is kept (bounded memo, no keys in it).
+    """
+    if not nonce or sign_type not in ("MD5", "HMAC-SHA256"):
+        return to_xml(build_request_fields(request, key=key, sign_type=sign_type, nonce=nonce))
+    t = _request_template(request, sign_type)
+    temp = f"{t.sign_head}nonce_str={nonce}{t.sign_tail}&key={key}".encode()
+    if sign_type == "HMAC-SHA256":
+        signature = hmac.digest(key.encode(), temp, "sha256").hex().upper()
+    else:
+        signature = hashlib.md5(temp, usedforsecurity=False).hexdigest().upper()
+    return (
+        f"{t.xml_head}<nonce_str>{_cdata(nonce)}</nonce_str>{t.xml_middle}"
+        f"<sign><![CDATA[{signature}]]></sign></xml>"
+    ).encode()
 
 
 def _cdata(value: str) -> str:
