@@ -2,8 +2,10 @@
 
 :func:`map_success` turns a v3 success answer into the v2 fields, leaving out and recording
 (:class:`~shim._mapping.model.Unmapped`) every value it cannot convert, never guessing one;
-:func:`map_error` decides how a v3 error answer reaches a v2 caller. Both are lookups in the
-plan :func:`compile_plan` precomputes once, when the table is loaded: no I/O, no clock, no
+:func:`map_error` decides how a v3 error answer reaches a v2 caller. Both use the plan
+:func:`compile_plan` precomputes once, when the table is loaded, which includes the success
+table compiled into one function (plain dicts go through it; any other Mapping through
+:func:`map_success_interpreted`, the reference it is held to): no I/O, no clock, no
 randomness, a few microseconds per call.
 
 ``nonce_str`` and ``sign`` are never produced here: the caller adds a fresh nonce and signs the
@@ -90,22 +92,18 @@ def compile_plan(
 _EMPTY: Final[dict[str, Any]] = {}
 
 
-def _happy(kind: str, index: int) -> tuple[str, str]:
-    """The inline condition on ``v`` and the v2 value it gives, for one converter kind."""
+def _happy(kind: str, index: int, v: str) -> tuple[str, str]:
+    """The inline condition on the value in variable ``v`` and the v2 value it gives."""
     if kind == "text":
-        return "type(v) is str and v.isprintable()", "v"
+        return f"type({v}) is str and {v}.isprintable()", v
     if kind == "integer":
-        return "type(v) is int and 0 <= v <= _MAX_INTEGER", "str(v)"
+        return f"type({v}) is int and 0 <= {v} <= _MAX_INTEGER", f"str({v})"
     if kind == "enum":
-        return f"type(v) is str and (f := _enum{index}.get(v)) is not None", "f"
-    if kind == "epoch_seconds":
-        return "type(v) is str and len(v) <= _MAX_TIME_LEN and type(t := _times(v)) is tuple", (
-            "t[0]"
-        )
-    if kind == "beijing_time":
-        cond = "type(v) is str and len(v) <= _MAX_TIME_LEN and type(t := _times(v)) is tuple"
-        return f"{cond} and t[1]", "t[1]"
+        return f"type({v}) is str and (f := _enum{index}.get({v})) is not None", "f"
     raise AssertionError(f"no inline form for converter {kind!r}")  # pragma: no cover
+
+
+_TIME_KINDS: Final = {"epoch_seconds": 0, "beijing_time": 1}
 
 
 def _compile(
@@ -140,6 +138,8 @@ def _compile(
         ]
     lines.append("    problems = None")
     nodes: dict[tuple[str, ...], str] = {(): "body"}
+    leaves: dict[tuple[str, ...], str] = {}
+    times: dict[tuple[str, ...], str] = {}
     for index, ((v2_key, path, _convert, _required), (kind, table)) in enumerate(
         zip(steps, kinds, strict=True)
     ):
@@ -151,11 +151,25 @@ def _compile(
                     f"    {name} = {nodes[prefix[:-1]]}.get({prefix[-1]!r})",
                     f"    if type({name}) is not dict: {name} = _EMPTY",
                 ]
-        if table is not None:
-            namespace[f"_enum{index}"] = dict(table)
-        cond, value = _happy(kind, index)
+        leaf = leaves.get(path)
+        if leaf is None:  # each path is read once, however many keys it feeds
+            leaf = leaves[path] = f"v{len(leaves)}"
+            lines.append(f"    {leaf} = {nodes[path[:-1]]}.get({path[-1]!r})")
+        if kind in _TIME_KINDS:
+            parsed = times.get(path)
+            if parsed is None:  # and a time is parsed (looked up) once for both its forms
+                parsed = times[path] = f"t{len(times)}"
+                lines.append(
+                    f"    {parsed} = _times({leaf}) if type({leaf}) is str"
+                    f" and len({leaf}) <= _MAX_TIME_LEN else None"
+                )
+            value = f"{parsed}[{_TIME_KINDS[kind]}]"
+            cond = f"type({parsed}) is tuple" + (f" and {value}" if kind == "beijing_time" else "")
+        else:
+            if table is not None:
+                namespace[f"_enum{index}"] = dict(table)
+            cond, value = _happy(kind, index, leaf)
         lines += [
-            f"    v = {nodes[path[:-1]]}.get({path[-1]!r})",
             f"    if {cond}: out[{v2_key!r}] = {value}",
             f"    else: problems = _step(_steps[{index}], body, out, problems)",
         ]
