@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import json.encoder
+import math
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -57,22 +59,50 @@ class _UtcIsoStamper:
         return event_dict
 
 
+def _c_encoder(options: dict[str, Any]) -> Callable[[Any], str] | None:
+    """``json.JSONEncoder(**options).encode`` for dicts, calling the C encoder the stdlib's
+    ``encode`` builds per call directly (a fresh circular-reference memo each call, as
+    there); None unless it is there and writes what ``encode`` writes on a probe event."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None or set(options) - {"default"}:
+        return None
+    stdlib = json.JSONEncoder(**options)
+    fallback = stdlib.default
+    ascii_text = json.encoder.encode_basestring_ascii
+
+    def encode(obj: Any) -> str:
+        if type(obj) is not dict:
+            return stdlib.encode(obj)
+        c = make({}, fallback, ascii_text, None, ": ", ", ", False, False, True)
+        return "".join(c(obj, 0))
+
+    probe = {"event": 'é\n"', "n": [1, -2.5, None, True], "x": math.inf, "o": {"k": object}}
+    try:
+        if encode(probe) == stdlib.encode(probe):
+            return encode
+    except Exception:  # noqa: S110 - an interpreter whose C encoder differs: the stdlib path
+        pass
+    return None
+
+
 class _OneEncoder:
     """``json.dumps`` for ``JSONRenderer(serializer=...)``: the same output, from one
     :class:`json.JSONEncoder` kept per set of options (``json.dumps`` builds a new one on
-    every call that passes ``default``, as ``JSONRenderer`` does)."""
+    every call that passes ``default``, as ``JSONRenderer`` does), whose C encoder is
+    called directly when the interpreter has it (see :func:`_c_encoder`)."""
 
     __slots__ = ("_encoder",)
 
     def __init__(self) -> None:
-        self._encoder: tuple[dict[str, Any], json.JSONEncoder] | None = None
+        self._encoder: tuple[dict[str, Any], Callable[[Any], str]] | None = None
 
     def __call__(self, obj: Any, **options: Any) -> str:
         kept = self._encoder
         if kept is None or kept[0] != options:
-            kept = (options, json.JSONEncoder(**options))
+            encode = _c_encoder(options) or json.JSONEncoder(**options).encode
+            kept = (options, encode)
             self._encoder = kept
-        return kept[1].encode(obj)
+        return kept[1](obj)
 
 
 def configure_cli_logging(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import json.encoder
 import logging
 import math
 import re
@@ -21,7 +22,7 @@ import pytest
 import structlog
 
 # private: the CLI's structlog configuration and its two cheaper processors
-from shim._events import _OneEncoder, _UtcIsoStamper, configure_cli_logging
+from shim._events import _c_encoder, _OneEncoder, _UtcIsoStamper, configure_cli_logging
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -111,6 +112,25 @@ def test_the_json_renderer_writes_what_json_renderer_writes(event: dict[str, Any
     ours = structlog.processors.JSONRenderer(serializer=_OneEncoder())
     for _ in range(2):  # the second call uses the kept encoder
         assert ours(None, "info", dict(event)) == stock(None, "info", dict(event))
+
+
+def test_the_direct_c_encoder_is_used_and_writes_what_encode_writes() -> None:
+    """On CPython the serializer calls the C encoder directly; its output is the stdlib
+    ``encode``'s on every event above, a circular event still raises as ``json.dumps`` does,
+    and the call after that failure is clean (a fresh circular-reference memo per call)."""
+    assert (json.encoder.c_make_encoder is None) == (_c_encoder({"default": repr}) is None)
+    encode = _c_encoder({"default": repr})
+    if encode is None:
+        pytest.skip("this interpreter has no C JSON encoder")
+    for event in _EVENTS:
+        assert encode(dict(event)) == json.JSONEncoder(default=repr).encode(event)
+    looped: dict[str, Any] = {"a": 1}
+    looped["self"] = looped
+    with pytest.raises(ValueError, match="Circular"):
+        encode(looped)
+    shared = {"x": 1}
+    assert encode({"a": shared, "b": shared}) == '{"a": {"x": 1}, "b": {"x": 1}}'
+    assert _c_encoder({"default": repr, "sort_keys": True}) is None  # other options: stdlib
 
 
 def test_the_json_renderer_keeps_one_encoder_per_set_of_options() -> None:
