@@ -286,6 +286,7 @@ class LiveConfig:
             path=self._path,
             previous=self._config.merchants,
             pause=pause,
+            pieces=self._pieces,
         )
         return with_mapping(config)
 

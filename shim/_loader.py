@@ -113,6 +113,7 @@ def parse_config(
     path: Path | None = None,
     previous: Mapping[str, MerchantConfig] | None = None,
     pause: Callable[[], None] | None = None,
+    pieces: TomlPieces | None = None,
 ) -> ShimConfig:
     """Build a :class:`ShimConfig` from a decoded TOML document, resolving its secrets.
 
@@ -128,12 +129,13 @@ def parse_config(
         path: the file the data came from, if any.
         previous: the merchants in force, on a reload (see :func:`build_config`).
         pause: called between merchants (see :func:`build_config`).
+        pieces: the decoder of ``data``, whose drafts of unchanged merchants are reused.
 
     Raises:
         ConfigError: anything is wrong; the message names the file and the key.
     """
     base_dir = base_dir or Path.cwd()
-    doc = parse_document(data, source=source, path=path, pause=pause)
+    doc = parse_document(data, source=source, path=path, pause=pause, pieces=pieces)
     return build_config(
         doc,
         base_dir=base_dir,
@@ -184,5 +186,7 @@ def load_file(
     p = Path(path).expanduser()
     source = str(path)
     data = decode_toml(read_config_file(p, source=source), source=source, pieces=pieces)
-    config = parse_config(data, source=source, base_dir=p.resolve().parent, env=env, path=p)
+    config = parse_config(
+        data, source=source, base_dir=p.resolve().parent, env=env, path=p, pieces=pieces
+    )
     return with_mapping(config)

@@ -196,23 +196,48 @@ class TomlPieces:
     column) is ``tomllib``'s own for the whole file.
 
     The remembered pieces are those of the last successful decode only (bounded by the
-    file); the tables handed out are copies, never shared with the memo.
+    file); the tables handed out are copies, never shared with the memo. Given to
+    :func:`parse_document` with the document it decoded last, it also remembers each piece's
+    validated :class:`MerchantDraft` (a function of the piece's text alone), so a merchant
+    whose text did not change is not validated again either.
     """
 
     def __init__(self) -> None:
-        self._memo: dict[str, dict[str, Any]] = {}
+        self._memo: dict[str, tuple[str, dict[str, Any]]] = {}  # piece text -> (id, table)
+        self._drafts: dict[str, MerchantDraft] = {}  # piece text -> its validated draft
+        self._decoded: dict[str, Any] | None = None  # the merchants of the last decode...
+        self._texts: dict[str, str] = {}  # ...and their pieces' texts by id
 
     def loads(self, text: str, pause: Callable[[], None] | None = None) -> dict[str, Any]:
         """Decode ``text`` as ``tomllib.loads(text)`` would (raises ``TOMLDecodeError``)."""
+        self._decoded, self._texts = None, {}
         data, seen = _loads(text, self._memo, pause)
         if seen is not None:
             self._memo = seen
+            self._drafts = {t: d for t, d in self._drafts.items() if t in seen}
+            self._decoded = data["merchants"]
+            self._texts = {mch_id: t for t, (mch_id, _) in seen.items()}
         return data
+
+    def _draft(self, merchants: Mapping[str, Any], mch_id: str) -> MerchantDraft | None:
+        """The draft validated before for ``mch_id``'s unchanged text in ``merchants``."""
+        if merchants is not self._decoded:
+            return None
+        text = self._texts.get(mch_id)
+        return self._drafts.get(text) if text is not None else None
+
+    def _validated(self, merchants: Mapping[str, Any], draft: MerchantDraft) -> None:
+        if merchants is self._decoded:
+            text = self._texts.get(draft.mch_id)
+            if text is not None:
+                self._drafts[text] = draft
 
 
 def _loads(
-    text: str, memo: dict[str, dict[str, Any]] | None, pause: Callable[[], None] | None
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]] | None]:
+    text: str,
+    memo: dict[str, tuple[str, dict[str, Any]]] | None,
+    pause: Callable[[], None] | None,
+) -> tuple[dict[str, Any], dict[str, tuple[str, dict[str, Any]]] | None]:
     """The document, and the pieces to remember (``None``: keep the old; see TomlPieces)."""
     whole: dict[str, Any]
     split = _split(text, pause)
@@ -229,11 +254,11 @@ def _loads(
         if "merchants" in data:
             whole = tomllib.loads(text)
             return whole, None
-        seen: dict[str, dict[str, Any]] = {}
+        seen: dict[str, tuple[str, dict[str, Any]]] = {}
         merchants: dict[str, Any] = {}
         for mch_id, piece in pieces:
-            table = memo.get(piece) if memo is not None else None
-            if table is None:
+            known = memo.get(piece) if memo is not None else None
+            if known is None:
                 parsed = tomllib.loads(piece)
                 inner = parsed.get("merchants")
                 if len(parsed) != 1 or not isinstance(inner, dict) or list(inner) != [mch_id]:
@@ -241,10 +266,10 @@ def _loads(
                     return whole, None
                 table = merchants[mch_id] = inner[mch_id]
                 if memo is not None:
-                    seen[piece] = _copy(table)
+                    seen[piece] = (mch_id, _copy(table))
             else:
-                merchants[mch_id] = _copy(table)
-                seen[piece] = table
+                merchants[mch_id] = _copy(known[1])
+                seen[piece] = known
             if pause is not None:
                 pause()
     except tomllib.TOMLDecodeError:
@@ -471,6 +496,7 @@ def parse_document(
     source: str,
     path: Path | None = None,
     pause: Callable[[], None] | None = None,
+    pieces: TomlPieces | None = None,
 ) -> ConfigDocument:
     """Validate a decoded config document (no I/O).
 
@@ -479,6 +505,8 @@ def parse_document(
         source: how errors name the file.
         path: the file the data came from, if any.
         pause: called after each merchant (a background reload lets other threads run).
+        pieces: the decoder of ``data``; merchants whose text it found unchanged take the
+            draft validated last time (the same value validation would build again).
 
     Raises:
         ConfigError: anything is wrong; the message names the file and the key.
@@ -552,10 +580,16 @@ def parse_document(
     sf.finish()
 
     merchants: dict[str, MerchantDraft] = {}
-    for mch_id, table in sub_table(data, "merchants", source).items():
+    tables = sub_table(data, "merchants", source)
+    for mch_id, table in tables.items():
         if not isinstance(table, Mapping):
             raise ConfigError("must be a table", source=source, key=f'merchants."{mch_id}"')
-        merchants[mch_id] = _parse_merchant(mch_id, table, source=source)
+        draft = pieces._draft(tables, mch_id) if pieces is not None else None
+        if draft is None:
+            draft = _parse_merchant(mch_id, table, source=source)
+            if pieces is not None:
+                pieces._validated(tables, draft)
+        merchants[mch_id] = draft
         if pause is not None:
             pause()
 

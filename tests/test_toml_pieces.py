@@ -377,3 +377,47 @@ def test_a_reload_refuses_what_a_load_refuses_with_the_same_message(
     assert live.current() is first
     assert reasons == [expected]
     live.close()
+
+
+def test_unchanged_merchants_keep_their_validated_drafts(
+    keydir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given its decoder, validation reuses the draft of a merchant whose text did not change
+    (the same value validation builds again), and only for the document that decoder made."""
+    block = test_config.MERCHANT.strip() + "\n"
+    text = "".join(block.replace("10000098", f"1000{i:04d}") for i in range(12))
+    memo = toml_module.TomlPieces()
+    first = toml_module.parse_document(memo.loads(text), source="s.toml", pieces=memo)
+    validated: list[str] = []
+    real = toml_module._parse_merchant
+
+    def counting(mch_id: str, table: Any, *, source: str) -> Any:
+        validated.append(mch_id)
+        return real(mch_id, table, source=source)
+
+    monkeypatch.setattr(toml_module, "_parse_merchant", counting)
+    changed = text.replace(
+        'appid = "wx5edab3bdfba3dc1c"\nv2_key = "file:v2_key"\n'
+        'v3_private_key = "file:apiclient_key.pem"\nv3_cert_serial = "5157',
+        'appid = "wx0000000000000000"\nv2_key = "file:v2_key"\n'
+        'v3_private_key = "file:apiclient_key.pem"\nv3_cert_serial = "5157',
+        1,
+    )
+    second = toml_module.parse_document(memo.loads(changed), source="s.toml", pieces=memo)
+    assert validated == ["10000000"]
+    plain = toml_module.parse_document(tomllib.loads(changed), source="s.toml")
+    assert second == plain
+    assert second.merchants["10000000"].appid == "wx0000000000000000"
+    for mch_id in list(first.merchants)[1:]:
+        assert second.merchants[mch_id] is first.merchants[mch_id]
+    validated.clear()
+    other = tomllib.loads(changed)  # not the document the decoder made: validated afresh
+    assert toml_module.parse_document(other, source="s.toml", pieces=memo) == plain
+    assert len(validated) == 12
+    # an invalid merchant in a reused decoder still fails exactly as before
+    broken = changed.replace('appid = "wx0000000000000000"', 'appid = ""', 1)
+    with pytest.raises(ConfigError) as new:
+        toml_module.parse_document(memo.loads(broken), source="s.toml", pieces=memo)
+    with pytest.raises(ConfigError) as old:
+        toml_module.parse_document(tomllib.loads(broken), source="s.toml")
+    assert (str(new.value), new.value.key) == (str(old.value), old.value.key)
