@@ -762,16 +762,18 @@ def new_async_client(
     limits: httpx.Limits, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient | AsyncPool:
     """The async twin's own client: the lean :class:`AsyncPool`, unless a transport is given
-    or the environment names a proxy (then an ``httpx.AsyncClient``, which honours it)."""
+    or the environment names a proxy (then an ``httpx.AsyncClient``, which honours it).
+    ``NO_PROXY`` entries alone name no proxy: they only say which hosts go direct."""
     if transport is None and not _environment_proxies():
         return AsyncPool(limits)
     return httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=False)
 
 
-def _environment_proxies() -> dict[str, str | None]:
-    from httpx._utils import get_environment_proxies  # as proxy_mounts reads them
+def _environment_proxies() -> list[str]:
+    """The proxy URLs the environment names (as :func:`proxy_mounts` reads them)."""
+    from httpx._utils import get_environment_proxies
 
-    return get_environment_proxies()
+    return [url for url in get_environment_proxies().values() if url is not None]
 
 
 # -- the drivers ---------------------------------------------------------------------------
