@@ -919,12 +919,31 @@ else:  # pragma: no cover - Python 3.10
             handle.cancel()
 
 
+class _Unsigned:
+    """Signing a request at send time raised: the driver raises it inside the flow, where
+    signing before the request was yielded would have raised it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _sign(req: HttpRequest) -> _Unsigned | None:
+    """Sign ``req`` now if it is signed at send time (see :class:`HttpRequest`)."""
+    try:
+        req.headers  # noqa: B018 - reading them signs
+    except Exception as exc:  # whatever signing raised goes back into the flow
+        return _Unsigned(exc)
+    return None
+
+
 async def _send_async(
     client: httpx.AsyncClient | AsyncPool,
     req: HttpRequest,
     clock: Callable[[], float],
     gate: AsyncAdmission | None,
-) -> HttpResponse | TransportFailure:
+) -> HttpResponse | TransportFailure | _Unsigned:
     remaining = req.deadline - clock()
     if remaining <= 0:
         return _BUDGET
@@ -941,10 +960,18 @@ async def _send_async(
                 return _OVERLOAD
             except _GateClosed:
                 return _CLOSED
-            remaining = req.deadline - clock()
-            if remaining <= 0:
-                gate.release()
-                return _OVERLOAD
+    # Signed once admitted: a queued request costs no RSA work on the event loop and goes
+    # with a fresh timestamp.
+    unsigned = _sign(req)
+    if unsigned is not None:
+        if gate is not None:
+            gate.release()
+        return unsigned
+    remaining = req.deadline - clock()
+    if remaining <= 0:
+        if gate is not None:
+            gate.release()
+        return _OVERLOAD if waited else _BUDGET  # waited: the budget went on the queue
     try:
         if isinstance(client, AsyncPool):
             reply = await _exchange_pool(client, req, clock, remaining)
@@ -1028,7 +1055,13 @@ def run_sync(
                 time.sleep(step.seconds)
                 step = flow.send(None)
             else:
-                step = flow.send(_send_sync(client, step, clock, gate))
+                # The sync twin signs before it waits for a slot: a blocked thread costs the
+                # others nothing, and a slot is not held through the RSA work.
+                unsigned = _sign(step)
+                if unsigned is not None:
+                    step = flow.throw(unsigned.error)
+                else:
+                    step = flow.send(_send_sync(client, step, clock, gate))
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     finally:
@@ -1049,7 +1082,11 @@ async def run_async(
                 await asyncio.sleep(step.seconds)
                 step = flow.send(None)
             else:
-                step = flow.send(await _send_async(client, step, clock, gate))
+                reply = await _send_async(client, step, clock, gate)
+                if isinstance(reply, _Unsigned):
+                    step = flow.throw(reply.error)
+                else:
+                    step = flow.send(reply)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     finally:
