@@ -35,6 +35,7 @@ import contextlib
 import contextvars
 import functools
 import importlib.util
+import queue
 import select
 import socket
 import ssl
@@ -241,48 +242,80 @@ class Admission:
 
     ``limit`` may change at any time (a reloaded ``[upstream] max_in_flight``); it applies
     to the next admissions. ``closed`` is set by the shim's ``close()``.
+
+    The slots are tokens in a :class:`queue.SimpleQueue`, whose ``get`` and ``put`` are C
+    code: taking a free slot or giving one back takes no Python-level lock, and a waiting
+    thread sleeps on one C lock (without the GIL) until a token arrives. With many threads
+    this keeps the gate from becoming a lock convoy: a ``threading.Condition`` made every
+    admission and release contend for one lock and every hand-over wake a thread twice.
     """
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
         self.closed = False
-        self.busy = 0
-        self._cond = threading.Condition(threading.Lock())
+        self._tokens: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # for limit changes only
+        self._limit = 0
+        self._debt = 0  # tokens to retire as they come back (the limit was lowered)
+        self.limit = limit
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        with self._lock:
+            more = value - self._limit
+            self._limit = value
+            if more >= 0:
+                kept = min(more, self._debt)  # slots not yet retired are kept instead
+                self._debt -= kept
+                for _ in range(more - kept):
+                    self._tokens.put(True)
+                return
+            self._debt -= more
+            while self._debt:  # retire idle slots now; busy ones as they come back
+                try:
+                    self._tokens.get_nowait()
+                except queue.Empty:
+                    break
+                self._debt -= 1
 
     def try_acquire(self) -> bool:
         """Take a free slot without waiting, if there is one."""
-        with self._cond:
-            if self.busy < self.limit:
-                self.busy += 1
-                return True
+        try:
+            self._tokens.get_nowait()
+        except queue.Empty:
             return False
+        return True
 
     def acquire(self, timeout: float) -> bool:
-        """Take a slot, waiting at most ``timeout`` seconds; False if none came free."""
-        with self._cond:
-            if self.busy < self.limit:
-                self.busy += 1
-                return True
-            end = time.monotonic() + timeout
-            while self.busy >= self.limit:
-                left = end - time.monotonic()
-                if left <= 0 or self.closed:
-                    return False
-                self._cond.wait(left)
-            self.busy += 1
-            return True
+        """Take a slot, waiting at most ``timeout`` seconds; False if none came free (or
+        the gate closed)."""
+        if self.closed:
+            return False
+        try:
+            self._tokens.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return False
+        if self.closed:
+            self._tokens.put(True)  # pass the wake-up on to the next waiter
+            return False
+        return True
 
     def release(self) -> None:
         """Give a slot back."""
-        with self._cond:
-            self.busy -= 1
-            self._cond.notify()
+        if self._debt:
+            with self._lock:
+                if self._debt:
+                    self._debt -= 1
+                    return
+        self._tokens.put(True)
 
     def close(self) -> None:
-        """Refuse further exchanges and wake every waiter."""
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
+        """Refuse further exchanges and wake every waiter (each wakes the next)."""
+        self.closed = True
+        self._tokens.put(True)
 
 
 class AsyncAdmission:
@@ -1083,7 +1116,7 @@ async def run_async(
                 step = flow.send(None)
             else:
                 reply = await _send_async(client, step, clock, gate)
-                if isinstance(reply, _Unsigned):
+                if isinstance(reply, _Unsigned):  # noqa: SIM108 - mypy narrows only this way
                     step = flow.throw(reply.error)
                 else:
                     step = flow.send(reply)
