@@ -19,7 +19,8 @@ The bounds are the driver's, kept per socket operation:
   it and both sides willing to keep it open; an idle connection the peer closed, wrote to
   or left idle past ``keepalive_expiry`` is dropped, never reused.
 - **Close.** :meth:`AsyncPool.aclose` aborts every connection, idle or busy: a call waiting
-  on one ends as ``closed``.
+  on one ends as ``closed``. A call cancelled mid-exchange (by its caller or the backstop)
+  aborts its connection on the way out.
 
 Failures are classified, and worded, as the httpx path classifies its exceptions.
 """
@@ -365,6 +366,10 @@ class AsyncPool:
             reply = _broken("ConnectError" if phase == "ConnectTimeout" else "ReadError")
         except OSError:
             reply = _broken("ConnectError" if phase == "ConnectTimeout" else "ReadError")
+        except BaseException:  # cancelled (by the caller or a backstop): the socket goes too
+            if conn is not None:
+                conn.abort()
+            raise
         finally:
             if conn is not None:
                 self._busy.discard(conn)

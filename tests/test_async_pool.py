@@ -7,6 +7,7 @@ it never does, so that no answer is ever read off a connection a previous answer
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -264,3 +265,29 @@ async def test_close_aborts_kept_alive_connections_and_refuses_later_calls(
         )
         late = await query(shim)
     assert isinstance(late, ShimError) and type(late).__name__ == "ClosedError", late
+
+
+async def test_a_cancelled_call_closes_the_connection_it_was_using(
+    make_shim: Callable[..., AsyncCouponStockShim],
+) -> None:
+    """A call cancelled while it waits for its answer (by its caller, or by the driver's
+    backstop scope) takes its connection with it: the socket is closed at once, neither
+    pooled nor left open for the garbage collector to find."""
+    peer_closed = threading.Event()
+
+    def silent(conn: Conn, req: Request) -> None:
+        while conn.read_request() is not None:  # no answer; returns once the peer closed
+            pass
+        peer_closed.set()
+
+    with HostileServer(silent) as server:
+        shim = make_shim(server.url)
+        task = asyncio.ensure_future(query(shim))
+        await await_until(lambda: server.requests, "the request reached the server")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await await_until(peer_closed.is_set, "the server saw the connection closed")
+        pool = shim._client
+        assert isinstance(pool, AsyncPool)
+        assert not pool._busy and not any(pool._idle.values())
