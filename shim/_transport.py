@@ -114,6 +114,12 @@ _OVERLOAD = TransportFailure(
     "overload",
     "no admission slot came free within the call's budget ([upstream] max_in_flight)",
 )
+_TOO_LATE = TransportFailure(
+    "overload",
+    "the budget left after waiting for an admission slot is shorter than an exchange "
+    "takes now ([upstream] max_in_flight)",
+)
+_EXCHANGE_WEIGHT = 0.125  # of the latest exchange in AsyncAdmission.exchange_s
 
 
 class _BodyReader:
@@ -319,12 +325,18 @@ class Admission:
 
 
 class AsyncAdmission:
-    """The admission gate of an async shim: FIFO, at most ``limit`` exchanges at once."""
+    """The admission gate of an async shim: FIFO, at most ``limit`` exchanges at once.
+
+    ``exchange_s`` follows how long an admitted exchange that got its answer takes (a
+    moving average): a call that waited for its slot and has less budget left than that is
+    refused as overload at once, not sent to end past its budget.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.closed = False
         self.busy = 0
+        self.exchange_s = 0.0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def try_acquire(self) -> bool:
@@ -1000,11 +1012,15 @@ async def _send_async(
         if gate is not None:
             gate.release()
         return unsigned
-    remaining = req.deadline - clock()
-    if remaining <= 0:
+    admitted = clock()
+    remaining = req.deadline - admitted
+    if remaining <= 0 or (waited and gate is not None and remaining < gate.exchange_s):
         if gate is not None:
             gate.release()
-        return _OVERLOAD if waited else _BUDGET  # waited: the budget went on the queue
+        if not waited:
+            return _BUDGET
+        # the queue ate the budget: what is left could not carry an exchange to its end
+        return _OVERLOAD if remaining <= 0 else _TOO_LATE
     try:
         if isinstance(client, AsyncPool):
             reply = await _exchange_pool(client, req, clock, remaining)
@@ -1013,8 +1029,10 @@ async def _send_async(
     finally:
         if gate is not None:
             gate.release()
-    if gate is not None and isinstance(reply, TransportFailure):
-        return _gated_failure(reply, gate, waited, req, remaining)
+    if gate is not None:
+        if isinstance(reply, TransportFailure):
+            return _gated_failure(reply, gate, waited, req, remaining)
+        gate.exchange_s += (clock() - admitted - gate.exchange_s) * _EXCHANGE_WEIGHT
     return reply
 
 

@@ -31,6 +31,12 @@ from shim import (
     ShimError,
     UpstreamError,
 )
+
+# private: the sans-IO flow's request and reply types, for one scripted request
+from shim._flow import HttpRequest, HttpResponse, TransportFailure
+
+# private: the async driver and its admission gate, driven with that request
+from shim._transport import AsyncAdmission, run_async
 from shim.sandbox import Emulator, SandboxState
 from tests.fault_cases import parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request
@@ -333,3 +339,38 @@ async def test_a_queued_async_call_signs_its_request_only_once_admitted(
     assert [a["result_code"] for a in answers] == ["SUCCESS", "SUCCESS"]
     assert hold.seen == 2
     assert len(nonces) == 4  # one per request, one per re-signed v2 answer
+
+
+async def test_a_call_left_too_little_budget_by_the_queue_is_refused_unsent() -> None:
+    """A call that waited for its admission slot and has less budget left than an exchange
+    takes now (the gate's moving average) ends at once as overload, never sent: it could
+    only end past its budget."""
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, content=b"{}")
+
+    def one() -> Any:
+        reply = yield HttpRequest(
+            "GET", "http://upstream.test/x", (), b"", "v3", 5.0, 2.0, time.monotonic() + 5.0, 1024
+        )
+        return reply
+
+    gate = AsyncAdmission(1)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        assert isinstance(await run_async(one(), client, time.monotonic, gate), HttpResponse)
+        assert 0 < gate.exchange_s < 5.0  # it learnt how long the exchange took
+        assert gate.try_acquire()  # another call holds the only slot
+        gate.exchange_s = 60.0  # exchanges take a minute now
+        waiting = asyncio.create_task(run_async(one(), client, time.monotonic, gate))
+        await await_until(lambda: gate._waiters, "the call queued for the slot")
+        gate.release()
+        reply = await waiting
+        assert gate.try_acquire()  # the refused call gave its slot back
+        gate.release()
+        # a call that finds a free slot has not lost its budget to the queue: it is sent
+        assert isinstance(await run_async(one(), client, time.monotonic, gate), HttpResponse)
+    assert isinstance(reply, TransportFailure) and reply.kind == "overload", reply
+    assert "shorter than an exchange takes" in reply.detail
+    assert len(sent) == 2
