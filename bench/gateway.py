@@ -1,6 +1,7 @@
 """The gateway's cost: the same v2 client calling the emulator directly, and through the gateway.
 
-    python bench/gateway.py [--quick] [--out bench/gateway_results.json]
+    python bench/gateway.py [--quick] [--out bench/gateway_results.json] [--readme]
+    python bench/gateway.py --table bench/gateway_results.json [--readme]
 
 Starts the WeChat Pay emulator (``bench/server.py``, uvicorn with httptools and uvloop) and,
 for each of ``--workers 1`` and ``--workers 2`` and each of ``legacy`` and ``v3`` modes, a
@@ -329,7 +330,7 @@ def machine() -> dict[str, Any]:
 
 def table(r: dict[str, Any]) -> str:
     rows = [
-        "| workers | mode | c=1 p50 direct / gateway (added) | c=1 p99 direct / gateway | "
+        "| workers | mode | c=1 p50 direct / gateway (added) | c=1 p99 direct / gateway (added) | "
         "c=1 CPU ms per call: gateway / emulator | "
         "c=64 calls/s direct / gateway (ratio) | c=256 calls/s direct / gateway (ratio) |",
         "|---|---|---|---|---|---|---|",
@@ -341,13 +342,58 @@ def table(r: dict[str, Any]) -> str:
         rows.append(
             f"| {workers} | {mode} | {c1['direct']['p50_ms']:.2f} / "
             f"{c1['gateway']['p50_ms']:.2f} ms "
-            f"(**+{c1['added_p50_ms']:.2f}**) | {c1['direct']['p99_ms']:.2f} / "
-            f"{c1['gateway']['p99_ms']:.2f} ms | {cpu['gateway/gateway']:.2f} / "
+            f"(**{c1['added_p50_ms']:+.2f}**) | {c1['direct']['p99_ms']:.2f} / "
+            f"{c1['gateway']['p99_ms']:.2f} ms ({c1['added_p99_ms']:+.2f}) | "
+            f"{cpu['gateway/gateway']:.2f} / "
             f"{cpu['direct/emulator']:.2f} | {c64['direct_calls_s']:.0f} / "
             f"{c64['gateway_calls_s']:.0f} (**{c64['ratio']:.2f}**) | "
             f"{c256['direct_calls_s']:.0f} / {c256['gateway_calls_s']:.0f} ({c256['ratio']:.2f}) |"
         )
     return "\n".join(rows)
+
+
+README = ROOT / "README.md"
+BEGIN, END = "<!-- BEGIN gateway table -->", "<!-- END gateway table -->"
+
+
+def readme_block(r: dict[str, Any]) -> str:
+    """The README's gateway figures: the run, the machine, the table and the targets."""
+    m = r["machine"]
+    settings = r["settings"]
+    quick = settings.get("quick", settings.get("warmup") == 50)  # (older files: by its sizes)
+    kind = "`--quick`" if quick else "full"
+    when = r.get("started_utc", "time not recorded")
+    lines = [
+        f"Latest run ({kind}, {when}): {m['cpu']}, {m['cores']} cores, CPython {m['python']}, "
+        f"{m['os']}; load average {r['load_average_at_start'][0]:g} at the start and "
+        f"{r.get('load_average_at_end', ['?'])[0]:g} at the end. The CPU column is milliseconds "
+        "of CPU (user + system, from `/proc`) per call at concurrency 1: the gateway's "
+        "processes per gateway call, and the emulator's per direct call.",
+        "",
+        table(r),
+    ]
+    targets = r.get("targets")
+    if targets:
+        added = targets["c1_added_p50_ms"]["value"]
+        ratio = targets["c64_ratio"]["value"]
+        lines += [
+            "",
+            f"Targets (1 worker, legacy): at concurrency 1 at most +1 ms at p50 — "
+            f"{'met' if added <= 1.0 else '**not met**'} ({added:+.2f} ms); at concurrency 64 "
+            f"at least 80 % of the direct calls/s — {'met' if ratio >= 0.80 else '**not met**'} "
+            f"({ratio:.2f}).",
+        ]
+    return "\n".join(lines)
+
+
+def write_readme(r: dict[str, Any], path: Path = README) -> None:
+    """Replace the README's gateway block (between its markers) with ``r``'s figures."""
+    text = path.read_text(encoding="utf-8")
+    head, sep, rest = text.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not sep or not sep2:
+        raise SystemExit(f"{path.name} has no {BEGIN} ... {END} block")
+    path.write_text(f"{head}{BEGIN}\n{readme_block(r)}\n{END}{tail}", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,14 +407,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "gateway_results.json")
     parser.add_argument("--workers", default="1,2", help="worker counts to measure")
     parser.add_argument("--modes", default="legacy,v3", help="routing modes to measure")
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="also write the figures into README.md's gateway block",
+    )
+    parser.add_argument(
+        "--table",
+        type=Path,
+        metavar="RESULTS",
+        help="print (with --readme: write) the README block from a results file and exit",
+    )
     p = parser.parse_args(argv)
+    if p.table:
+        saved = json.loads(p.table.read_text(encoding="utf-8"))
+        if p.readme:
+            write_readme(saved)
+        print(readme_block(saved))
+        return 0
     p.warmup, p.rounds, p.per_round = (50, 4, 100) if p.quick else (100, 6, 200)
     p.tp_rounds, p.tp_calls = (2, 1000) if p.quick else (2, 2000)
     results: dict[str, Any] = {
         "machine": machine(),
+        "started_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "settings": {
-            k: getattr(p, k) for k in ("warmup", "rounds", "per_round", "tp_rounds", "tp_calls")
+            k: getattr(p, k)
+            for k in ("quick", "warmup", "rounds", "per_round", "tp_rounds", "tp_calls")
         },
         "runs": {},
     }
@@ -418,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             "c64_ratio": {"value": legacy["c64"]["ratio"], "target": ">= 0.80"},
         }
     p.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    if p.readme:
+        write_readme(results)
     print(table(results))
     print(
         f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +41,11 @@ import h11
 import httpx
 
 from shim._flow import HttpRequest, TransportFailure, header_map
+
+try:  # llhttp, the parser uvicorn uses (the gateway and bench extras): the fast reader
+    import httptools
+except ImportError:  # pragma: no cover - the tests force h11 by setting this to None
+    httptools = None  # type: ignore[assignment]
 
 __all__ = ["MAX_HEADER_BYTES", "AsyncPool"]
 
@@ -253,6 +259,208 @@ def _headers(raw: Any) -> Mapping[str, str]:
     return header_map((name.decode("latin-1"), value.decode("latin-1")) for name, value in raw)
 
 
+# -- the fast codec: requests written directly, answers read by httptools (llhttp)
+
+_TCHAR = r"[-!#$%&'*+.^_`|~0-9a-zA-Z]"  # h11's token: a method's or header name's characters
+_VCHAR = r"[^\x00\s]"  # h11's field-vchar (ASCII \s: space, \t, \n, \r, \f, \v)
+_METHOD = re.compile(_TCHAR + "+")
+_TARGET = re.compile(r"[\x21-\x7e]+")
+_HEADER_LINE = re.compile(f"{_TCHAR}+: (?:{_VCHAR}+(?:[ \t]+{_VCHAR}+)*)?", re.ASCII)
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+_CHUNKED_END = b"0\r\n\r\n"
+
+
+class _BadRequest(Exception):
+    """A request the fast writer refuses to frame (as h11's ``LocalProtocolError``)."""
+
+
+def _fast_request_bytes(req: HttpRequest, origin: _Origin, extra: tuple[str, str]) -> bytes | None:
+    """The request :func:`_request_bytes` frames, byte for byte, written directly with
+    h11's checks of the method, the target and every header name and value; ``None`` when
+    the call's own headers frame the body (then h11 writes and reads the exchange)."""
+    given = {name.lower() for name, _ in req.headers}
+    if given & _FRAMING:
+        return None
+    headers: list[tuple[str, str]] = [("Host", origin.host_header)]
+    for name, value in (
+        ("Accept", "*/*"),
+        extra,
+        ("Connection", "keep-alive"),
+        ("User-Agent", f"python-httpx/{httpx.__version__}"),
+    ):
+        if name.lower() not in given:
+            headers.append((name, value))
+    headers.extend(header for header in req.headers if header[0].lower() != "host")
+    if req.body:
+        headers.append(("Content-Length", str(len(req.body))))
+    if _METHOD.fullmatch(req.method) is None or _TARGET.fullmatch(origin.target) is None:
+        raise _BadRequest
+    lines = [f"{req.method} {origin.target} HTTP/1.1"]
+    line_ok = _HEADER_LINE.fullmatch
+    for name, value in headers:
+        line = f"{name}: {value}"
+        if line_ok(line) is None:
+            raise _BadRequest
+        lines.append(line)
+    lines += ("", "")
+    try:
+        head = "\r\n".join(lines).encode("ascii")
+    except UnicodeEncodeError:  # (h11 would raise it uncaught)
+        raise _BadRequest from None
+    return head + req.body if req.body else head
+
+
+class _Broken(Exception):
+    """The peer's bytes are no valid HTTP/1.1 answer (as h11's ``RemoteProtocolError``)."""
+
+
+class _Lenient(Exception):
+    """llhttp refused a head that h11 may accept (bare LF line ends, folded header lines):
+    h11 reads this answer instead, from its first byte."""
+
+
+class _FastAnswer:
+    """One answer read by httptools: its head, its body pieces, and whether the connection
+    may carry another exchange.
+
+    llhttp frames the answer as h11 does (one Content-Length, never with another transfer
+    coding than chunked); where it is stricter than h11, in the head, the answer is handed
+    to h11 (:class:`_Lenient`), so both readers accept the same answers. What h11 tracks as
+    state is kept here by counting bytes: the connection is reusable only when the answer
+    ended exactly where the bytes read so far end (its head plus its Content-Length, or a
+    chunked body's final ``0\\r\\n\\r\\n``; llhttp silently skips CR and LF between
+    answers, so a stray CRLF is found by the count, any other byte by llhttp starting a
+    next answer).
+    """
+
+    __slots__ = (
+        "body",
+        "chunked",
+        "complete",
+        "dirty",
+        "fed",
+        "handed_over",
+        "head",
+        "head_done",
+        "headers",
+        "interim",
+        "keep_alive",
+        "length",
+        "parser",
+        "status",
+        "tail",
+    )
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.head = bytearray()  # the head's bytes so far (capped) until it is complete
+        self.head_done = False
+        self.complete = False
+        self.interim = False  # a 1xx answer is being read (skipped; the real one follows)
+        self.dirty = False  # the connection must not carry another exchange
+        self.keep_alive = False
+        self.chunked = False
+        self.length: int | None = None  # the answer's whole size in bytes, when declared
+        self.fed = 0
+        self.tail = b""
+        self.handed_over = False  # h11 read this answer (see _Lenient)
+
+    # -- llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.dirty = True  # bytes after the answer: never read as the next one
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.complete:
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.complete:
+            return
+        self.status = self.parser.get_status_code()
+        if self.status < 200:
+            self.interim, self.dirty = True, True  # (101 is refused with the rest below)
+            return
+        self.head_done = True
+        self.keep_alive = self.parser.should_keep_alive()
+        declared = None
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                declared = value.strip()
+            elif lowered == b"transfer-encoding":
+                if not value.strip().lower().endswith(b"chunked"):
+                    raise _Broken  # h11 frames no other transfer coding either
+                self.chunked = True
+        end = bytes(self.head).find(b"\r\n\r\n")
+        if self.chunked or end < 0 or self.status in (204, 304):
+            if end < 0:
+                self.dirty = True
+            if self.status in (204, 304):
+                self.length = end + 4
+        elif declared is not None and declared.isdigit():
+            self.length = end + 4 + int(declared)
+        elif declared is None:
+            self.dirty = True  # read until the peer closes: never reusable
+        self.head = bytearray()
+
+    def on_body(self, body: bytes) -> None:
+        if body and not self.complete:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.complete:
+            return
+        if self.interim:  # the real answer follows on the same bytes
+            if self.status == 101:
+                raise _Broken
+            self.interim = False
+            self.headers = []
+            self.head = bytearray()
+            return
+        self.complete = True
+
+    # -- what the exchange uses
+
+    def feed(self, data: bytes) -> None:
+        """Parse what arrived (``b""``: the peer closed)."""
+        if not data:
+            if self.complete:
+                return
+            if self.head_done and not self.chunked and self.length is None:
+                self.complete = True  # its body ran until the peer closed
+                return
+            raise _Broken
+        if not self.complete:
+            self.fed += len(data)
+            if not self.head_done:
+                self.head += data[: MAX_HEADER_BYTES + 4 - len(self.head)]
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self.complete:
+                self.dirty = True  # garbage after a whole answer
+            elif self.head_done or isinstance(exc, httptools.HttpParserCallbackError):
+                raise _Broken from None
+            else:
+                raise _Lenient from None
+        if not self.complete and not self.head_done and self.fed > MAX_HEADER_BYTES:
+            raise _Broken  # a head that never ends (h11's max_incomplete_event_size)
+        self.tail = (self.tail + data)[-len(_CHUNKED_END) :]
+
+    def reusable(self) -> bool:
+        """A whole answer, nothing after it, and both sides willing to keep the connection."""
+        if not self.complete or self.dirty or not self.keep_alive:
+            return False
+        if self.chunked:
+            return self.tail == _CHUNKED_END
+        return self.length == self.fed
+
+
 class AsyncPool:
     """Pooled HTTP/1.1 connections for the async twin (used instead of an httpx client).
 
@@ -344,23 +552,32 @@ class AsyncPool:
             return TransportFailure("protocol", "broken HTTP exchange (UnsupportedProtocol)")
         conn = self._checkout(origin.key)
         phase = "ConnectTimeout"
+        # httptools when installed (a HEAD answer's framing needs the request: h11 knows it)
+        fast = _FastAnswer() if httptools is not None and req.method != "HEAD" else None
         try:
             if conn is None:
                 left = req.deadline - clock()
                 conn = await self._connect(origin, min(req.connect_timeout_s, left))
             self._busy.add(conn)
             phase = "WriteTimeout"
-            data = _request_bytes(conn.h11, req, origin, ("Accept-Encoding", "identity"))
+            extra = ("Accept-Encoding", "identity")
+            data = _fast_request_bytes(req, origin, extra) if fast is not None else None
+            if data is None:
+                fast = None
+                data = _request_bytes(conn.h11, req, origin, extra)
             await conn.write(data, min(req.timeout_s, req.deadline - clock()))
             phase = "ReadTimeout"
-            reply = await self._answer(conn, req, feed, chunk, clock)
+            if fast is not None:
+                reply = await self._fast_answer(conn, fast, req, feed, chunk, clock)
+            else:
+                reply = await self._answer(conn, req, feed, chunk, clock)
         except _Timeout:
             reply = _timed_out(phase)
         except _Closed:
             reply = _CLOSED
-        except h11.RemoteProtocolError:
+        except (h11.RemoteProtocolError, _Broken):
             reply = _MID_ANSWER
-        except h11.LocalProtocolError:
+        except (h11.LocalProtocolError, _BadRequest):
             reply = TransportFailure("protocol", "broken HTTP exchange (LocalProtocolError)")
         except ssl.SSLError:
             reply = _broken("ConnectError" if phase == "ConnectTimeout" else "ReadError")
@@ -375,13 +592,14 @@ class AsyncPool:
                 self._busy.discard(conn)
         if conn is not None:
             h = conn.h11
-            if (
-                not isinstance(reply, TransportFailure)
-                and h.our_state is h11.DONE
-                and h.their_state is h11.DONE
-                and not h.trailing_data[0]
-                and not conn.closed
-            ):
+            if isinstance(reply, TransportFailure) or conn.closed:
+                conn.abort()
+            elif fast is not None and not fast.handed_over:
+                if fast.reusable():
+                    self._checkin(origin.key, conn)
+                else:
+                    conn.abort()
+            elif h.our_state is h11.DONE and h.their_state is h11.DONE and not h.trailing_data[0]:
                 h.start_next_cycle()
                 self._checkin(origin.key, conn)
             else:
@@ -422,6 +640,47 @@ class AsyncPool:
             elif isinstance(event, h11.ConnectionClosed):
                 return _MID_ANSWER
             # an InformationalResponse (1xx) is skipped; the real answer follows
+
+    async def _fast_answer(
+        self,
+        conn: _Conn,
+        answer: _FastAnswer,
+        req: HttpRequest,
+        feed: Callable[[Mapping[str, str]], TransportFailure | None],
+        chunk: Callable[[bytes], TransportFailure | None],
+        clock: Callable[[], float],
+    ) -> tuple[int, Mapping[str, str]] | TransportFailure:
+        """:meth:`_answer` on httptools: the same calls of ``feed`` and ``chunk``."""
+        headers: Mapping[str, str] | None = None
+        while True:
+            if headers is None and answer.head_done:
+                headers = header_map(
+                    (name.decode("latin-1"), value.strip(b" \t").decode("latin-1"))
+                    for name, value in answer.headers
+                )
+                failure = feed(headers)
+                if failure:
+                    return failure
+            if answer.body:
+                pieces, answer.body = answer.body, []
+                for piece in pieces:
+                    failure = chunk(piece)
+                    if failure:
+                        return failure
+            if answer.complete and headers is not None:
+                return answer.status, headers
+            data = await conn.read(min(req.timeout_s, req.deadline - clock()))
+            try:
+                answer.feed(data)
+            except _Lenient:
+                if answer.fed > MAX_HEADER_BYTES or answer.interim or answer.dirty:
+                    raise _Broken from None
+                answer.handed_over = True  # h11 reads it all, from the head's first byte
+                h = conn.h11  # (idle: this connection's exchanges were all read here)
+                h.send(h11.Request(method=req.method, target="/", headers=[("Host", "-")]))
+                h.send(h11.EndOfMessage())
+                h.receive_data(bytes(answer.head))
+                return await self._answer(conn, req, feed, chunk, clock)
 
     async def aclose(self) -> None:
         """Abort every connection; calls using one end as ``closed``."""

@@ -3,6 +3,8 @@
 The hostile suites (time, memory, close, fork, overload) run the async twin through this
 pool already; these tests pin what is the pool's own: which connections it reuses and which
 it never does, so that no answer is ever read off a connection a previous answer left dirty.
+Every test here runs with both answer readers: httptools (installed with the gateway and
+bench extras) and h11 (the pure-Python one used without it).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import httpx
 import pytest
 import uvicorn
 
-from shim import AsyncCouponStockShim, ShimError, UpstreamError
+# private: the pool's answer readers and request writer, switched and compared directly
+from shim import AsyncCouponStockShim, ShimError, UpstreamError, _async_pool
 
 # The pool and the factory are private: these tests pin the driver's choice of client.
 # private: the async twin's connection pool, tested directly
@@ -32,6 +35,16 @@ from tests.wait import await_until, wait_until
 
 STOCK = "1757"
 MCH = "10000098"
+
+
+@pytest.fixture(autouse=True, params=["httptools", "h11"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which parser reads the answers: httptools when installed, else h11."""
+    if request.param == "h11":
+        monkeypatch.setattr(_async_pool, "httptools", None)
+    else:
+        assert _async_pool.httptools is not None, "the dev extra installs httptools"
+    return str(request.param)
 
 
 @pytest.fixture
@@ -265,6 +278,146 @@ async def test_close_aborts_kept_alive_connections_and_refuses_later_calls(
         )
         late = await query(shim)
     assert isinstance(late, ShimError) and type(late).__name__ == "ClosedError", late
+
+
+def framed(emulator: Emulator, framing: str, extra: bytes = b"") -> Any:
+    """The emulator's real answer framed by Content-Length, chunks, or the close of the
+    connection, optionally after a 100 Continue and followed by ``extra`` bytes."""
+
+    def script(conn: Conn, req: Request) -> None:
+        status, headers, body = real_answer(emulator, req)
+        interim = b"HTTP/1.1 100 Continue\r\n\r\n" if framing == "interim" else b""
+        if framing == "chunked":
+            cut = len(body) // 2
+            payload = b"".join(
+                b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:cut], body[cut:])
+            )
+            conn.send(head(status, [*headers, ("Transfer-Encoding", "chunked")]))
+            conn.send(payload + b"0\r\n\r\n" + extra)
+        elif framing == "close":
+            conn.send(head(status, [*headers, ("Connection", "close")]) + body + extra)
+            conn.close()
+        else:
+            headers = [*headers, ("Content-Length", str(len(body)))]
+            conn.send(interim + head(status, headers) + body + extra)
+
+    return script
+
+
+@pytest.mark.parametrize(
+    ("framing", "extra", "connections"),
+    [
+        ("length", b"", 1),
+        ("length", b"\r\n", 2),  # a stray line end after the answer
+        ("chunked", b"", 1),
+        ("chunked", b"\r\n", 2),
+        ("chunked", b"junk", 2),
+        ("interim", b"", 2),  # answered after the 100; the connection is not kept
+        ("close", b"", 2),
+    ],
+)
+async def test_each_framing_is_answered_and_reused_only_when_clean(
+    make_shim: Callable[..., AsyncCouponStockShim],
+    emulator: Emulator,
+    framing: str,
+    extra: bytes,
+    connections: int,
+    reader: str,
+) -> None:
+    """Whatever the framing, the genuine answer; the connection carries the next call
+    only when the answer ended exactly where the bytes did (h11's rule, kept by byte count
+    with httptools)."""
+    if reader == "h11" and framing == "interim":
+        connections = 1  # h11 knows where a 1xx ends and keeps the connection
+    with HostileServer(framed(emulator, framing, extra), keep_alive=True) as server:
+        shim = make_shim(server.url)
+        for _ in range(2):
+            answer = await query(shim)
+            assert isinstance(answer, dict) and answer["result_code"] == "SUCCESS", answer
+    assert server.connections == connections
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",  # cut short by the close
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nx",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+        b"NOT HTTP\r\n\r\n",
+    ],
+)
+async def test_broken_answers_are_typed_connection_errors(
+    make_shim: Callable[..., AsyncCouponStockShim], answer: bytes
+) -> None:
+    def script(conn: Conn, req: Request) -> None:
+        conn.send(answer)
+        conn.close()
+
+    with HostileServer(script) as server:
+        shim = make_shim(server.url)
+        result = await query(shim)
+    assert isinstance(result, UpstreamError), result
+    assert result.kind == "connection", result
+    assert "broken mid-answer" in str(result), result
+
+
+@pytest.mark.parametrize("quirk", ["bare LF", "folded header"])
+async def test_heads_h11_accepts_are_answered_by_both_readers(
+    make_shim: Callable[..., AsyncCouponStockShim], emulator: Emulator, quirk: str
+) -> None:
+    """llhttp is stricter than h11 in the head (bare LF line ends, obs-fold header lines):
+    such an answer is read by h11 instead, so it is answered whichever reader is installed."""
+
+    def script(conn: Conn, req: Request) -> None:
+        status, headers, body = real_answer(emulator, req)
+        headers = [*headers, ("Content-Length", str(len(body)))]
+        raw = head(status, headers)
+        if quirk == "bare LF":
+            raw = raw.replace(b"\r\n", b"\n")
+        else:
+            raw = raw.replace(b"\r\n\r\n", b"\r\nX-Folded: a\r\n b\r\n\r\n")
+        conn.send(raw + body)
+
+    with HostileServer(script, keep_alive=True) as server:
+        shim = make_shim(server.url)
+        for _ in range(2):
+            answer = await query(shim)
+            assert isinstance(answer, dict) and answer["result_code"] == "SUCCESS", answer
+
+
+def test_the_fast_writer_frames_as_h11_and_refuses_what_h11_refuses() -> None:
+    """Byte for byte h11's request; a header that could split the request is refused."""
+    import h11
+
+    # private: the request value the drivers send
+    from shim._flow import HttpRequest
+
+    def req(headers: tuple[tuple[str, str], ...], method: str = "POST") -> HttpRequest:
+        return HttpRequest(
+            method, "http://127.0.0.1:8080/a/b?c=1", headers, b"<xml/>", "legacy", 1, 1, 1e9, 1
+        )
+
+    origin = _async_pool._Origin("http://127.0.0.1:8080/a/b?c=1")
+    extra = ("Accept-Encoding", "identity")
+    good = req((("Content-Type", "text/xml"), ("Authorization", "WECHATPAY2 a=1,\tb=2")))
+    expected = _async_pool._request_bytes(h11.Connection(h11.CLIENT), good, origin, extra)
+    assert _async_pool._fast_request_bytes(good, origin, extra) == expected
+    for bad in (
+        req((("X-A", "1\r\nX-Injected: 1"),)),
+        req((("X-A", "1\n"),)),
+        req((("X A", "1"),)),
+        req((("X-A", "\u4e2d"),)),
+        req((("X-A", "1\x00"),)),
+        req((("X-A", " 1"),)),
+        req((), method="PO ST"),
+    ):
+        with pytest.raises(_async_pool._BadRequest):
+            _async_pool._fast_request_bytes(bad, origin, extra)
+        with pytest.raises((h11.LocalProtocolError, UnicodeEncodeError)):  # (h11: uncaught)
+            _async_pool._request_bytes(h11.Connection(h11.CLIENT), bad, origin, extra)
+    framing = req((("Content-Length", "6"),))
+    assert _async_pool._fast_request_bytes(framing, origin, extra) is None  # h11 frames it
 
 
 async def test_a_cancelled_call_closes_the_connection_it_was_using(

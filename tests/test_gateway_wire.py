@@ -1,8 +1,10 @@
-"""The gateway's own wire details: each answer leaves in one write."""
+"""The gateway's own wire details: each answer leaves in one write; the fast parts are optional."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +110,61 @@ def test_answers_through_the_corked_server_are_whole_and_kept_alive(
             assert answer_verifies(parse_answer(resp.content), key)
             ports.add(resp.extensions["network_stream"].get_extra_info("client_addr")[1])
         assert len(ports) == 1
+
+
+_WITHOUT_FAST_PARTS = """
+import importlib.abc, sys
+
+class _Blocker(importlib.abc.MetaPathFinder):  # a gateway install without httptools, uvloop
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("httptools", "uvloop"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+sys.meta_path.insert(0, _Blocker())
+from pathlib import Path
+
+import httpx
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from shim import _async_pool
+from shim.gateway import running
+from shim.gateway._server import CorkedHttpProtocol
+from shim.sandbox import Emulator, SandboxState, serve
+from tests.gateway_support import answer_verifies, parse_answer, request_fields, to_xml
+from tests.gateway_support import write_config
+
+assert issubclass(CorkedHttpProtocol, H11Protocol), CorkedHttpProtocol.__mro__
+assert _async_pool.httptools is None
+folder = Path(sys.argv[1])
+state = SandboxState.load_or_create(folder / "state")
+with serve(Emulator(state)) as upstream:
+    cfg = write_config(state, folder / "shim.toml", upstream_url=upstream.base_url)
+    key = state.merchants["10000098"].v2_key
+    with running(cfg) as gw, httpx.Client(base_url=gw.base_url, timeout=20) as http:
+        for stock in ("1757", "1717"):
+            body = to_xml(request_fields(state, "10000098", stock))
+            resp = http.post("/mmpaymkttransfers/query_coupon_stock", content=body)
+            assert resp.status_code == 200, resp.text
+            assert answer_verifies(parse_answer(resp.content), key), resp.text
+            print("answered", stock)
+"""
+
+
+def test_the_gateway_serves_on_pure_python_parts_without_httptools_and_uvloop(
+    tmp_path: Path,
+) -> None:
+    """httptools and uvloop are the gateway extra's fast parts; without them uvicorn's h11
+    protocol (corked the same way), asyncio's loop and the pool's h11 reader serve the same
+    signed answers."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_FAST_PARTS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answered = [line for line in proc.stdout.splitlines() if line.startswith("answered")]
+    assert answered == ["answered 1757", "answered 1717"], proc.stdout[-3000:]

@@ -14,6 +14,7 @@ default registry is served, which also holds the library's own call metrics
 from __future__ import annotations
 
 import os
+from typing import Any
 
 __all__ = ["ENDPOINTS", "GatewayMetrics", "render_latest"]
 
@@ -22,6 +23,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ENDPOINTS = ("query", "passthrough", "not_found", "healthz", "readyz", "metrics")
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+_MAX_CHILDREN = 512  # label sets whose children are kept at hand
 _METRICS: GatewayMetrics | None = None
 
 
@@ -52,6 +54,9 @@ class GatewayMetrics:
             "1 while the worker drains after SIGTERM.",
             multiprocess_mode="livemax",
         )
+        # each label set's children, looked up once (prometheus_client's labels() takes a
+        # lock and validates the values on every call); the keys are a small fixed set
+        self._children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
 
     @classmethod
     def get(cls) -> GatewayMetrics:
@@ -63,8 +68,17 @@ class GatewayMetrics:
 
     def observe(self, endpoint: str, status: int, kind: str, seconds: float) -> None:
         """Count one answered request."""
-        self.requests.labels(endpoint, str(status), kind).inc()
-        self.duration.labels(endpoint).observe(seconds)
+        key = (endpoint, status, kind)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(endpoint, str(status), kind),
+                self.duration.labels(endpoint),
+            )
+            if len(self._children) < _MAX_CHILDREN:
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def render_latest() -> tuple[bytes, str]:
