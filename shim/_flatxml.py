@@ -28,16 +28,20 @@ from typing import Final
 __all__ = ["read_flat"]
 
 _ROOT: Final = re.compile(r"[ \t\n]*<xml>(.*)</xml>[ \t\n]*", re.DOTALL)
+# One element, without the whitespace before it: its name, the CDATA opener when the value is
+# one CDATA section, and the raw value (a CDATA section's content, anything without "]]>",
+# read a run at a time; or plain text without "<", "&" or "]").
 _ELEMENT: Final = re.compile(
-    r"[ \t\n]*<([A-Za-z_][A-Za-z0-9_.\-]{0,63})>"
-    # one CDATA section (anything without "]]>", read a run at a time), or plain text
-    r"(?:<!\[CDATA\[((?:[^\]]++|\](?!\]>))*+)\]\]>|([^<&\]]*+))"
+    r"<([A-Za-z_][A-Za-z0-9_.\-]{0,63})>(<!\[CDATA\[)?"
+    r"((?(2)[^\]]*+(?:\](?!\]>)[^\]]*+)*+|[^<&\]]*+))(?(2)\]\]>)"
     r"</\1>",
     re.DOTALL,
 )
-_GAP: Final = re.compile(r"[ \t\n]*")
-# Characters XML 1.0 cannot carry, and CR (see above): any of these -> the full parser.
-_REFUSED: Final = re.compile("[^\t\n\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Every byte but those XML 1.0 cannot carry below 0x20, and CR (see above). Bytes left over
+# after deleting these are refused; so are U+FFFE and U+FFFF, and strict UTF-8 decoding
+# refuses surrogates: what is left is exactly XML's Char, less CR.
+_ALLOWED_BYTES: Final = bytes([0x09, 0x0A, *range(0x20, 0x100)])
+_BLANK: Final = " \t\n"
 
 
 def read_flat(body: bytes) -> dict[str, str] | None:
@@ -49,30 +53,24 @@ def read_flat(body: bytes) -> dict[str, str] | None:
     Returns:
         The fields in document order, values stripped, or ``None``.
     """
+    if body.translate(None, _ALLOWED_BYTES):
+        return None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if _REFUSED.search(text) is not None:
+    if "\ufffe" in text or "\uffff" in text:
         return None
     root = _ROOT.fullmatch(text)
     if root is None:
         return None
-    inner = root.group(1)
-    fields: dict[str, str] = {}
-    pos, end = 0, len(inner)
-    match = _ELEMENT.match
-    while True:
-        found = match(inner, pos)
-        if found is None:
-            break
-        name, cdata, plain = found.groups()
-        if name in fields:
-            return None  # repeated: the full parser refuses it
-        fields[name] = (cdata if cdata is not None else plain).strip()
-        pos = found.end()
-    if _GAP.fullmatch(inner, pos, end) is None:
-        return None
-    if not fields:
-        return None
+    # One pass: [gap, name, cdata opener, value, gap, name, ..., gap]. The matches tile the
+    # content exactly when every gap between (and around) them is XML whitespace, and then
+    # they are the elements an element-by-element reader would find, in order.
+    parts = _ELEMENT.split(root.group(1))
+    if len(parts) == 1 or "".join(parts[::4]).strip(_BLANK):
+        return None  # no element, or something between the elements
+    fields = dict(zip(parts[1::4], map(str.strip, parts[3::4]), strict=True))
+    if 4 * len(fields) + 1 != len(parts):
+        return None  # a repeated element: the full parser refuses it
     return fields

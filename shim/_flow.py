@@ -301,7 +301,7 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     """One signed POST to the retired v2 endpoint; the answer is verified, fail closed."""
     m = ctx.merchant
     key = m.v2_key.reveal()
-    fields = v2.build_request_fields(
+    sent_xml = v2.signed_request_xml(
         ctx.request, key=key, sign_type=m.v2_sign_type, nonce=ctx.nonce()
     )
     sent = yield _request(
@@ -311,7 +311,7 @@ def legacy_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
         "POST",
         ctx.config.upstream.v2_base_url + v2.QUERY_COUPON_STOCK_PATH,
         (("Content-Type", "text/xml; charset=utf-8"), ("User-Agent", USER_AGENT)),
-        v2.to_xml(fields),
+        sent_xml,
     )
     reply = _answer(sent, "legacy")
     received = ctx.clock()
@@ -386,7 +386,7 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     answer_headers = reply.headers
     status, rid = reply.status, v3.request_id_of(answer_headers)
     if 200 <= status < 300:
-        v3.verify_answer(creds, answer_headers, reply.body, now=ctx.wall(), status=status)
+        text = v3.verify_answer(creds, answer_headers, reply.body, now=ctx.wall(), status=status)
         ctype = _media_type(answer_headers)
         if ctype != "application/json":
             raise UpstreamError(
@@ -396,7 +396,7 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
                 status=status,
                 request_id=rid,
             )
-        body = v3.parse_json_object(reply.body, status=status, request_id=rid)
+        body = v3.parse_json_object(text, status=status, request_id=rid)
         if body.get("stock_id") != stock_id or body.get("stock_creator_mchid", creator) != creator:
             raise UpstreamError(
                 "v3 answered for another stock or creator merchant than the one asked for; "

@@ -27,6 +27,7 @@ __all__ = [
     "checked_answer",
     "parse_xml",
     "sign",
+    "signed_request_xml",
     "to_xml",
     "validate_request",
     "verify_answer",
@@ -130,6 +131,23 @@ def validate_request(values: Mapping[str, Any]) -> V2Request:
     return V2Request(**clean)
 
 
+# The key sets signed are few (one per answer shape and request shape), so their sorted
+# order is memoised by the keys in the order given; bounded, cleared when full.
+_ORDERS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_ORDERS_MAX: Final = 512
+
+
+def _sorted_keys(params: Mapping[str, str]) -> tuple[str, ...]:
+    keys = tuple(params)
+    order = _ORDERS.get(keys)
+    if order is None:
+        order = tuple(sorted(keys))
+        if len(_ORDERS) >= _ORDERS_MAX:
+            _ORDERS.clear()
+        _ORDERS[keys] = order
+    return order
+
+
 def sign(params: Mapping[str, str], key: str, sign_type: str) -> str:
     """The v2 signature of ``params`` (every non-empty field but ``sign``), upper-case hex.
 
@@ -138,10 +156,12 @@ def sign(params: Mapping[str, str], key: str, sign_type: str) -> str:
         key: the merchant's v2 API key.
         sign_type: ``"MD5"`` or ``"HMAC-SHA256"``.
     """
-    string_a = "&".join([f"{k}={v}" for k, v in sorted(params.items()) if v and k != "sign"])
+    # Keys are unique, so sorting the keys orders the pairs as sorting the items would.
+    order = _sorted_keys(params)
+    string_a = "&".join([f"{k}={v}" for k in order if (v := params[k]) and k != "sign"])
     temp = f"{string_a}&key={key}".encode()
     if sign_type == "HMAC-SHA256":
-        return hmac.new(key.encode(), temp, hashlib.sha256).hexdigest().upper()
+        return hmac.digest(key.encode(), temp, "sha256").hex().upper()
     if sign_type == "MD5":
         return hashlib.md5(temp, usedforsecurity=False).hexdigest().upper()
     raise ValueError(f"unknown v2 sign type {sign_type!r}")
@@ -159,6 +179,60 @@ def build_request_fields(
     return fields
 
 
+class _RequestTemplate(NamedTuple):
+    """What a signed request's XML and sign string hold besides the nonce and the sign."""
+
+    sign_head: str  # the sorted pairs before nonce_str, each followed by "&"
+    sign_tail: str  # the sorted pairs after nonce_str, each preceded by "&"
+    xml_head: str  # "<xml>" and the request's elements
+    xml_middle: str  # the elements between nonce_str and sign (sign_type)
+
+
+_TEMPLATES: dict[tuple[V2Request, str], _RequestTemplate] = {}
+_TEMPLATES_MAX: Final = 1024
+
+
+def _request_template(request: V2Request, sign_type: str) -> _RequestTemplate:
+    found = _TEMPLATES.get((request, sign_type))
+    if found is not None:
+        return found
+    fields = {k: v for k, v in zip(REQUEST_FIELDS, request, strict=True) if v}
+    extra = {"sign_type": "HMAC-SHA256"} if sign_type == "HMAC-SHA256" else {}
+    pairs = sorted({**fields, **extra}.items())
+    before = [f"{k}={v}" for k, v in pairs if k < "nonce_str"]
+    after = [f"{k}={v}" for k, v in pairs if k > "nonce_str"]
+    found = _RequestTemplate(
+        "".join(f"{pair}&" for pair in before),
+        "".join(f"&{pair}" for pair in after),
+        "<xml>" + "".join(f"<{k}>{_cdata(v)}</{k}>" for k, v in fields.items()),
+        "".join(f"<{k}>{_cdata(v)}</{k}>" for k, v in extra.items()),
+    )
+    if len(_TEMPLATES) >= _TEMPLATES_MAX:
+        _TEMPLATES.clear()
+    _TEMPLATES[(request, sign_type)] = found
+    return found
+
+
+def signed_request_xml(request: V2Request, *, key: str, sign_type: str, nonce: str) -> bytes:
+    """``to_xml(build_request_fields(...))``, byte for byte, from a per-request template.
+
+    A request's fields and their sorted order are the same on every call for it: only the
+    nonce and the sign differ, so the rest is kept (bounded memo, no keys in it).
+    """
+    if not nonce or sign_type not in ("MD5", "HMAC-SHA256"):
+        return to_xml(build_request_fields(request, key=key, sign_type=sign_type, nonce=nonce))
+    t = _request_template(request, sign_type)
+    temp = f"{t.sign_head}nonce_str={nonce}{t.sign_tail}&key={key}".encode()
+    if sign_type == "HMAC-SHA256":
+        signature = hmac.digest(key.encode(), temp, "sha256").hex().upper()
+    else:
+        signature = hashlib.md5(temp, usedforsecurity=False).hexdigest().upper()
+    return (
+        f"{t.xml_head}<nonce_str>{_cdata(nonce)}</nonce_str>{t.xml_middle}"
+        f"<sign><![CDATA[{signature}]]></sign></xml>"
+    ).encode()
+
+
 def _cdata(value: str) -> str:
     # "]]>" cannot stand inside CDATA: split it across two sections.
     return "<![CDATA[" + value.replace("]]>", "]]]]><![CDATA[>") + "]]>"
@@ -166,9 +240,11 @@ def _cdata(value: str) -> str:
 
 def to_xml(fields: Mapping[str, str]) -> bytes:
     """Serialize flat v2 fields as ``<xml><k><![CDATA[v]]></k>…</xml>`` (UTF-8)."""
-    return (
-        "<xml>" + "".join(f"<{k}>{_cdata(v)}</{k}>" for k, v in fields.items()) + "</xml>"
-    ).encode()
+    # _cdata inlined: "]]>" is split across two sections.
+    elements = "".join(
+        [f"<{k}><![CDATA[{v.replace(']]>', ']]]]><![CDATA[>')}]]></{k}>" for k, v in fields.items()]
+    )
+    return f"<xml>{elements}</xml>".encode()
 
 
 _BAD: Final = object()  # a field that is not a plain text element (nested, attributes, repeated)
@@ -362,9 +438,11 @@ def verify_answer(
         if code == "SUCCESS":
             raise SignatureError("v2 answer has no sign; refused (fail closed)", route=route)
         return
+    expected_len = 64 if sign_type == "HMAC-SHA256" else 32
+    if len(got) == expected_len and hmac.compare_digest(got.upper(), sign(answer, key, sign_type)):
+        return
     who = f"merchant {mch_id}" if mch_id else "the merchant"
     table = f'merchants."{mch_id}"' if mch_id else "merchants.<mch_id>"
-    expected_len = 64 if sign_type == "HMAC-SHA256" else 32
     if len(got) != expected_len:
         other = {32: "MD5", 64: "HMAC-SHA256"}.get(len(got))
         looks = f"looks {other}" if other else "is neither MD5 nor HMAC-SHA256"
@@ -374,24 +452,24 @@ def verify_answer(
             f"{who} uses",
             route=route,
         )
-    if not hmac.compare_digest(got.upper(), sign(answer, key, sign_type)):
-        refused = answer.get("err_code") in ("SIGN_ERROR", "SIGNERROR") or (
-            code == "FAIL" and "签名" in answer.get("return_msg", "")
-        )
-        hint = (
-            "WeChat Pay also says it refused the request's sign (SIGN_ERROR), so the key is "
-            "almost certainly wrong. "
-            if refused
-            else ""
-        )
-        raise SignatureError(
-            f"v2 answer sign does not verify with the v2 key of {who} ({table}.v2_key, "
-            f"{sign_type}); refused. {hint}Likely causes: {table}.v2_key is not the API key "
-            "set in the WeChat Pay merchant platform (wrong key, or another merchant's), or "
-            f"{table}.v2_sign_type is not the sign type the merchant uses; if both are right, "
-            "the answer was altered on the way",
-            route=route,
-        )
+    # The sign is of the right length but does not match.
+    refused = answer.get("err_code") in ("SIGN_ERROR", "SIGNERROR") or (
+        code == "FAIL" and "签名" in answer.get("return_msg", "")
+    )
+    hint = (
+        "WeChat Pay also says it refused the request's sign (SIGN_ERROR), so the key is "
+        "almost certainly wrong. "
+        if refused
+        else ""
+    )
+    raise SignatureError(
+        f"v2 answer sign does not verify with the v2 key of {who} ({table}.v2_key, "
+        f"{sign_type}); refused. {hint}Likely causes: {table}.v2_key is not the API key "
+        "set in the WeChat Pay merchant platform (wrong key, or another merchant's), or "
+        f"{table}.v2_sign_type is not the sign type the merchant uses; if both are right, "
+        "the answer was altered on the way",
+        route=route,
+    )
 
 
 #: The fields of a v2 answer that name the request it answers.

@@ -16,7 +16,7 @@ from wechatpayv3.utils import rsa_sign, rsa_verify
 
 from shim._errors import InputError, SignatureError, UpstreamError
 from shim._values import V3Credentials
-from shim._wire import ascii_token, parse_uint
+from shim._wire import ascii_token, parse_uint, printable_token
 
 __all__ = [
     "FRESHNESS_S",
@@ -34,8 +34,9 @@ SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
 FRESHNESS_S = 300
 
 # What each answer header may hold (ASCII only; anything else is refused, typed).
+# What each answer header may hold (ASCII only; anything else is refused, typed). The nonce
+# and Request-ID, printable ASCII without spaces, are read by shim._wire.printable_token.
 _SERIAL: Final = re.compile(r"[0-9A-Za-z_]+")
-_NONCE: Final = re.compile(r"[\x21-\x7e]+")
 _BASE64: Final = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _CODE: Final = re.compile(r"[A-Za-z0-9_]+")
 
@@ -77,7 +78,13 @@ def authorization(
 
 def request_id_of(headers: Mapping[str, str]) -> str | None:
     """The answer's ``Request-ID`` when it is 1-128 printable ASCII characters, else None."""
-    return ascii_token(headers.get("request-id"), _NONCE, max_len=128)
+    return printable_token(headers.get("request-id"), max_len=128)
+
+
+def _refused(why: str, headers: Mapping[str, str], status: int) -> SignatureError:
+    return SignatureError(
+        f"v3 answer refused: {why}", route="v3", status=status, request_id=request_id_of(headers)
+    )
 
 
 def verify_answer(
@@ -87,71 +94,92 @@ def verify_answer(
     *,
     now: float,
     status: int,
-) -> None:
+) -> str:
     """Verify a v3 answer's signature and freshness; fail closed.
 
     ``headers`` must be case-insensitive (``httpx.Headers``) or lower-case keyed.
+
+    Returns:
+        The body as text (it is UTF-8, checked here), for :func:`parse_json_object`.
 
     Raises:
         SignatureError: a header is missing, the signature type is unknown, the signature is a
             ``WECHATPAY/SIGNTEST/`` probe, the serial is unknown, the timestamp is 5 minutes or
             more off, or the signature does not verify.
     """
-    request_id = request_id_of(headers)
-
-    def refuse(why: str) -> SignatureError:
-        return SignatureError(
-            f"v3 answer refused: {why}", route="v3", status=status, request_id=request_id
-        )
-
-    signature = headers.get("wechatpay-signature")
-    timestamp = headers.get("wechatpay-timestamp")
-    nonce = headers.get("wechatpay-nonce")
-    serial = headers.get("wechatpay-serial")
-    for name, value in (
-        ("Wechatpay-Signature", signature),
-        ("Wechatpay-Timestamp", timestamp),
-        ("Wechatpay-Nonce", nonce),
-        ("Wechatpay-Serial", serial),
-    ):
-        if not value:
-            raise refuse(f"missing {name} header")
+    get = headers.get
+    signature = get("wechatpay-signature")
+    timestamp = get("wechatpay-timestamp")
+    nonce = get("wechatpay-nonce")
+    serial = get("wechatpay-serial")
+    if not (signature and timestamp and nonce and serial):
+        for name, value in (
+            ("Wechatpay-Signature", signature),
+            ("Wechatpay-Timestamp", timestamp),
+            ("Wechatpay-Nonce", nonce),
+            ("Wechatpay-Serial", serial),
+        ):
+            if not value:
+                raise _refused(f"missing {name} header", headers, status)
     assert signature and timestamp and nonce and serial
-    sig_type = headers.get("wechatpay-signature-type", SIGNATURE_TYPE)
-    if sig_type != SIGNATURE_TYPE:
-        raise refuse("unsupported Wechatpay-Signature-Type")
+    if get("wechatpay-signature-type", SIGNATURE_TYPE) != SIGNATURE_TYPE:
+        raise _refused("unsupported Wechatpay-Signature-Type", headers, status)
     if signature.startswith("WECHATPAY/SIGNTEST/"):
-        raise refuse("signature is a WECHATPAY/SIGNTEST/ probe")
+        raise _refused("signature is a WECHATPAY/SIGNTEST/ probe", headers, status)
     if ascii_token(signature, _BASE64, max_len=2048) is None:
-        raise refuse("Wechatpay-Signature is not Base64")
-    if ascii_token(nonce, _NONCE, max_len=64) is None:
-        raise refuse("Wechatpay-Nonce is not 1-64 printable ASCII characters")
+        raise _refused("Wechatpay-Signature is not Base64", headers, status)
+    if printable_token(nonce, max_len=64) is None:
+        raise _refused("Wechatpay-Nonce is not 1-64 printable ASCII characters", headers, status)
     if ascii_token(serial, _SERIAL, max_len=64) is None:
-        raise refuse("Wechatpay-Serial is not an ASCII serial")
+        raise _refused("Wechatpay-Serial is not an ASCII serial", headers, status)
     public_key = creds.verifiers.get(serial) or creds.verifiers.get(serial.upper())
     if public_key is None:
-        raise refuse("Wechatpay-Serial is not a configured WeChat Pay key or certificate")
+        raise _refused(
+            "Wechatpay-Serial is not a configured WeChat Pay key or certificate", headers, status
+        )
     sent_at = parse_uint(timestamp, max_digits=12)
     if sent_at is None:
-        raise refuse("Wechatpay-Timestamp is not a Unix time in ASCII digits")
+        raise _refused("Wechatpay-Timestamp is not a Unix time in ASCII digits", headers, status)
     if abs(now - sent_at) >= FRESHNESS_S:
-        raise refuse("Wechatpay-Timestamp is 5 minutes or more away from local time")
+        raise _refused(
+            "Wechatpay-Timestamp is 5 minutes or more away from local time", headers, status
+        )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise refuse("body is not UTF-8") from None
+        raise _refused("body is not UTF-8", headers, status) from None
     if not rsa_verify(timestamp, nonce, text, signature, public_key):
-        raise refuse("signature does not verify")
+        raise _refused("signature does not verify", headers, status)
+    return text
 
 
-def parse_json_object(body: bytes, *, status: int, request_id: str | None) -> dict[str, Any]:
+_DECODER: Final = json.JSONDecoder()
+
+
+def parse_json_object(body: bytes | str, *, status: int, request_id: str | None) -> dict[str, Any]:
     """Parse a verified 2xx v3 body, which must be a JSON object.
+
+    Args:
+        body: the answer's bytes, or its text as :func:`verify_answer` returned it (the
+            same result, without decoding the body a second time).
 
     Raises:
         UpstreamError: kind ``protocol`` when it is not.
     """
+    # The common case read directly: an object and nothing after it. A text that starts with
+    # "{" and parses is read by json.loads(bytes) as UTF-8 too (only a NUL in the first two
+    # bytes or a byte-order mark would make it guess another encoding, and neither parses
+    # here); anything else takes json.loads' own path below.
+    if type(body) is str and body[:1] == "{":
+        try:
+            data, end = _DECODER.raw_decode(body)
+        except (ValueError, RecursionError):
+            pass
+        else:
+            if end == len(body):
+                return data  # type: ignore[no-any-return]
     try:
-        data = json.loads(body)
+        data = json.loads(body.encode("utf-8") if type(body) is str else body)
     except (ValueError, RecursionError):
         raise UpstreamError(
             "v3 answer is not valid JSON",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["ascii_token", "parse_uint"]
+__all__ = ["ascii_token", "parse_uint", "printable_token"]
 
 _DIGITS: Final = re.compile(r"[0-9]{1,20}", re.ASCII)
 
@@ -33,3 +33,13 @@ def ascii_token(text: object, pattern: re.Pattern[str], *, max_len: int) -> str 
     if not isinstance(text, str) or not 0 < len(text) <= max_len or not text.isascii():
         return None
     return text if pattern.fullmatch(text) else None
+
+
+def printable_token(text: object, *, max_len: int) -> str | None:
+    """``text`` when it is 1..``max_len`` characters of ``[\x21-\x7e]`` (printable ASCII
+    without the space), else None: :func:`ascii_token` with that pattern, in ``str`` methods
+    (every v3 answer's nonce and ``Request-ID`` are read with it)."""
+    if not isinstance(text, str) or not 0 < len(text) <= max_len or not text.isascii():
+        return None
+    # For ASCII text, isprintable() is exactly [\x20-\x7e]; the space is the one to refuse.
+    return text if text.isprintable() and " " not in text else None

@@ -42,6 +42,7 @@ __all__ = [
     "CONVERTERS",
     "CONVERTER_NAMES",
     "MAX_INTEGER",
+    "MAX_TIME_LEN",
     "ConversionError",
     "Converter",
     "beijing_time",
@@ -49,6 +50,7 @@ __all__ = [
     "epoch_seconds",
     "integer",
     "make_enum",
+    "parsed_times",
     "text",
 ]
 
@@ -207,6 +209,14 @@ def _times(value: str) -> tuple[str, str] | str:
     if isinstance(seconds, str):
         return seconds
     return (str(seconds), _beijing_of_epoch(seconds))
+
+
+#: The times of a short string, memoised (for the compiled mapper, which inlines the time
+#: converters): ``(Unix seconds text, Beijing text or "")``, or an error detail.
+parsed_times: Final = _times
+
+#: Longest text the time converters parse; longer is refused unread.
+MAX_TIME_LEN: Final = _MAX_TIME_LEN
 
 
 def _times_of(value: object) -> tuple[str, str]:

@@ -194,7 +194,7 @@ class _Validator:
         fields = self.fields(doc.get("fields"), enums)
         errors = self.errors(doc.get("errors", []))
         unknown_errors = self.unknown_errors(doc.get("unknown_errors", {}))
-        template, echo, steps = compile_plan(fields, enums)
+        template, echo, steps, compiled = compile_plan(fields, enums)
         return MappingTable(
             name=name,
             source=self.source,
@@ -205,6 +205,7 @@ class _Validator:
             template=template,
             echo=echo,
             v3_steps=steps,
+            compiled=compiled,
         )
 
     def text(self, value: object, key: str, what: str, *, empty_ok: bool = False) -> str:

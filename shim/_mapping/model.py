@@ -9,16 +9,17 @@ per-call plan precompiled at load (see :func:`shim._mapping.apply.compile_plan`)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from shim._mapping.converters import Converter
 
 __all__ = [
     "DEFAULT_MAPPING_NAME",
     "KNOWN_V3_ENUMS",
+    "CompiledMap",
     "ErrorKind",
     "ErrorOutcome",
     "ErrorRule",
@@ -148,6 +149,10 @@ class ErrorOutcome:
 #: One precompiled v3 step: (v2 key, v3 path, converter, required).
 V3Step = tuple[str, tuple[str, ...], Converter, bool]
 
+#: A table compiled into one function: (v3 body, request fields), both plain dicts, to the
+#: result (see :func:`shim._mapping.apply.compile_plan`).
+CompiledMap = Callable[[dict[str, Any], dict[str, str]], MapResult]
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MappingTable:
@@ -171,11 +176,12 @@ class MappingTable:
     unknown_errors: Mapping[str, ErrorKind]
     # Precompiled at load: every v2 key in file order (constants filled in, others None),
     # the request echoes (v2 key, request field) and the v3 steps (v2 key, path, converter,
-    # required).
+    # required), and the whole table compiled into one function.
     # (A plain dict, never mutated: copying a dict is much faster than copying a proxy.)
     template: dict[str, str | None] = field(repr=False, compare=False)
     echo: tuple[tuple[str, str], ...] = field(repr=False, compare=False)
     v3_steps: tuple[V3Step, ...] = field(repr=False, compare=False)
+    compiled: CompiledMap = field(repr=False, compare=False)
 
     def unknown_error_kind(self, status: int) -> ErrorKind:
         """The outcome of an error pair not in the table: by exact status, then class."""
