@@ -999,11 +999,7 @@ async def _send_async(
         if not gate.try_acquire():
             waited = True
             try:
-                # Waiting counts against the budget, and ends an exchange's time before the
-                # deadline: admitted later, the call could not finish within its budget
-                # (see below), and waiters timing out together at their deadlines would
-                # keep the event loop past every one of them.
-                async with _scope(remaining - gate.exchange_s):
+                async with _scope(remaining):  # waiting for a slot counts against the budget
                     await gate.acquire()
             except TimeoutError:
                 return _OVERLOAD
