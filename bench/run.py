@@ -913,13 +913,20 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         live._live.on_reload(lambda old, new: swaps.append(time.perf_counter()))
         stop = threading.Event()
         samples: list[tuple[float, float]] = []
+        # The CPU the reloading thread used within each call: the GIL it held while the
+        # call waited, whatever else the machine was running (a load-independent stall).
+        (watcher,) = [t for t in threading.enumerate() if t.name == "coupon-shim-config-watcher"]
+        watcher_cpu = time.pthread_getcpuclockid(watcher.ident or 0)
+        held: list[tuple[float, float]] = []
 
         def caller() -> None:
-            clock = time.perf_counter
+            clock, cpu = time.perf_counter, time.clock_gettime
             while not stop.is_set():
+                w0 = cpu(watcher_cpu)
                 t0 = clock()
                 call()
                 samples.append((t0, clock() - t0))
+                held.append((t0, cpu(watcher_cpu) - w0))
 
         pauses: list[tuple[int, float, float]] = []  # (generation, start, seconds)
         gc_started = [0.0]
@@ -938,9 +945,15 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         quiet_end = time.perf_counter()
         text = watched.read_text()
         windows = []
-        for k in range(p.reloads):
+        rewrites = []  # then reloads that change every merchant's text: all parsed again
+        first_swaps = 0
+        for k in range(2 * p.reloads):
             before = len(swaps)
+            if k == p.reloads:
+                first_swaps = before
             new_text = text.replace("sample_ratio = 1.0", f"sample_ratio = {0.5 + k / 100}")
+            if k >= p.reloads:
+                new_text = new_text.replace('"]\nappid', f'"]  # revision {k}\nappid')
             tmp = watched.with_suffix(".tmp")
             tmp.write_text(new_text)
             started = time.perf_counter()
@@ -948,7 +961,8 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
             end = time.perf_counter() + 10
             while len(swaps) == before and time.perf_counter() < end:
                 time.sleep(0.005)
-            windows.append((started, swaps[-1] if len(swaps) > before else time.perf_counter()))
+            window = (started, swaps[-1] if len(swaps) > before else time.perf_counter())
+            (windows if k < p.reloads else rewrites).append(window)
             time.sleep(0.3)
         stop.set()
         worker.join(10)
@@ -960,9 +974,21 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         for t0, lat in samples
         if any(a - 0.05 <= t0 <= b + 0.01 for a, b in windows)  # a call overlapping a reload
     ]
+    rewriting = [lat for t0, lat in samples if any(a - 0.05 <= t0 <= b + 0.01 for a, b in rewrites)]
     out["g_reload_1000"] = {
         "reloads": p.reloads,
-        "swapped": len(swaps),
+        "swapped": first_swaps,
+        "full_rewrite_swapped": len(swaps) - first_swaps,
+        "full_rewrite_reload_s": summary([b - a for a, b in rewrites]),
+        "worst_call_during_full_rewrite_ms": max(rewriting) * 1000 if rewriting else float("nan"),
+        "worst_reload_cpu_within_one_call_ms": max(
+            (w * 1000 for t0, w in held if any(a - 0.05 <= t0 <= b + 0.01 for a, b in windows)),
+            default=float("nan"),
+        ),
+        "worst_reload_cpu_within_one_call_full_rewrite_ms": max(
+            (w * 1000 for t0, w in held if any(a - 0.05 <= t0 <= b + 0.01 for a, b in rewrites)),
+            default=float("nan"),
+        ),
         "reload_s": summary([b - a for a, b in windows]),
         "call_median_ms": statistics.median([lat for _, lat in samples]) * 1000,
         "worst_call_quiet_ms": max(quiet) * 1000,
@@ -1188,6 +1214,16 @@ def table(r: dict[str, Any]) -> str:
         f"{g['worst_call_during_reload_ms']:.2f} ms (quiet: {g['worst_call_quiet_ms']:.2f} ms); "
         f"longest GC {g['worst_gc_during_reload_ms']:.1f} ms, "
         f"{g['full_collections_during_reloads']} full",
+    )
+    row(
+        "same, every merchant's text changed",
+        f"reload {g['full_rewrite_reload_s']['median'] * 1000:.0f} ms; worst call "
+        f"{g['worst_call_during_full_rewrite_ms']:.2f} ms",
+    )
+    row(
+        "reload CPU within one call, worst (GIL held)",
+        f"{g['worst_reload_cpu_within_one_call_ms']:.2f} ms; every merchant changed: "
+        f"{g['worst_reload_cpu_within_one_call_full_rewrite_ms']:.2f} ms",
     )
     lines.append("f. import and memory")
     row("import shim (wall, minus python -c pass)", f"{r['f_import_wall_ms']:.0f} ms")

@@ -13,7 +13,7 @@ Loading is three steps, each in its own module, and this one only runs them in o
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -24,10 +24,17 @@ from shim._errors import ConfigError
 from shim._mapping.load import load_mapping
 from shim._redaction import scrubs_locals
 from shim._secrets import resolve_merchant, resolve_path
-from shim._toml import ConfigDocument, decode_toml, parse_document
+from shim._toml import ConfigDocument, TomlPieces, decode_toml, parse_document
 from shim._values import MerchantConfig, ShimConfig
 
-__all__ = ["build_config", "load_config", "parse_config", "read_config_file", "with_mapping"]
+__all__ = [
+    "build_config",
+    "load_config",
+    "load_file",
+    "parse_config",
+    "read_config_file",
+    "with_mapping",
+]
 
 
 @scrubs_locals
@@ -37,13 +44,15 @@ def build_config(
     base_dir: Path,
     env: Mapping[str, str],
     previous: Mapping[str, MerchantConfig] | None = None,
+    pause: Callable[[], None] | None = None,
 ) -> ShimConfig:
     """Resolve a validated document into a snapshot (env overrides, folders, secrets, keys).
 
     The mapping is not loaded here (see :func:`with_mapping`). A reload passes the merchants
     in force as ``previous``: a merchant that resolves equal to its previous self keeps that
     object (a reload of a big file then leaves few new long-lived objects behind, so it
-    rarely sets off a full garbage collection, which would stall every thread).
+    rarely sets off a full garbage collection, which would stall every thread). ``pause``
+    is called after each merchant (a background reload lets other threads run).
 
     Raises:
         ConfigError: an override, a folder, a reference or a key is wrong (naming file and key).
@@ -66,6 +75,8 @@ def build_config(
             if before is not None and before == merchant:
                 merchant = before
         merchants[mch_id] = merchant
+        if pause is not None:
+            pause()
     return ShimConfig(
         upstream=doc.upstream,
         retry=doc.retry,
@@ -101,6 +112,8 @@ def parse_config(
     env: Mapping[str, str] | None = None,
     path: Path | None = None,
     previous: Mapping[str, MerchantConfig] | None = None,
+    pause: Callable[[], None] | None = None,
+    pieces: TomlPieces | None = None,
 ) -> ShimConfig:
     """Build a :class:`ShimConfig` from a decoded TOML document, resolving its secrets.
 
@@ -115,17 +128,20 @@ def parse_config(
         env: environment for ``env:`` references and overrides (default ``os.environ``).
         path: the file the data came from, if any.
         previous: the merchants in force, on a reload (see :func:`build_config`).
+        pause: called between merchants (see :func:`build_config`).
+        pieces: the decoder of ``data``, whose drafts of unchanged merchants are reused.
 
     Raises:
         ConfigError: anything is wrong; the message names the file and the key.
     """
     base_dir = base_dir or Path.cwd()
-    doc = parse_document(data, source=source, path=path)
+    doc = parse_document(data, source=source, path=path, pause=pause, pieces=pieces)
     return build_config(
         doc,
         base_dir=base_dir,
         env=os.environ if env is None else env,
         previous=previous,
+        pause=pause,
     )
 
 
@@ -156,8 +172,21 @@ def load_config(
     Raises:
         ConfigError: the file is missing, not TOML, or any key is wrong (the message names both).
     """
+    return load_file(path, env=env)
+
+
+@scrubs_locals
+def load_file(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    pieces: TomlPieces | None = None,
+) -> ShimConfig:
+    """:func:`load_config`, remembering the file's TOML pieces in ``pieces`` (for reloads)."""
     p = Path(path).expanduser()
     source = str(path)
-    data = decode_toml(read_config_file(p, source=source), source=source)
-    config = parse_config(data, source=source, base_dir=p.resolve().parent, env=env, path=p)
+    data = decode_toml(read_config_file(p, source=source), source=source, pieces=pieces)
+    config = parse_config(
+        data, source=source, base_dir=p.resolve().parent, env=env, path=p, pieces=pieces
+    )
     return with_mapping(config)

@@ -95,17 +95,26 @@ class LibraryLogger:
         if not structlog.is_configured():
             return self._stdlib
         config = structlog.get_config()
-        key = (
-            config["processors"],
-            config["context_class"],
-            config["wrapper_class"],
-            config["logger_factory"],
-        )
         resolved = self._resolved
-        if resolved is not None and all(a is b for a, b in zip(resolved[0], key, strict=True)):
-            return resolved[1]
+        if resolved is not None:
+            key = resolved[0]
+            if (
+                config["processors"] is key[0]
+                and config["context_class"] is key[1]
+                and config["wrapper_class"] is key[2]
+                and config["logger_factory"] is key[3]
+            ):
+                return resolved[1]
         log = structlog.get_logger(self._name).bind()
-        self._resolved = (key, log)
+        self._resolved = (
+            (
+                config["processors"],
+                config["context_class"],
+                config["wrapper_class"],
+                config["logger_factory"],
+            ),
+            log,
+        )
         return log
 
     def enabled(self, level: int) -> bool:

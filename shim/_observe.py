@@ -269,21 +269,21 @@ class EventSink:
 def event_fields(record: CallRecord) -> dict[str, Any]:
     """The ``coupon_stock.query`` event's fields for one record (see the module doc)."""
     d = record.decision
-    fields: dict[str, Any] = {
-        "mch_id": record.mch_id,
-        "coupon_stock_id": record.coupon_stock_id,
-        "route": record.route,
-        "decided_route": d.serve,
-        "reason": d.reason,
-        "bucket": d.bucket,
-        "latency_ms": round(record.latency_ms, 3),
-    }
     served, error = record.served, record.error
     if served is not None:
         result = served.result
-        fields["outcome"] = outcome_of(result.answer)
-        fields["fallback"] = served.fallback
-        fields["attempts"] = result.attempts
+        fields: dict[str, Any] = {
+            "mch_id": record.mch_id,
+            "coupon_stock_id": record.coupon_stock_id,
+            "route": served.served_by,
+            "decided_route": d.serve,
+            "reason": d.reason,
+            "bucket": d.bucket,
+            "latency_ms": round(record.latency_ms, 3),
+            "outcome": outcome_of(result.answer),
+            "fallback": served.fallback,
+            "attempts": result.attempts,
+        }
         if served.fallback_error is not None:
             fields["fallback_from"] = d.serve
             fields["fallback_cause"] = _type_kind(served.fallback_error)
@@ -292,6 +292,16 @@ def event_fields(record: CallRecord) -> dict[str, Any]:
             fields["unmapped"] = list(result.unmapped)
         if "err_code" in result.answer:
             fields["err_code"] = result.answer["err_code"]
+    else:
+        fields = {
+            "mch_id": record.mch_id,
+            "coupon_stock_id": record.coupon_stock_id,
+            "route": record.route,
+            "decided_route": d.serve,
+            "reason": d.reason,
+            "bucket": d.bucket,
+            "latency_ms": round(record.latency_ms, 3),
+        }
     if error is not None:
         fields["outcome"] = "error"
         first = record.first_error

@@ -78,6 +78,24 @@ _TRIGGER: Final = re.compile(
     rf"""|(?:{_NAME_WORDS})['"]?\s*[:=]""",
     re.IGNORECASE,
 )
+# The cheaper pre-check in front of _TRIGGER, for ASCII text shorter than a Base64 run: each
+# secret name word contains one of these parts (``paysign`` and ``signature`` contain
+# ``sign``, ``credentials`` contains ``credential``; checked at import below), so text that
+# holds none of them, nor ``<``, ``wechatpay2-sha256`` or ``-----begin``, cannot match.
+_WORD_PARTS: Final = (
+    "sign",
+    "key",
+    "secret",
+    "authorization",
+    "password",
+    "passwd",
+    "token",
+    "pem",
+    "credential",
+)
+if not all(any(part in word for part in _WORD_PARTS) for word in _NAME_WORDS.split("|")):
+    raise AssertionError("every secret name word must contain one of _WORD_PARTS")
+_BASE64_RUN: Final = 120
 _MAX_DEPTH: Final = 8
 _PLAIN: Final = (int, float, bool, type(None))
 #: is_secret_name's answers for names seen (event keys repeat on every event); bounded.
@@ -119,9 +137,31 @@ def _item(match: re.Match[str]) -> str:
     return f"{match.group('name')}{match.group('q')}={REDACTED}"
 
 
+def _may_hold_secret(text: str) -> bool:
+    """False only when no pattern can match ``text`` (True: ask :data:`_TRIGGER`).
+
+    A few ``in`` tests on the lower-cased text, for ASCII text shorter than a Base64 run
+    (``re.IGNORECASE`` also folds non-ASCII letters such as U+017F into ASCII ones, which
+    ``str.lower`` does not: such text always goes to the full search).
+    """
+    if len(text) >= _BASE64_RUN or not text.isascii():
+        return True
+    if "<" in text:
+        return True
+    low = text.lower()
+    if "wechatpay2-sha256" in low or "-----begin" in low:
+        return True
+    if "=" not in text and ":" not in text:
+        return False  # no secret-named item without its ``=`` or ``:``
+    for part in _WORD_PARTS:  # noqa: SIM110 - a plain loop: no generator per call
+        if part in low:
+            return True
+    return False
+
+
 def redact_text(text: str) -> str:
     """Replace anything in ``text`` that looks like a key, a signature or an Authorization."""
-    if _TRIGGER.search(text) is None:
+    if not _may_hold_secret(text) or _TRIGGER.search(text) is None:
         return text  # nothing any pattern could match
     return _redact_all(text)
 
@@ -182,10 +222,15 @@ def redact_secrets(
     scrubbed with :func:`redact_value` (strings, bytes, lists, tuples, sets, nested mappings,
     and objects whose ``repr`` carries a secret).
     """
-    for k in list(event_dict):
-        v = event_dict[k]
-        if is_secret_name(k):
+    for k, v in list(event_dict.items()):
+        secret = _SECRET_NAMES.get(k) if type(k) is str else None
+        if secret is None:
+            secret = is_secret_name(k)
+        if secret:
             event_dict[k] = REDACTED
+        elif type(v) is str:  # the common case, as _redact does it, without its dispatch
+            if len(v) > 8 and _may_hold_secret(v) and _TRIGGER.search(v) is not None:
+                event_dict[k] = _redact_all(v)
         elif not isinstance(v, _PLAIN):
             event_dict[k] = _redact(v, 0)
     return event_dict

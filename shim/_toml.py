@@ -10,8 +10,10 @@ touches a file, the environment or a key (not even ``~`` in a path is expanded h
 
 from __future__ import annotations
 
+import itertools
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
@@ -64,6 +66,7 @@ __all__ = [
     "TOP_LEVEL",
     "ConfigDocument",
     "MerchantDraft",
+    "TomlPieces",
     "decode_toml",
     "parse_document",
     "parse_routing",
@@ -87,8 +90,21 @@ TOP_LEVEL: Final = frozenset(
 )
 
 
-def decode_toml(raw: bytes, *, source: str, empty_ok: bool = True) -> dict[str, Any]:
+def decode_toml(
+    raw: bytes,
+    *,
+    source: str,
+    empty_ok: bool = True,
+    pieces: TomlPieces | None = None,
+    pause: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Decode a config file's bytes (UTF-8 TOML).
+
+    The document is parsed merchant by merchant when that is exactly equivalent to one
+    ``tomllib.loads`` of the whole (see :class:`TomlPieces`), otherwise whole; the result and
+    every error are the same either way. ``pieces`` remembers the merchant tables of the
+    previous decode (a reload re-parses only the merchants whose text changed); ``pause`` is
+    called between the pieces (a reload on a background thread lets other threads run).
 
     Raises:
         ConfigError: not UTF-8 or not TOML (the message names line and column, never a
@@ -97,11 +113,170 @@ def decode_toml(raw: bytes, *, source: str, empty_ok: bool = True) -> dict[str, 
     if not empty_ok and not raw.strip():
         raise ConfigError("the file is empty (a write in progress?)", source=source)
     try:
-        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = pieces.loads(text, pause) if pieces is not None else _loads(text, None, pause)[0]
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         # TOMLDecodeError names line and column, never the value.
         raise ConfigError(f"not valid TOML: {exc}", source=source) from None
     return data
+
+
+#: A line opening a merchant's table at its first column: ``[merchants."ID"]``, ``[merchants.ID]``.
+_MERCHANT_AT = re.compile(r'\[merchants\.(?:"([0-9A-Za-z]+)"|([0-9A-Za-z]+))\]')
+#: A line whose first non-blank character is ``[`` (every table header is one), from the
+#: newline before it (a search for a literal start is many times faster than for ``^``).
+_BRACKET_LINE = re.compile(r"\n[ \t]*\[")
+#: A header of a table inside one merchant's: ``[merchants."ID".more]``.
+_MERCHANT_SUB = re.compile(
+    r'[ \t]*\[[ \t]*merchants[ \t]*\.[ \t]*(?:"([0-9A-Za-z]+)"|([0-9A-Za-z]+))[ \t]*\.'
+)
+
+
+def _split(text: str, pause: Callable[[], None] | None) -> tuple[str, list[tuple[str, str]]] | None:
+    """``(head, [(mch_id, piece), ...])``, or None where splitting could change the meaning.
+
+    A piece starts at a ``[merchants."ID"]`` line and runs to the next one; every other line
+    of it that starts with ``[`` must open a table inside the same merchant. The ids must be
+    distinct. Anything else (an array of tables, another table after the merchants, a header
+    line inside a multi-line value, unusual spelling) is decoded whole.
+    """
+    starts: list[tuple[int, str]] = []
+    current: str | None = None
+    lines = _BRACKET_LINE.finditer(text)
+    first = [0] if text.lstrip(" \t").startswith("[") else []
+    for pos in itertools.chain(first, (line.start() + 1 for line in lines)):
+        opened = _MERCHANT_AT.match(text, pos)
+        if opened is not None:
+            current = opened.group(1) or opened.group(2)
+            starts.append((pos, current))
+            if pause is not None:
+                pause()
+            continue
+        if current is None:
+            continue  # the head: decoded as it is
+        inner = _MERCHANT_SUB.match(text, pos)
+        if inner is None or (inner.group(1) or inner.group(2)) != current:
+            return None
+    if len({mch_id for _, mch_id in starts}) != len(starts):
+        return None
+    if not starts:
+        return text, []
+    ends = [pos for pos, _ in starts[1:]] + [len(text)]
+    return text[: starts[0][0]], [
+        (mch_id, text[pos:end]) for (pos, mch_id), end in zip(starts, ends, strict=True)
+    ]
+
+
+def _copy(value: Any) -> Any:
+    """A fresh copy of a decoded TOML value's tables and arrays (the leaves are immutable)."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+class TomlPieces:
+    """A config document decoded merchant by merchant, exactly as one ``tomllib.loads``.
+
+    Why pieces: ``tomllib`` is pure Python, and one parse of a big file holds the GIL for its
+    whole length in switch-interval slices, stalling every other thread of the process. Parsed
+    in pieces, a background reload can let other threads run in between (``pause``), and a
+    piece whose text did not change since the previous decode is not parsed again.
+
+    Why it is exact: the document is split only before lines ``[merchants."ID"]`` (first
+    column, distinct ids) when every other header line of a piece opens a table inside that
+    merchant. A piece parses to exactly ``{"merchants": {ID: table}}`` or the document is
+    decoded whole; the head (everything before the first merchant) must hold no
+    ``merchants`` key. If a split line were inside a multi-line string or array, the piece
+    before it would end inside that value and fail to parse. So, where every piece parses,
+    each piece is a merchant's table whose keys no other piece touches, and the merged
+    result is the one of the whole document, key order included. Whenever a piece fails
+    to parse, the whole document is parsed instead, so every error (and its line and
+    column) is ``tomllib``'s own for the whole file.
+
+    The remembered pieces are those of the last successful decode only (bounded by the
+    file); the tables handed out are copies, never shared with the memo. Given to
+    :func:`parse_document` with the document it decoded last, it also remembers each piece's
+    validated :class:`MerchantDraft` (a function of the piece's text alone), so a merchant
+    whose text did not change is not validated again either.
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[str, tuple[str, dict[str, Any]]] = {}  # piece text -> (id, table)
+        self._drafts: dict[str, MerchantDraft] = {}  # piece text -> its validated draft
+        self._decoded: dict[str, Any] | None = None  # the merchants of the last decode...
+        self._texts: dict[str, str] = {}  # ...and their pieces' texts by id
+
+    def loads(self, text: str, pause: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Decode ``text`` as ``tomllib.loads(text)`` would (raises ``TOMLDecodeError``)."""
+        self._decoded, self._texts = None, {}
+        data, seen = _loads(text, self._memo, pause)
+        if seen is not None:
+            self._memo = seen
+            self._drafts = {t: d for t, d in self._drafts.items() if t in seen}
+            self._decoded = data["merchants"]
+            self._texts = {mch_id: t for t, (mch_id, _) in seen.items()}
+        return data
+
+    def _draft(self, merchants: Mapping[str, Any], mch_id: str) -> MerchantDraft | None:
+        """The draft validated before for ``mch_id``'s unchanged text in ``merchants``."""
+        if merchants is not self._decoded:
+            return None
+        text = self._texts.get(mch_id)
+        return self._drafts.get(text) if text is not None else None
+
+    def _validated(self, merchants: Mapping[str, Any], draft: MerchantDraft) -> None:
+        if merchants is self._decoded:
+            text = self._texts.get(draft.mch_id)
+            if text is not None:
+                self._drafts[text] = draft
+
+
+def _loads(
+    text: str,
+    memo: dict[str, tuple[str, dict[str, Any]]] | None,
+    pause: Callable[[], None] | None,
+) -> tuple[dict[str, Any], dict[str, tuple[str, dict[str, Any]]] | None]:
+    """The document, and the pieces to remember (``None``: keep the old; see TomlPieces)."""
+    whole: dict[str, Any]
+    split = _split(text, pause)
+    if split is None:
+        whole = tomllib.loads(text)
+        return whole, None
+    head, pieces = split
+    try:
+        data: dict[str, Any] = tomllib.loads(head)
+        if pause is not None:
+            pause()
+        if not pieces:
+            return data, None
+        if "merchants" in data:
+            whole = tomllib.loads(text)
+            return whole, None
+        seen: dict[str, tuple[str, dict[str, Any]]] = {}
+        merchants: dict[str, Any] = {}
+        for mch_id, piece in pieces:
+            known = memo.get(piece) if memo is not None else None
+            if known is None:
+                parsed = tomllib.loads(piece)
+                inner = parsed.get("merchants")
+                if len(parsed) != 1 or not isinstance(inner, dict) or list(inner) != [mch_id]:
+                    whole = tomllib.loads(text)
+                    return whole, None
+                table = merchants[mch_id] = inner[mch_id]
+                if memo is not None:
+                    seen[piece] = (mch_id, _copy(table))
+            else:
+                merchants[mch_id] = _copy(known[1])
+                seen[piece] = known
+            if pause is not None:
+                pause()
+    except tomllib.TOMLDecodeError:
+        whole = tomllib.loads(text)
+        return whole, None
+    data["merchants"] = merchants
+    return data, (seen if memo is not None else None)
 
 
 # --------------------------------------------------------------------------- routing / shadow
@@ -316,7 +491,12 @@ class ConfigDocument:
 
 
 def parse_document(
-    data: Mapping[str, Any], *, source: str, path: Path | None = None
+    data: Mapping[str, Any],
+    *,
+    source: str,
+    path: Path | None = None,
+    pause: Callable[[], None] | None = None,
+    pieces: TomlPieces | None = None,
 ) -> ConfigDocument:
     """Validate a decoded config document (no I/O).
 
@@ -324,6 +504,9 @@ def parse_document(
         data: the decoded TOML document.
         source: how errors name the file.
         path: the file the data came from, if any.
+        pause: called after each merchant (a background reload lets other threads run).
+        pieces: the decoder of ``data``; merchants whose text it found unchanged take the
+            draft validated last time (the same value validation would build again).
 
     Raises:
         ConfigError: anything is wrong; the message names the file and the key.
@@ -397,10 +580,18 @@ def parse_document(
     sf.finish()
 
     merchants: dict[str, MerchantDraft] = {}
-    for mch_id, table in sub_table(data, "merchants", source).items():
+    tables = sub_table(data, "merchants", source)
+    for mch_id, table in tables.items():
         if not isinstance(table, Mapping):
             raise ConfigError("must be a table", source=source, key=f'merchants."{mch_id}"')
-        merchants[mch_id] = _parse_merchant(mch_id, table, source=source)
+        draft = pieces._draft(tables, mch_id) if pieces is not None else None
+        if draft is None:
+            draft = _parse_merchant(mch_id, table, source=source)
+            if pieces is not None:
+                pieces._validated(tables, draft)
+        merchants[mch_id] = draft
+        if pause is not None:
+            pause()
 
     return ConfigDocument(
         source=source,

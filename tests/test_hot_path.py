@@ -144,6 +144,11 @@ _PIECES = st.sampled_from(
         '"',
         "&",
         "sign_type=MD5",
+        "\u017fign",  # LATIN SMALL LETTER LONG S: IGNORECASE folds it to "s", lower() does not
+        "\u212aey",  # KELVIN SIGN: folds to "k"
+        "passwd",
+        "credential",
+        "authorization",
         "2026-12-02T01:13:42.585Z",
         "A" * 119,
         "B" * 121,
@@ -160,6 +165,23 @@ _PIECES = st.sampled_from(
 def test_redact_text_shortcut_never_skips_a_match(text: str) -> None:
     """The one-search shortcut returns text unchanged only when no pattern would change it."""
     assert redact_text(text) == _redact_all(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\u017fign=abcdefgh",  # IGNORECASE folds U+017F to "s": the name is a secret name
+        "x \u212aey: abcdefgh",  # and U+212A (KELVIN SIGN) to "k"
+        "api_KEY = 'abcdefgh'",
+        "Authorization: WECHATPAY2-SHA256-RSA2048 mchid=1",
+        "<Sign>ABC</Sign>",
+        "-----BEGIN PRIVATE KEY-----abc",
+        "x" * 10 + "A" * 120,
+    ],
+)
+def test_redact_text_shortcut_keeps_each_kind_of_secret(text: str) -> None:
+    """Each cheap pre-check in front of the one search lets its kind of secret through."""
+    assert redact_text(text) == _redact_all(text) != text
 
 
 def test_is_secret_name_memo_agrees_with_the_rule() -> None:
