@@ -33,7 +33,7 @@ _ROOT: Final = re.compile(r"[ \t\n]*<xml>(.*)</xml>[ \t\n]*", re.DOTALL)
 # read a run at a time; or plain text without "<", "&" or "]").
 _ELEMENT: Final = re.compile(
     r"<([A-Za-z_][A-Za-z0-9_.\-]{0,63})>(<!\[CDATA\[)?"
-    r"((?(2)[^\]]*+(?:\](?!\]>)[^\]]*+)*+|[^<&\]]*+))(?(2)\]\]>)"
+    r"((?(2)[^\]]*(?:\](?!\]>)[^\]]*)*|[^<&\]]*))(?(2)\]\]>)"
     r"</\1>",
     re.DOTALL,
 )

@@ -64,27 +64,67 @@ _XML_TYPES = ("text/xml", "application/xml", "text/plain")
 _UNSIGNED = frozenset({"nonce_str", "sign"})
 
 
-@dataclass(slots=True)
 class HttpRequest:
     """One HTTP request for the driver to send, with its time limits.
 
-    Treated as immutable, like every per-call value here (see :class:`CallContext`).
+    Treated as immutable, like every per-call value here (see :class:`CallContext`). A
+    request built with ``sign`` is signed when it is sent: its ``headers`` are made by
+    ``sign()`` the first time they are read, which a driver does only once the request has
+    an admission slot, so a request waiting in the queue holds no (stale) signature and
+    costs no RSA work until it can go.
     """
 
-    method: str
-    url: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    route: Route
-    timeout_s: float
-    connect_timeout_s: float
-    deadline: float
-    max_body_bytes: int
+    __slots__ = (
+        "_headers",
+        "_sign",
+        "body",
+        "connect_timeout_s",
+        "deadline",
+        "max_body_bytes",
+        "method",
+        "route",
+        "timeout_s",
+        "url",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        url: str,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes,
+        route: Route,
+        timeout_s: float,
+        connect_timeout_s: float,
+        deadline: float,
+        max_body_bytes: int,
+        sign: Callable[[], tuple[tuple[str, str], ...]] | None = None,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self._headers = headers
+        self._sign = sign
+        self.body = body
+        self.route = route
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.deadline = deadline
+        self.max_body_bytes = max_body_bytes
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """The headers to send (a request signed at send time is signed now, once)."""
+        sign = self._sign
+        if sign is not None:
+            self._sign = None
+            self._headers = sign()
+        return self._headers
 
     def __repr__(self) -> str:  # headers carry Authorization, the body a v2 sign
         return (
             f"HttpRequest({self.method} {self.url}, route={self.route!r}, "
-            f"headers=<{len(self.headers)} redacted>, body=<{len(self.body)} bytes redacted>)"
+            f"headers=<{len(self._headers)} redacted>, "
+            f"body=<{len(self.body)} bytes redacted>)"
         )
 
 
@@ -235,6 +275,7 @@ def _request(
     url: str,
     headers: tuple[tuple[str, str], ...],
     body: bytes,
+    sign: Callable[[], tuple[tuple[str, str], ...]] | None = None,
 ) -> HttpRequest:
     up = ctx.config.upstream
     return HttpRequest(
@@ -247,6 +288,7 @@ def _request(
         up.connect_timeout_s,
         deadline,
         up.max_body_bytes,
+        sign,
     )
 
 
@@ -328,25 +370,30 @@ def v3_attempt(ctx: CallContext, deadline: float) -> Flow[RouteResult]:
     stock_id = ctx.request.coupon_stock_id
     creator = m.creator_for(stock_id)
     path = _stock_path(stock_id, creator)
-    nonce = ctx.nonce()
-    auth = v3.authorization(
-        creds,
-        mch_id=m.mch_id,
-        method="GET",
-        path=path,
-        body="",
-        timestamp=int(ctx.wall()),
-        nonce=nonce,
-    )
-    headers: tuple[tuple[str, str], ...] = (
-        ("Accept", "application/json"),
-        ("Authorization", auth),
-        ("User-Agent", USER_AGENT),
-    )
-    if creds.public_key_id:
-        headers += (("Wechatpay-Serial", creds.public_key_id),)
+
+    def sign() -> tuple[tuple[str, str], ...]:
+        # Signed when sent (see HttpRequest): the RSA work and the timestamp belong to the
+        # moment the request leaves, not to its wait for an admission slot.
+        auth = v3.authorization(
+            creds,
+            mch_id=m.mch_id,
+            method="GET",
+            path=path,
+            body="",
+            timestamp=int(ctx.wall()),
+            nonce=ctx.nonce(),
+        )
+        headers: tuple[tuple[str, str], ...] = (
+            ("Accept", "application/json"),
+            ("Authorization", auth),
+            ("User-Agent", USER_AGENT),
+        )
+        if creds.public_key_id:
+            headers += (("Wechatpay-Serial", creds.public_key_id),)
+        return headers
+
     url = ctx.config.upstream.v3_base_url + path
-    reply = _answer((yield _request(ctx, deadline, "v3", "GET", url, headers, b"")), "v3")
+    reply = _answer((yield _request(ctx, deadline, "v3", "GET", url, (), b"", sign)), "v3")
     received = ctx.clock()
     answer_headers = reply.headers
     status, rid = reply.status, v3.request_id_of(answer_headers)

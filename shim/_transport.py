@@ -35,6 +35,7 @@ import contextlib
 import contextvars
 import functools
 import importlib.util
+import queue
 import select
 import socket
 import ssl
@@ -113,6 +114,12 @@ _OVERLOAD = TransportFailure(
     "overload",
     "no admission slot came free within the call's budget ([upstream] max_in_flight)",
 )
+_TOO_LATE = TransportFailure(
+    "overload",
+    "the budget left after waiting for an admission slot is shorter than an exchange "
+    "takes now ([upstream] max_in_flight)",
+)
+_EXCHANGE_WEIGHT = 0.125  # of the latest exchange in AsyncAdmission.exchange_s
 
 
 class _BodyReader:
@@ -241,57 +248,95 @@ class Admission:
 
     ``limit`` may change at any time (a reloaded ``[upstream] max_in_flight``); it applies
     to the next admissions. ``closed`` is set by the shim's ``close()``.
+
+    The slots are tokens in a :class:`queue.SimpleQueue`, whose ``get`` and ``put`` are C
+    code: taking a free slot or giving one back takes no Python-level lock, and a waiting
+    thread sleeps on one C lock (without the GIL) until a token arrives. With many threads
+    this keeps the gate from becoming a lock convoy: a ``threading.Condition`` made every
+    admission and release contend for one lock and every hand-over wake a thread twice.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.closed = False
+        self._tokens: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # for limit changes only
+        self._limit = 0
+        self._debt = 0  # tokens to retire as they come back (the limit was lowered)
+        self.limit = limit
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        with self._lock:
+            more = value - self._limit
+            self._limit = value
+            if more >= 0:
+                kept = min(more, self._debt)  # slots not yet retired are kept instead
+                self._debt -= kept
+                for _ in range(more - kept):
+                    self._tokens.put(True)
+                return
+            self._debt -= more
+            while self._debt:  # retire idle slots now; busy ones as they come back
+                try:
+                    self._tokens.get_nowait()
+                except queue.Empty:
+                    break
+                self._debt -= 1
+
+    def try_acquire(self) -> bool:
+        """Take a free slot without waiting, if there is one."""
+        try:
+            self._tokens.get_nowait()
+        except queue.Empty:
+            return False
+        return True
+
+    def acquire(self, timeout: float) -> bool:
+        """Take a slot, waiting at most ``timeout`` seconds; False if none came free (or
+        the gate closed)."""
+        if self.closed:
+            return False
+        try:
+            self._tokens.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return False
+        if self.closed:
+            self._tokens.put(True)  # pass the wake-up on to the next waiter
+            return False
+        return True
+
+    def release(self) -> None:
+        """Give a slot back."""
+        if self._debt:
+            with self._lock:
+                if self._debt:
+                    self._debt -= 1
+                    return
+        self._tokens.put(True)
+
+    def close(self) -> None:
+        """Refuse further exchanges and wake every waiter (each wakes the next)."""
+        self.closed = True
+        self._tokens.put(True)
+
+
+class AsyncAdmission:
+    """The admission gate of an async shim: FIFO, at most ``limit`` exchanges at once.
+
+    ``exchange_s`` follows how long an admitted exchange that got its answer takes (a
+    moving average): a call that waited for its slot and has less budget left than that is
+    refused as overload at once, not sent to end past its budget.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.closed = False
         self.busy = 0
-        self._cond = threading.Condition(threading.Lock())
-
-    def try_acquire(self) -> bool:
-        """Take a free slot without waiting, if there is one."""
-        with self._cond:
-            if self.busy < self.limit:
-                self.busy += 1
-                return True
-            return False
-
-    def acquire(self, timeout: float) -> bool:
-        """Take a slot, waiting at most ``timeout`` seconds; False if none came free."""
-        with self._cond:
-            if self.busy < self.limit:
-                self.busy += 1
-                return True
-            end = time.monotonic() + timeout
-            while self.busy >= self.limit:
-                left = end - time.monotonic()
-                if left <= 0 or self.closed:
-                    return False
-                self._cond.wait(left)
-            self.busy += 1
-            return True
-
-    def release(self) -> None:
-        """Give a slot back."""
-        with self._cond:
-            self.busy -= 1
-            self._cond.notify()
-
-    def close(self) -> None:
-        """Refuse further exchanges and wake every waiter."""
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-
-class AsyncAdmission:
-    """The admission gate of an async shim: FIFO, at most ``limit`` exchanges at once."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.closed = False
-        self.busy = 0
+        self.exchange_s = 0.0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def try_acquire(self) -> bool:
@@ -762,16 +807,18 @@ def new_async_client(
     limits: httpx.Limits, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient | AsyncPool:
     """The async twin's own client: the lean :class:`AsyncPool`, unless a transport is given
-    or the environment names a proxy (then an ``httpx.AsyncClient``, which honours it)."""
+    or the environment names a proxy (then an ``httpx.AsyncClient``, which honours it).
+    ``NO_PROXY`` entries alone name no proxy: they only say which hosts go direct."""
     if transport is None and not _environment_proxies():
         return AsyncPool(limits)
     return httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=False)
 
 
-def _environment_proxies() -> dict[str, str | None]:
-    from httpx._utils import get_environment_proxies  # as proxy_mounts reads them
+def _environment_proxies() -> list[str]:
+    """The proxy URLs the environment names (as :func:`proxy_mounts` reads them)."""
+    from httpx._utils import get_environment_proxies
 
-    return get_environment_proxies()
+    return [url for url in get_environment_proxies().values() if url is not None]
 
 
 # -- the drivers ---------------------------------------------------------------------------
@@ -917,12 +964,31 @@ else:  # pragma: no cover - Python 3.10
             handle.cancel()
 
 
+class _Unsigned:
+    """Signing a request at send time raised: the driver raises it inside the flow, where
+    signing before the request was yielded would have raised it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _sign(req: HttpRequest) -> _Unsigned | None:
+    """Sign ``req`` now if it is signed at send time (see :class:`HttpRequest`)."""
+    try:
+        req.headers  # noqa: B018 - reading them signs
+    except Exception as exc:  # whatever signing raised goes back into the flow
+        return _Unsigned(exc)
+    return None
+
+
 async def _send_async(
     client: httpx.AsyncClient | AsyncPool,
     req: HttpRequest,
     clock: Callable[[], float],
     gate: AsyncAdmission | None,
-) -> HttpResponse | TransportFailure:
+) -> HttpResponse | TransportFailure | _Unsigned:
     remaining = req.deadline - clock()
     if remaining <= 0:
         return _BUDGET
@@ -939,10 +1005,22 @@ async def _send_async(
                 return _OVERLOAD
             except _GateClosed:
                 return _CLOSED
-            remaining = req.deadline - clock()
-            if remaining <= 0:
-                gate.release()
-                return _OVERLOAD
+    # Signed once admitted: a queued request costs no RSA work on the event loop and goes
+    # with a fresh timestamp.
+    unsigned = _sign(req)
+    if unsigned is not None:
+        if gate is not None:
+            gate.release()
+        return unsigned
+    admitted = clock()
+    remaining = req.deadline - admitted
+    if remaining <= 0 or (waited and gate is not None and remaining < gate.exchange_s):
+        if gate is not None:
+            gate.release()
+        if not waited:
+            return _BUDGET
+        # the queue ate the budget: what is left could not carry an exchange to its end
+        return _OVERLOAD if remaining <= 0 else _TOO_LATE
     try:
         if isinstance(client, AsyncPool):
             reply = await _exchange_pool(client, req, clock, remaining)
@@ -951,8 +1029,10 @@ async def _send_async(
     finally:
         if gate is not None:
             gate.release()
-    if gate is not None and isinstance(reply, TransportFailure):
-        return _gated_failure(reply, gate, waited, req, remaining)
+    if gate is not None:
+        if isinstance(reply, TransportFailure):
+            return _gated_failure(reply, gate, waited, req, remaining)
+        gate.exchange_s += (clock() - admitted - gate.exchange_s) * _EXCHANGE_WEIGHT
     return reply
 
 
@@ -1026,7 +1106,13 @@ def run_sync(
                 time.sleep(step.seconds)
                 step = flow.send(None)
             else:
-                step = flow.send(_send_sync(client, step, clock, gate))
+                # The sync twin signs before it waits for a slot: a blocked thread costs the
+                # others nothing, and a slot is not held through the RSA work.
+                unsigned = _sign(step)
+                if unsigned is not None:
+                    step = flow.throw(unsigned.error)
+                else:
+                    step = flow.send(_send_sync(client, step, clock, gate))
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     finally:
@@ -1047,7 +1133,11 @@ async def run_async(
                 await asyncio.sleep(step.seconds)
                 step = flow.send(None)
             else:
-                step = flow.send(await _send_async(client, step, clock, gate))
+                reply = await _send_async(client, step, clock, gate)
+                if isinstance(reply, _Unsigned):  # noqa: SIM108 - mypy narrows only this way
+                    step = flow.throw(reply.error)
+                else:
+                    step = flow.send(reply)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     finally:

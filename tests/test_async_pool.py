@@ -98,6 +98,8 @@ def test_the_shims_own_client_is_the_pool_unless_a_proxy_or_transport_says_other
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("all_proxy", raising=False)
     assert isinstance(new_async_client(limits), AsyncPool)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # hosts that go direct: no proxy
+    assert isinstance(new_async_client(limits), AsyncPool)
     mock = httpx.MockTransport(lambda request: httpx.Response(200))
     assert isinstance(new_async_client(limits, mock), httpx.AsyncClient)
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")

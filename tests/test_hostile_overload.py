@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +31,16 @@ from shim import (
     ShimError,
     UpstreamError,
 )
-from shim.sandbox import SandboxState
+
+# private: the sans-IO flow's request and reply types, for one scripted request
+from shim._flow import HttpRequest, HttpResponse, TransportFailure
+
+# private: the async driver and its admission gate, driven with that request
+from shim._transport import AsyncAdmission, run_async
+from shim.sandbox import Emulator, SandboxState
 from tests.fault_cases import parse_emulator_config
 from tests.hostile import Conn, HostileServer, Request
+from tests.wait import await_until
 
 STOCK = "1757"
 MCH = "10000098"
@@ -278,3 +286,91 @@ async def test_a_pool_timeout_is_local_congestion_not_an_upstream_failure(
     assert all("pooled connection" in str(r) for _, r in results)
     assert max(t for t, _ in results) <= budget + SLACK
     assert state == "closed", kinds
+
+
+class _HoldFirst(httpx.AsyncBaseTransport):
+    """The emulator in process, holding the first request until ``release`` is set."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.release = asyncio.Event()
+        self.seen = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen += 1
+        if self.seen == 1:
+            await self.release.wait()
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_queued_async_call_signs_its_request_only_once_admitted(
+    sandbox_state: SandboxState, tmp_path: Path, emulator: Emulator
+) -> None:
+    """max_in_flight = 1 on the v3 route: while one call holds the slot, a second waits
+    unsigned (no RSA work on the event loop, no nonce drawn, no timestamp going stale) and
+    is signed when it is admitted; both are served with verified answers."""
+    nonces: list[str] = []
+
+    def nonce() -> str:
+        nonces.append(secrets.token_hex(16))
+        return nonces[-1]
+
+    cfg = config(
+        sandbox_state,
+        tmp_path,
+        "http://emulator.test",
+        routing={"mode": "v3", "fallback_to_legacy": False},
+        upstream={"max_in_flight": 1, "budget_s": 10.0},
+    )
+    hold = _HoldFirst(emulator.mock_transport())
+    shim = AsyncCouponStockShim(cfg, transport=hold, env={}, nonce=nonce)
+    try:
+        first = asyncio.create_task(shim.query_coupon_stock(STOCK, mch_id=MCH))
+        await await_until(lambda: hold.seen == 1, "the first call reached the upstream")
+        second = asyncio.create_task(shim.query_coupon_stock(STOCK, mch_id=MCH))
+        for _ in range(50):  # let the second call run as far as it can
+            await asyncio.sleep(0)
+        assert not second.done()
+        assert len(nonces) == 1, "a call waiting for admission signed its request"
+        hold.release.set()
+        answers = await asyncio.gather(first, second)
+    finally:
+        await shim.aclose()
+    assert [a["result_code"] for a in answers] == ["SUCCESS", "SUCCESS"]
+    assert hold.seen == 2
+    assert len(nonces) == 4  # one per request, one per re-signed v2 answer
+
+
+async def test_a_call_left_too_little_budget_by_the_queue_is_refused_unsent() -> None:
+    """A call that waited for its admission slot and has less budget left than an exchange
+    takes now (the gate's moving average) ends at once as overload, never sent: it could
+    only end past its budget."""
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, content=b"{}")
+
+    def one() -> Any:
+        reply = yield HttpRequest(
+            "GET", "http://upstream.test/x", (), b"", "v3", 5.0, 2.0, time.monotonic() + 5.0, 1024
+        )
+        return reply
+
+    gate = AsyncAdmission(1)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        assert isinstance(await run_async(one(), client, time.monotonic, gate), HttpResponse)
+        assert 0 < gate.exchange_s < 5.0  # it learnt how long the exchange took
+        assert gate.try_acquire()  # another call holds the only slot
+        gate.exchange_s = 60.0  # exchanges take a minute now
+        waiting = asyncio.create_task(run_async(one(), client, time.monotonic, gate))
+        await await_until(lambda: gate._waiters, "the call queued for the slot")
+        gate.release()
+        reply = await waiting
+        assert gate.try_acquire()  # the refused call gave its slot back
+        gate.release()
+        # a call that finds a free slot has not lost its budget to the queue: it is sent
+        assert isinstance(await run_async(one(), client, time.monotonic, gate), HttpResponse)
+    assert isinstance(reply, TransportFailure) and reply.kind == "overload", reply
+    assert "shorter than an exchange takes" in reply.detail
+    assert len(sent) == 2
