@@ -194,6 +194,19 @@ class _Conn(asyncio.Protocol):
         self.resume_writing()
 
 
+def _abandon(task: asyncio.Future[tuple[asyncio.Transport, _Conn]]) -> None:
+    """Give up on a connection attempt: cancel it, and close what it makes all the same."""
+    task.cancel()
+    task.add_done_callback(_close_made)
+
+
+def _close_made(task: asyncio.Future[tuple[asyncio.Transport, _Conn]]) -> None:
+    if task.cancelled():
+        return
+    if task.exception() is None:  # (also marks a failure as retrieved)
+        task.result()[1].abort()
+
+
 def _expire(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_exception(_Timeout())
@@ -528,8 +541,21 @@ class AsyncPool:
             server_hostname=origin.host if tls is not None else None,
             ssl_handshake_timeout=seconds if tls is not None else None,
         )
-        try:  # name lookup, TCP and TLS together
-            _, conn = await asyncio.wait_for(connecting, seconds)
+        # Name lookup, TCP and TLS together, as a task of its own: a connection it makes as
+        # the call gives up (the wait times out, or the call is cancelled) is closed, never
+        # dropped with its socket open (Python 3.11's wait_for loses such a result).
+        task = asyncio.ensure_future(connecting)
+        try:
+            done, _ = await asyncio.wait((task,), timeout=seconds)
+        except BaseException:
+            _abandon(task)
+            raise
+        if not done:
+            _abandon(task)
+            await asyncio.wait((task,))  # let it wind down (it closes its own socket)
+            raise _Timeout
+        try:
+            _, conn = task.result()
         except (TimeoutError, asyncio.TimeoutError):
             raise _Timeout from None
         return conn

@@ -444,3 +444,44 @@ async def test_a_cancelled_call_closes_the_connection_it_was_using(
         pool = shim._client
         assert isinstance(pool, AsyncPool)
         assert not pool._busy and not any(pool._idle.values())
+
+
+async def test_a_connection_made_as_its_call_is_cancelled_is_closed(
+    make_shim: Callable[..., AsyncCouponStockShim],
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connect step finishes just as its call is cancelled (here: it ignores the
+    cancellation and connects anyway): the connection it made is closed at once, never
+    dropped with its socket open."""
+    loop = asyncio.get_running_loop()
+    real_connect = loop.create_connection
+    entered = asyncio.Event()
+    made: list[asyncio.BaseTransport] = []
+
+    async def stubborn(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError:
+            pass  # ... and connect all the same
+        transport, protocol = await real_connect(*args, **kwargs)
+        made.append(transport)
+        return transport, protocol
+
+    with HostileServer(answering(emulator)) as server:
+        shim = make_shim(server.url)
+        monkeypatch.setattr(loop, "create_connection", stubborn)
+        task = asyncio.ensure_future(query(shim))
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await await_until(lambda: made and made[0].is_closing(), "the late connection closed")
+        await await_until(
+            lambda: not any(t.is_alive() for t in server._threads[1:]),
+            "the server saw the late connection end",
+        )
+        pool = shim._client
+        assert isinstance(pool, AsyncPool)
+        assert not pool._busy and not any(pool._idle.values())
