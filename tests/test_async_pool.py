@@ -10,6 +10,7 @@ bench extras) and h11 (the pure-Python one used without it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -461,10 +462,8 @@ async def test_a_connection_made_as_its_call_is_cancelled_is_closed(
 
     async def stubborn(*args: Any, **kwargs: Any) -> Any:
         entered.set()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # ... and connect all the same
             await asyncio.Event().wait()  # until cancelled
-        except asyncio.CancelledError:
-            pass  # ... and connect all the same
         transport, protocol = await real_connect(*args, **kwargs)
         made.append(transport)
         return transport, protocol
