@@ -243,11 +243,16 @@ class _Origin:
         self.key = (self.scheme, self.host, self.port)
 
 
-def _request_bytes(
-    conn: h11.Connection, req: HttpRequest, origin: _Origin, extra: tuple[str, str]
-) -> bytes:
-    """The whole request as httpx would frame it: its default headers, then the call's."""
-    given = {name.lower() for name, _ in req.headers}
+def _request_headers(
+    req: HttpRequest,
+    origin: _Origin,
+    extra: tuple[str, str],
+    given: set[str] | None = None,
+) -> list[tuple[str, str]]:
+    """The request's headers as httpx sends them: its defaults (unless the call gives its
+    own), then the call's, then the body's length."""
+    if given is None:
+        given = {name.lower() for name, _ in req.headers}
     headers: list[tuple[str, str]] = [("Host", origin.host_header)]
     for name, value in (
         ("Accept", "*/*"),
@@ -260,6 +265,14 @@ def _request_bytes(
     headers.extend(header for header in req.headers if header[0].lower() != "host")
     if req.body:
         headers.append(("Content-Length", str(len(req.body))))
+    return headers
+
+
+def _request_bytes(
+    conn: h11.Connection, req: HttpRequest, origin: _Origin, extra: tuple[str, str]
+) -> bytes:
+    """The whole request as httpx would frame it: its default headers, then the call's."""
+    headers = _request_headers(req, origin, extra)
     out = conn.send(h11.Request(method=req.method, target=origin.target, headers=headers))
     if req.body:
         out += conn.send(h11.Data(data=req.body))
@@ -294,18 +307,7 @@ def _fast_request_bytes(req: HttpRequest, origin: _Origin, extra: tuple[str, str
     given = {name.lower() for name, _ in req.headers}
     if given & _FRAMING:
         return None
-    headers: list[tuple[str, str]] = [("Host", origin.host_header)]
-    for name, value in (
-        ("Accept", "*/*"),
-        extra,
-        ("Connection", "keep-alive"),
-        ("User-Agent", f"python-httpx/{httpx.__version__}"),
-    ):
-        if name.lower() not in given:
-            headers.append((name, value))
-    headers.extend(header for header in req.headers if header[0].lower() != "host")
-    if req.body:
-        headers.append(("Content-Length", str(len(req.body))))
+    headers = _request_headers(req, origin, extra, given)
     if _METHOD.fullmatch(req.method) is None or _TARGET.fullmatch(origin.target) is None:
         raise _BadRequest
     lines = [f"{req.method} {origin.target} HTTP/1.1"]

@@ -332,6 +332,14 @@ class _ShimCore:
             snapshot, started, request, request_fields, merchant, mapping, decision, keys
         )
 
+    def _begin(self, args: tuple[Any, ...], xml: Mapping[str, Any] | None) -> _Call:
+        """A call of the v2 signature (``args`` positional, as :meth:`_prepare_args` takes
+        them), once the shim is usable: refused when closed, rebuilt in a forked child."""
+        self._enter()
+        if xml is None:
+            return self._prepare_args(args)
+        return self._prepare(call_values(*args), xml)
+
     def _prepare_args(self, args: tuple[Any, ...]) -> _Call:
         """:meth:`_prepare` of the positional v2 call signature (``args`` in the order of
         :data:`shim._v2.REQUEST_FIELDS`), through the snapshot's memo of resolved calls."""
@@ -723,16 +731,9 @@ class CouponStockShim(_ShimCore):
             MappingError: a v3 answer could not be mapped and no fallback served the call.
             ConfigError: the merchant's configuration cannot serve the chosen route.
         """
-        self._enter()
-        if xml is None:
-            call = self._prepare_args(
-                (coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
-            )
-        else:
-            values = call_values(
-                coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type
-            )
-            call = self._prepare(values, xml)
+        call = self._begin(
+            (coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type), xml
+        )
         try:
             outcome = self._serve(call)
         except ShimError as err:
@@ -952,16 +953,9 @@ class AsyncCouponStockShim(_ShimCore):
         xml: Mapping[str, Any] | None = None,
     ) -> dict[str, str]:
         """Query a coupon stock with the v2 call signature; see :class:`CouponStockShim`."""
-        self._enter()
-        if xml is None:
-            call = self._prepare_args(
-                (coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type)
-            )
-        else:
-            values = call_values(
-                coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type
-            )
-            call = self._prepare(values, xml)
+        call = self._begin(
+            (coupon_stock_id, appid, mch_id, op_user_id, device_info, version, type), xml
+        )
         try:
             outcome = await self._serve(call)
         except ShimError as err:
