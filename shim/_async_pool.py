@@ -188,8 +188,13 @@ class _Conn(asyncio.Protocol):
         """Drop the connection now (and wake whoever waits on it)."""
         self.closed = True
         if self.transport is not None:
-            with contextlib.suppress(RuntimeError):  # its event loop is already closed
+            try:
                 self.transport.abort()
+            except RuntimeError:  # its event loop is closed: finish the close it cannot
+                finish = getattr(self.transport, "_call_connection_lost", None)
+                if finish is not None:  # (asyncio's selector transport: closes the socket)
+                    with contextlib.suppress(RuntimeError):  # (a waiter of the closed loop)
+                        finish(None)
         self._wake()
         self.resume_writing()
 

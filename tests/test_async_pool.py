@@ -484,3 +484,24 @@ async def test_a_connection_made_as_its_call_is_cancelled_is_closed(
         pool = shim._client
         assert isinstance(pool, AsyncPool)
         assert not pool._busy and not any(pool._idle.values())
+
+
+def test_a_connection_left_by_a_closed_event_loop_is_closed_when_dropped(
+    sandbox_state: SandboxState, tmp_path: Path, emulator: Emulator
+) -> None:
+    """Two ``asyncio.run`` calls on one shim: the second loop cannot reuse the first loop's
+    kept-alive connection, and dropping it closes its socket although its loop is gone."""
+    tables = {"upstream": {"budget_s": 3.0}, "routing": {"mode": "legacy"}}
+    with HostileServer(answering(emulator), keep_alive=True) as server:
+        shim = AsyncCouponStockShim(
+            parse_emulator_config(sandbox_state, tmp_path, server.url, tables), env={}
+        )
+        for _ in range(2):
+            answer = asyncio.run(query(shim))
+            assert isinstance(answer, dict) and answer["result_code"] == "SUCCESS", answer
+        wait_until(
+            lambda: not server._threads[1].is_alive(),
+            "the server saw the first loop's connection end",
+        )
+        asyncio.run(shim.aclose())
+    assert server.connections == 2
