@@ -33,7 +33,7 @@ import contextlib
 import re
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,7 +47,7 @@ try:  # llhttp, the parser uvicorn uses (the gateway and bench extras): the fast
 except ImportError:  # pragma: no cover - the tests force h11 by setting this to None
     httptools = None  # type: ignore[assignment]
 
-__all__ = ["MAX_HEADER_BYTES", "AsyncPool"]
+__all__ = ["MAX_HEADER_BYTES", "Answer", "AsyncPool", "fast_reader", "read_answer", "reusable"]
 
 #: The largest header block accepted (httpcore's limit for h11).
 MAX_HEADER_BYTES = 100 * 1024
@@ -481,6 +481,103 @@ class _FastAnswer:
         return self.length == self.fed
 
 
+Answer = Generator[None, bytes, "tuple[int, Mapping[str, str]] | TransportFailure"]
+"""A sans-IO answer reader: it takes each read's bytes (``b""`` at EOF) by ``send`` and
+returns the status and headers once the body ended (or the failure ``feed``/``chunk``
+returned); a broken answer raises :class:`_Broken` or ``h11.RemoteProtocolError``."""
+
+
+def fast_reader(req: HttpRequest) -> _FastAnswer | None:
+    """httptools' reader for ``req``'s answer when installed (else None: h11 reads it).
+    A HEAD answer's framing needs the request, which h11 knows: h11 reads it."""
+    return _FastAnswer() if httptools is not None and req.method != "HEAD" else None
+
+
+def read_answer(
+    h: h11.Connection,
+    fast: _FastAnswer | None,
+    req: HttpRequest,
+    feed: Callable[[Mapping[str, str]], TransportFailure | None],
+    chunk: Callable[[bytes], TransportFailure | None],
+) -> Answer:
+    """Read one answer with httptools (``fast``) or, without it, with ``h`` (h11).
+
+    Both pools drive it, each with its own I/O: ``feed`` gets the headers, ``chunk`` each
+    raw body piece, in the same calls whichever parser reads."""
+    if fast is None:
+        return (yield from _h11_answer(h, feed, chunk))
+    headers: Mapping[str, str] | None = None
+    while True:
+        if headers is None and fast.head_done:
+            headers = header_map(
+                (name.decode("latin-1"), value.strip(b" \t").decode("latin-1"))
+                for name, value in fast.headers
+            )
+            failure = feed(headers)
+            if failure:
+                return failure
+        if fast.body:
+            pieces, fast.body = fast.body, []
+            for piece in pieces:
+                failure = chunk(piece)
+                if failure:
+                    return failure
+        if fast.complete and headers is not None:
+            return fast.status, headers
+        data = yield
+        try:
+            fast.feed(data)
+        except _Lenient:
+            if fast.fed > MAX_HEADER_BYTES or fast.interim or fast.dirty:
+                raise _Broken from None
+            fast.handed_over = True  # h11 reads it all, from the head's first byte
+            # (idle: this connection's exchanges were all read by httptools)
+            h.send(h11.Request(method=req.method, target="/", headers=[("Host", "-")]))
+            h.send(h11.EndOfMessage())
+            h.receive_data(bytes(fast.head))
+            return (yield from _h11_answer(h, feed, chunk))
+
+
+def _h11_answer(
+    h: h11.Connection,
+    feed: Callable[[Mapping[str, str]], TransportFailure | None],
+    chunk: Callable[[bytes], TransportFailure | None],
+) -> Answer:
+    status = 0
+    headers: Mapping[str, str] = {}
+    while True:
+        event = h.next_event()
+        if event is h11.NEED_DATA:
+            h.receive_data((yield))
+            continue
+        if isinstance(event, h11.Response):
+            status = event.status_code
+            headers = _headers(event.headers)
+            failure = feed(headers)
+            if failure:
+                return failure
+        elif isinstance(event, h11.Data):
+            failure = chunk(bytes(event.data))
+            if failure:
+                return failure
+        elif isinstance(event, h11.EndOfMessage):
+            return status, headers
+        elif isinstance(event, h11.ConnectionClosed):
+            return _MID_ANSWER
+        # an InformationalResponse (1xx) is skipped; the real answer follows
+
+
+def reusable(h: h11.Connection, fast: _FastAnswer | None) -> bool:
+    """After a whole answer: may its connection carry the next exchange? (h11's state is
+    readied for it when so.)"""
+    if fast is not None and not fast.handed_over:
+        return fast.reusable()
+    if h.our_state is h11.DONE and h.their_state is h11.DONE and not h.trailing_data[0]:
+        h.start_next_cycle()
+        return True
+    return False
+
+
 class AsyncPool:
     """Pooled HTTP/1.1 connections for the async twin (used instead of an httpx client).
 
@@ -585,8 +682,7 @@ class AsyncPool:
             return TransportFailure("protocol", "broken HTTP exchange (UnsupportedProtocol)")
         conn = self._checkout(origin.key)
         phase = "ConnectTimeout"
-        # httptools when installed (a HEAD answer's framing needs the request: h11 knows it)
-        fast = _FastAnswer() if httptools is not None and req.method != "HEAD" else None
+        fast = fast_reader(req)
         try:
             if conn is None:
                 left = req.deadline - clock()
@@ -600,10 +696,13 @@ class AsyncPool:
                 data = _request_bytes(conn.h11, req, origin, extra)
             await conn.write(data, min(req.timeout_s, req.deadline - clock()))
             phase = "ReadTimeout"
-            if fast is not None:
-                reply = await self._fast_answer(conn, fast, req, feed, chunk, clock)
-            else:
-                reply = await self._answer(conn, req, feed, chunk, clock)
+            answer = read_answer(conn.h11, fast, req, feed, chunk)
+            try:
+                next(answer)
+                while True:
+                    answer.send(await conn.read(min(req.timeout_s, req.deadline - clock())))
+            except StopIteration as done:
+                reply: tuple[int, Mapping[str, str]] | TransportFailure = done.value
         except _Timeout:
             reply = _timed_out(phase)
         except _Closed:
@@ -624,96 +723,15 @@ class AsyncPool:
             if conn is not None:
                 self._busy.discard(conn)
         if conn is not None:
-            h = conn.h11
             if isinstance(reply, TransportFailure) or conn.closed:
                 conn.abort()
-            elif fast is not None and not fast.handed_over:
-                if fast.reusable():
-                    self._checkin(origin.key, conn)
-                else:
-                    conn.abort()
-            elif h.our_state is h11.DONE and h.their_state is h11.DONE and not h.trailing_data[0]:
-                h.start_next_cycle()
+            elif reusable(conn.h11, fast):
                 self._checkin(origin.key, conn)
             else:
                 conn.abort()
         if self.is_closed and isinstance(reply, TransportFailure):
             return _CLOSED
         return reply
-
-    async def _answer(
-        self,
-        conn: _Conn,
-        req: HttpRequest,
-        feed: Callable[[Mapping[str, str]], TransportFailure | None],
-        chunk: Callable[[bytes], TransportFailure | None],
-        clock: Callable[[], float],
-    ) -> tuple[int, Mapping[str, str]] | TransportFailure:
-        h = conn.h11
-        status = 0
-        headers: Mapping[str, str] = {}
-        while True:
-            event = h.next_event()
-            if event is h11.NEED_DATA:
-                data = await conn.read(min(req.timeout_s, req.deadline - clock()))
-                h.receive_data(data)
-                continue
-            if isinstance(event, h11.Response):
-                status = event.status_code
-                headers = _headers(event.headers)
-                failure = feed(headers)
-                if failure:
-                    return failure
-            elif isinstance(event, h11.Data):
-                failure = chunk(bytes(event.data))
-                if failure:
-                    return failure
-            elif isinstance(event, h11.EndOfMessage):
-                return status, headers
-            elif isinstance(event, h11.ConnectionClosed):
-                return _MID_ANSWER
-            # an InformationalResponse (1xx) is skipped; the real answer follows
-
-    async def _fast_answer(
-        self,
-        conn: _Conn,
-        answer: _FastAnswer,
-        req: HttpRequest,
-        feed: Callable[[Mapping[str, str]], TransportFailure | None],
-        chunk: Callable[[bytes], TransportFailure | None],
-        clock: Callable[[], float],
-    ) -> tuple[int, Mapping[str, str]] | TransportFailure:
-        """:meth:`_answer` on httptools: the same calls of ``feed`` and ``chunk``."""
-        headers: Mapping[str, str] | None = None
-        while True:
-            if headers is None and answer.head_done:
-                headers = header_map(
-                    (name.decode("latin-1"), value.strip(b" \t").decode("latin-1"))
-                    for name, value in answer.headers
-                )
-                failure = feed(headers)
-                if failure:
-                    return failure
-            if answer.body:
-                pieces, answer.body = answer.body, []
-                for piece in pieces:
-                    failure = chunk(piece)
-                    if failure:
-                        return failure
-            if answer.complete and headers is not None:
-                return answer.status, headers
-            data = await conn.read(min(req.timeout_s, req.deadline - clock()))
-            try:
-                answer.feed(data)
-            except _Lenient:
-                if answer.fed > MAX_HEADER_BYTES or answer.interim or answer.dirty:
-                    raise _Broken from None
-                answer.handed_over = True  # h11 reads it all, from the head's first byte
-                h = conn.h11  # (idle: this connection's exchanges were all read here)
-                h.send(h11.Request(method=req.method, target="/", headers=[("Host", "-")]))
-                h.send(h11.EndOfMessage())
-                h.receive_data(bytes(answer.head))
-                return await self._answer(conn, req, feed, chunk, clock)
 
     async def aclose(self) -> None:
         """Abort every connection; calls using one end as ``closed``."""
