@@ -64,7 +64,7 @@ import shim._client
 
 # private: the v3 protocol module, to sign or check v3 wire messages
 import shim._v3
-from shim import AsyncCouponStockShim, CouponStockShim, DeadlineTransport, ShimConfig, load_config
+from shim import AsyncCouponStockShim, CouponStockShim, ShimConfig, load_config
 
 # private: the event names and schema the assertions read
 from shim._events import configure_cli_logging
@@ -252,8 +252,10 @@ def environment() -> Iterator[Env]:
             extra.write_to_path(str(cert_pem), append=True)
         cert.private_key_pem.write_to_path(str(key_pem))
         ctx = ssl.create_default_context(cafile=str(ca_pem))
-        # requests (the SDK) reads this; the loopback must never go through a proxy.
+        # requests (the SDK) reads this, the shim's own client (httpx's SSL context) the
+        # next; the loopback must never go through a proxy.
         os.environ["REQUESTS_CA_BUNDLE"] = str(ca_pem)
+        os.environ["SSL_CERT_FILE"] = str(ca_pem)
         os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
         procs: list[subprocess.Popen[str]] = []
         try:
@@ -381,9 +383,9 @@ def bench_sync(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         ("https", env.https_url, env.ssl_ctx),
     ):
         cfg = env.config(url, "v3", f"v3-{proto}")
-        # the shim's default sync path: its deadline-bound transport
-        transport = DeadlineTransport(verify=verify, limits=LIMITS)
-        shim_ = CouponStockShim(cfg, client=httpx.Client(transport=transport), env={})
+        # the shim's default sync path: its own deadline-bound pool (trusting the bench CA
+        # through SSL_CERT_FILE, as a deployment would its own)
+        shim_ = CouponStockShim(cfg, env={})
         floor = Floor(env, url, verify)
         sides = {"floor": floor.call, "shim": shim_call(shim_)}
         lat = interleave(sides, p.rounds, p.per_round, p.warmup)
@@ -416,7 +418,6 @@ def bench_sync(env: Env, p: argparse.Namespace) -> dict[str, Any]:
             ratio, s, f, per_round = compare(lat, "shim", "floor")
             out["a_http_events_on"] = {"floor_ms": f, "shim_ms": s, "ratio": ratio}
         shim_.close()
-        shim_._client.close()
         floor.client.close()
     return out
 

@@ -50,9 +50,9 @@ from shim._transport import (
     Admission,
     AsyncAdmission,
     AsyncPool,
-    DeadlineTransport,
+    SyncPool,
     new_async_client,
-    proxy_mounts,
+    new_sync_client,
     run_async,
     run_sync,
 )
@@ -644,22 +644,13 @@ class CouponStockShim(_ShimCore):
         )
         self._owns_client = client is None
         self._transport = transport
-        self._client = client or self._new_client()
+        self._client: httpx.Client | SyncPool = client or self._new_client()
         self._gate = Admission(self._live.current().upstream.max_in_flight)
         self._flights: ThreadFlights[CallOutcome] = ThreadFlights()
 
-    def _new_client(self) -> httpx.Client:
+    def _new_client(self) -> httpx.Client | SyncPool:
         limits = _limits(self._live.current().upstream.max_in_flight)
-        if self._transport is not None:
-            return httpx.Client(transport=self._transport, limits=limits, follow_redirects=False)
-        # Environment proxies, as httpx's default would honour them (it ignores them once a
-        # transport is given), each on the deadline backend too.
-        return httpx.Client(
-            transport=DeadlineTransport(limits=limits),
-            mounts=proxy_mounts(limits=limits),
-            limits=limits,
-            follow_redirects=False,
-        )
+        return new_sync_client(limits, self._transport)
 
     def _after_fork(self) -> None:
         """First use in a forked child: a pool, gate and shadow runner of its own."""

@@ -47,10 +47,22 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import h11
 import httpcore
 import httpx
 
-from shim._async_pool import AsyncPool
+from shim._async_pool import (
+    MAX_HEADER_BYTES,
+    AsyncPool,
+    _BadRequest,
+    _Broken,
+    _fast_request_bytes,
+    _Origin,
+    _request_bytes,
+    fast_reader,
+    read_answer,
+    reusable,
+)
 from shim._flow import (
     Flow,
     HttpRequest,
@@ -69,7 +81,9 @@ __all__ = [
     "AsyncPool",
     "DeadlineBackend",
     "DeadlineTransport",
+    "SyncPool",
     "new_async_client",
+    "new_sync_client",
     "proxy_mounts",
     "run_async",
     "run_sync",
@@ -803,6 +817,183 @@ def proxy_mounts(
     }
 
 
+class _Pooled:
+    """One of a :class:`SyncPool`'s connections: a deadline-bound stream and its h11 state
+    (used when httptools is missing, or an answer needs h11's leniency)."""
+
+    __slots__ = ("h11", "idle_since", "stream")
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.idle_since = 0.0
+
+    def sound(self, now: float, expiry: float | None) -> bool:
+        """Idle and usable: the peer neither closed it nor wrote to it since its last answer."""
+        if expiry is not None and now - self.idle_since >= expiry:
+            return False
+        return not self.stream.get_extra_info("is_readable")
+
+
+_READ_SIZE = 64 * 1024  # bytes asked of one socket read (httpcore's read size)
+
+
+class SyncPool:
+    """Pooled HTTP/1.1 connections for the sync twin (used instead of an ``httpx.Client``).
+
+    The sync twin's counterpart of :class:`~shim._async_pool.AsyncPool`, with the same
+    request writer and answer readers (httptools, else h11), so both twins put the same
+    bytes on the wire and accept the same answers. Its sockets are a
+    :class:`DeadlineBackend`'s: connecting, TLS, every write and every read wait at most
+    what is left of the call's deadline (and the request's own connect and read timeouts),
+    and :meth:`close` wakes a read blocked in another thread. A connection goes back to the
+    pool only after a whole answer with nothing after it, both sides willing to keep it;
+    an idle connection the peer closed or wrote to, or one idle past ``keepalive_expiry``,
+    is dropped at checkout, never reused. Thread-safe.
+
+    Args:
+        limits: ``max_keepalive_connections`` and ``keepalive_expiry`` apply; the number of
+            busy connections is bounded by the driver's admission gate.
+        ssl_context: for ``https://`` upstreams (default: httpx's, built on first use, which
+            honours ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
+    """
+
+    def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.backend = DeadlineBackend()
+        self._idle: dict[tuple[str, str, int], list[_Pooled]] = {}
+        self._origins: dict[str, _Origin] = {}
+        self._lock = threading.Lock()
+        self._keep = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
+        self._ssl = ssl_context
+        self.is_closed = False
+
+    def _origin(self, url: str) -> _Origin:
+        origin = self._origins.get(url)
+        if origin is None:
+            origin = _Origin(url)
+            if "?" not in url and len(self._origins) < 256:
+                self._origins[url] = origin
+        return origin
+
+    def _checkout(self, key: tuple[str, str, int]) -> _Pooled | None:
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                if not idle:
+                    return None
+                conn = idle.pop()
+            if conn.sound(now, self._expiry):
+                return conn
+            conn.stream.close()
+
+    def _checkin(self, key: tuple[str, str, int], conn: _Pooled) -> None:
+        conn.idle_since = time.monotonic()
+        with self._lock:
+            if not self.is_closed:
+                idle = self._idle.setdefault(key, [])
+                if self._keep is None or len(idle) < self._keep:
+                    idle.append(conn)
+                    return
+        conn.stream.close()
+
+    def _connect(self, origin: _Origin, timeout: float) -> _Pooled:
+        stream = self.backend.connect_tcp(origin.host, origin.port, timeout)
+        if origin.scheme == "https":
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context()
+            stream = stream.start_tls(self._ssl, origin.host, timeout)
+        return _Pooled(stream)
+
+    def exchange(
+        self,
+        req: HttpRequest,
+        feed: Callable[[Mapping[str, str]], TransportFailure | None],
+        chunk: Callable[[bytes], TransportFailure | None],
+    ) -> tuple[int, Mapping[str, str]] | TransportFailure:
+        """Send ``req`` and stream its answer (under the driver's deadline): ``feed`` gets
+        the headers, ``chunk`` each raw body piece (either may refuse the answer). Returns
+        the status and headers once the body ended, or the failure."""
+        if self.is_closed:
+            return _CLOSED
+        try:
+            origin = self._origin(req.url)
+        except ValueError:
+            return TransportFailure("protocol", "broken HTTP exchange (UnsupportedProtocol)")
+        conn = self._checkout(origin.key)
+        fast = fast_reader(req)
+        try:
+            if conn is None:
+                conn = self._connect(origin, req.connect_timeout_s)
+            data = _fast_request_bytes(req, origin, _ACCEPT_ENCODING) if fast else None
+            if data is None:
+                fast = None
+                data = _request_bytes(conn.h11, req, origin, _ACCEPT_ENCODING)
+            conn.stream.write(data, req.timeout_s)
+            answer = read_answer(conn.h11, fast, req, feed, chunk)
+            try:
+                next(answer)
+                while True:
+                    answer.send(conn.stream.read(_READ_SIZE, req.timeout_s))
+            except StopIteration as done:
+                reply: tuple[int, Mapping[str, str]] | TransportFailure = done.value
+        except httpcore.TimeoutException as exc:
+            reply = TransportFailure("timeout", f"timed out ({type(exc).__name__})")
+        except httpcore.NetworkError as exc:
+            reply = TransportFailure("connection", f"connection failed ({type(exc).__name__})")
+        except (h11.RemoteProtocolError, _Broken):
+            reply = _MID_ANSWER
+        except (h11.LocalProtocolError, _BadRequest):
+            reply = TransportFailure("protocol", "broken HTTP exchange (LocalProtocolError)")
+        except BaseException:
+            if conn is not None:
+                conn.stream.close()
+            raise
+        if conn is not None:
+            if not isinstance(reply, TransportFailure) and reusable(conn.h11, fast):
+                self._checkin(origin.key, conn)
+            else:
+                conn.stream.close()
+        if self.is_closed and isinstance(reply, TransportFailure):
+            return _CLOSED
+        return reply
+
+    def close(self) -> None:
+        """Close every idle connection and wake every busy one: calls using one end as
+        ``closed``."""
+        with self._lock:
+            self.is_closed = True
+            idle = [conn for conns in self._idle.values() for conn in conns]
+            self._idle.clear()
+        for conn in idle:
+            conn.stream.close()
+        self.backend.interrupt_all()
+
+
+_MID_ANSWER = TransportFailure("connection", "connection broken mid-answer (RemoteProtocolError)")
+
+
+def new_sync_client(
+    limits: httpx.Limits, transport: httpx.BaseTransport | None = None
+) -> httpx.Client | SyncPool:
+    """The sync twin's own client: the lean :class:`SyncPool`, unless a transport is given
+    or the environment names a proxy (then an ``httpx.Client`` on :class:`DeadlineTransport`
+    with :func:`proxy_mounts`, which honours it)."""
+    if transport is not None:
+        return httpx.Client(transport=transport, limits=limits, follow_redirects=False)
+    if not _environment_proxies():
+        return SyncPool(limits)
+    # Environment proxies, as httpx's default would honour them (it ignores them once a
+    # transport is given), each on the deadline backend too.
+    return httpx.Client(
+        transport=DeadlineTransport(limits=limits),
+        mounts=proxy_mounts(limits=limits),
+        limits=limits,
+        follow_redirects=False,
+    )
+
+
 def new_async_client(
     limits: httpx.Limits, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient | AsyncPool:
@@ -905,8 +1096,22 @@ def _exchange_sync(
 _ERRORS = (httpx.TransportError, httpx.DecodingError)
 
 
+def _exchange_own(
+    pool: SyncPool, req: HttpRequest, clock: Callable[[], float], remaining: float
+) -> HttpResponse | TransportFailure:
+    reader = _BodyReader(req, clock)
+    token = _DEADLINE.set(time.monotonic() + remaining)
+    try:
+        got = pool.exchange(req, reader.start, reader.feed)
+    finally:
+        _DEADLINE.reset(token)
+    if isinstance(got, TransportFailure):
+        return _BUDGET if got.kind == "timeout" and _late(req, clock) else got
+    return reader.finish() or HttpResponse(got[0], got[1], bytes(reader.body))
+
+
 def _send_sync(
-    client: httpx.Client,
+    client: httpx.Client | SyncPool,
     req: HttpRequest,
     clock: Callable[[], float],
     gate: Admission | None,
@@ -914,8 +1119,9 @@ def _send_sync(
     remaining = req.deadline - clock()
     if remaining <= 0:
         return _BUDGET
+    exchange = _exchange_own if isinstance(client, SyncPool) else _exchange_sync
     if gate is None:
-        return _exchange_sync(client, req, clock, remaining)
+        return exchange(client, req, clock, remaining)  # type: ignore[arg-type]
     if gate.closed:
         return _CLOSED
     waited = not gate.try_acquire()
@@ -926,7 +1132,7 @@ def _send_sync(
         if remaining <= 0:
             return _OVERLOAD  # the whole budget went on waiting for a slot
         try:
-            reply = _exchange_sync(client, req, clock, remaining)
+            reply = exchange(client, req, clock, remaining)  # type: ignore[arg-type]
         except RuntimeError:
             if client.is_closed:  # httpx: "the client has been closed"
                 return _CLOSED
@@ -1094,7 +1300,7 @@ async def _exchange_httpx(
 
 def run_sync(
     flow: Flow[T],
-    client: httpx.Client,
+    client: httpx.Client | SyncPool,
     clock: Callable[[], float] = time.monotonic,
     gate: Admission | None = None,
 ) -> T:

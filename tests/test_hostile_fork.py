@@ -53,6 +53,10 @@ def _config(sandbox_state: SandboxState, tmp_path: Path, url: str) -> Any:
 def _ports(client: Any) -> set[int]:
     """Local ports of the pooled connections of a shim's own client (for the record)."""
     ports = set()
+    if hasattr(client, "_idle"):  # the sync twin's own pool (idle connections only)
+        for conns in client._idle.values():
+            ports.update(c.stream.get_extra_info("socket").getsockname()[1] for c in conns)
+        return ports
     for conn in client._transport._pool.connections:
         stream = getattr(conn._connection, "_network_stream", None)
         if stream is not None:
