@@ -1,8 +1,11 @@
 """The two drivers of a flow: they only do I/O (send, read with a cap, sleep).
 
-``run_sync`` drives a flow with an ``httpx.Client``, ``run_async`` with an
-``httpx.AsyncClient``. What they decide is shared: :class:`_BodyReader` (size cap and
-decoding), :func:`_failure` (which httpx errors mean what) and the :class:`Admission` gate.
+``run_sync`` drives a flow with the sync twin's own :class:`SyncPool` or an ``httpx.Client``,
+``run_async`` with the async twin's :class:`~shim._async_pool.AsyncPool` or an
+``httpx.AsyncClient`` (httpx when the caller passes a client or transport, or the environment
+names a proxy). What they decide is shared: :class:`_BodyReader` (size cap and decoding),
+:func:`_failure` (which httpx errors mean what) and the :class:`Admission` gate. Both pools
+write requests and read answers with the same codec (``shim._async_pool``).
 
 Bounds every exchange keeps, whatever the peer does:
 
@@ -10,9 +13,10 @@ Bounds every exchange keeps, whatever the peer does:
   wait, DNS, connect, TLS, write, status line, headers, chunk-size lines, body, trailers and
   decoding. The async driver runs the whole exchange under one asyncio timeout. The sync
   driver cannot interrupt a blocking read from outside, so the sockets themselves obey the
-  deadline: :class:`DeadlineTransport` (what the shim's own client uses) gives httpcore a
-  network backend whose every socket operation waits at most what is left of the call's
-  deadline (a context variable set around the exchange), not a fresh per-read timeout.
+  deadline: a :class:`DeadlineBackend`, under the shim's own :class:`SyncPool` and under
+  :class:`DeadlineTransport` (httpcore's pool, for proxies and clients you build), makes
+  every socket operation wait at most what is left of the call's deadline (a context
+  variable set around the exchange), not a fresh per-read timeout.
   Environment proxies (:func:`proxy_mounts`) run on the same backend: the proxy's connect,
   its ``CONNECT`` answer and the TLS tunnelled through it are bounded alike.
 - **Memory.** The body is read raw (``iter_raw``) and inflated here, under the cap: the raw
