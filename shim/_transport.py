@@ -714,7 +714,8 @@ class DeadlineTransport(httpx.HTTPTransport):
     """httpx's HTTP/1.1 transport on a :class:`DeadlineBackend`: every socket operation
     waits at most what is left of the shim call's deadline.
 
-    The shim's own sync client uses it. If you pass the sync shim your own
+    The shim's own sync client uses it when the environment names a proxy (otherwise its
+    lean :class:`SyncPool`, on the same backend). If you pass the sync shim your own
     ``httpx.Client``, build it with this transport to keep the guarantee that no call
     outlives its budget::
 
