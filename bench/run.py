@@ -1003,6 +1003,13 @@ def bench_config(env: Env, p: argparse.Namespace) -> dict[str, Any]:
         "full_collections_during_reloads": sum(
             1 for g, t0, _ in pauses if g == 2 and any(a - 0.05 <= t0 <= b for a, b in windows)
         ),
+        "worst_gc_during_full_rewrite_ms": max(
+            (d * 1000 for _, t0, d in pauses if any(a - 0.05 <= t0 <= b for a, b in rewrites)),
+            default=0.0,
+        ),
+        "full_collections_during_full_rewrites": sum(
+            1 for g, t0, _ in pauses if g == 2 and any(a - 0.05 <= t0 <= b for a, b in rewrites)
+        ),
     }
     return out
 
@@ -1219,7 +1226,9 @@ def table(r: dict[str, Any]) -> str:
     row(
         "same, every merchant's text changed",
         f"reload {g['full_rewrite_reload_s']['median'] * 1000:.0f} ms; worst call "
-        f"{g['worst_call_during_full_rewrite_ms']:.2f} ms",
+        f"{g['worst_call_during_full_rewrite_ms']:.2f} ms; longest GC "
+        f"{g.get('worst_gc_during_full_rewrite_ms', float('nan')):.1f} ms, "
+        f"{g.get('full_collections_during_full_rewrites', '?')} full",
     )
     row(
         "reload CPU within one call, worst (GIL held)",
