@@ -47,7 +47,15 @@ try:  # llhttp, the parser uvicorn uses (the gateway and bench extras): the fast
 except ImportError:  # pragma: no cover - the tests force h11 by setting this to None
     httptools = None  # type: ignore[assignment]
 
-__all__ = ["MAX_HEADER_BYTES", "Answer", "AsyncPool", "fast_reader", "read_answer", "reusable"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "Answer",
+    "AsyncPool",
+    "PoolBase",
+    "fast_reader",
+    "read_answer",
+    "reusable",
+]
 
 #: The largest header block accepted (httpcore's limit for h11).
 MAX_HEADER_BYTES = 100 * 1024
@@ -578,8 +586,9 @@ def reusable(h: h11.Connection, fast: _FastAnswer | None) -> bool:
     return False
 
 
-class AsyncPool:
-    """Pooled HTTP/1.1 connections for the async twin (used instead of an httpx client).
+class PoolBase:
+    """What both twins' pools keep besides their connections: the parsed origins, the TLS
+    context and the keep-alive limits.
 
     Args:
         limits: ``max_keepalive_connections`` and ``keepalive_expiry`` apply; the number of
@@ -589,10 +598,6 @@ class AsyncPool:
     """
 
     def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._idle: collections.defaultdict[tuple[str, str, int], list[_Conn]] = (
-            collections.defaultdict(list)
-        )
-        self._busy: set[_Conn] = set()
         self._origins: dict[str, _Origin] = {}
         self._keep = limits.max_keepalive_connections
         self._expiry = limits.keepalive_expiry
@@ -608,10 +613,31 @@ class AsyncPool:
                 self._origins[base] = origin
         return origin
 
+    def _where(self, req: HttpRequest) -> _Origin | TransportFailure:
+        """Where ``req`` goes, or why it cannot go (the pool is closed, the URL unusable)."""
+        if self.is_closed:
+            return _CLOSED
+        try:
+            return self._origin(req.url)
+        except ValueError:
+            return TransportFailure("protocol", "broken HTTP exchange (UnsupportedProtocol)")
+
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
             self._ssl = httpx.create_ssl_context()
         return self._ssl
+
+
+class AsyncPool(PoolBase):
+    """Pooled HTTP/1.1 connections for the async twin (used instead of an httpx client);
+    arguments as :class:`PoolBase`'s."""
+
+    def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(limits, ssl_context)
+        self._idle: collections.defaultdict[tuple[str, str, int], list[_Conn]] = (
+            collections.defaultdict(list)
+        )
+        self._busy: set[_Conn] = set()
 
     def _checkout(self, key: tuple[str, str, int]) -> _Conn | None:
         idle = self._idle.get(key)
@@ -674,12 +700,9 @@ class AsyncPool:
         """Send ``req`` and stream its answer: ``feed`` gets the headers, ``chunk`` each raw
         body piece (either may refuse the answer). Returns the status and headers once the
         body ended, or the failure."""
-        if self.is_closed:
-            return _CLOSED
-        try:
-            origin = self._origin(req.url)
-        except ValueError:
-            return TransportFailure("protocol", "broken HTTP exchange (UnsupportedProtocol)")
+        origin = self._where(req)
+        if isinstance(origin, TransportFailure):
+            return origin
         conn = self._checkout(origin.key)
         phase = "ConnectTimeout"
         fast = fast_reader(req)

@@ -56,8 +56,10 @@ import httpcore
 import httpx
 
 from shim._async_pool import (
+    _MID_ANSWER,
     MAX_HEADER_BYTES,
     AsyncPool,
+    PoolBase,
     _BadRequest,
     _Broken,
     _fast_request_bytes,
@@ -843,7 +845,7 @@ class _Pooled:
 _READ_SIZE = 64 * 1024  # bytes asked of one socket read (httpcore's read size)
 
 
-class SyncPool:
+class SyncPool(PoolBase):
     """Pooled HTTP/1.1 connections for the sync twin (used instead of an ``httpx.Client``).
 
     The sync twin's counterpart of :class:`~shim._async_pool.AsyncPool`, with the same
@@ -856,30 +858,14 @@ class SyncPool:
     an idle connection the peer closed or wrote to, or one idle past ``keepalive_expiry``,
     is dropped at checkout, never reused. Thread-safe.
 
-    Args:
-        limits: ``max_keepalive_connections`` and ``keepalive_expiry`` apply; the number of
-            busy connections is bounded by the driver's admission gate.
-        ssl_context: for ``https://`` upstreams (default: httpx's, built on first use, which
-            honours ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
+    Arguments as :class:`~shim._async_pool.PoolBase`'s.
     """
 
     def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(limits, ssl_context)
         self.backend = DeadlineBackend()
         self._idle: dict[tuple[str, str, int], list[_Pooled]] = {}
-        self._origins: dict[str, _Origin] = {}
         self._lock = threading.Lock()
-        self._keep = limits.max_keepalive_connections
-        self._expiry = limits.keepalive_expiry
-        self._ssl = ssl_context
-        self.is_closed = False
-
-    def _origin(self, url: str) -> _Origin:
-        origin = self._origins.get(url)
-        if origin is None:
-            origin = _Origin(url)
-            if "?" not in url and len(self._origins) < 256:
-                self._origins[url] = origin
-        return origin
 
     def _checkout(self, key: tuple[str, str, int]) -> _Pooled | None:
         now = time.monotonic()
@@ -906,9 +892,7 @@ class SyncPool:
     def _connect(self, origin: _Origin, timeout: float) -> _Pooled:
         stream = self.backend.connect_tcp(origin.host, origin.port, timeout)
         if origin.scheme == "https":
-            if self._ssl is None:
-                self._ssl = httpx.create_ssl_context()
-            stream = stream.start_tls(self._ssl, origin.host, timeout)
+            stream = stream.start_tls(self._ssl_context(), origin.host, timeout)
         return _Pooled(stream)
 
     def exchange(
@@ -920,12 +904,9 @@ class SyncPool:
         """Send ``req`` and stream its answer (under the driver's deadline): ``feed`` gets
         the headers, ``chunk`` each raw body piece (either may refuse the answer). Returns
         the status and headers once the body ended, or the failure."""
-        if self.is_closed:
-            return _CLOSED
-        try:
-            origin = self._origin(req.url)
-        except ValueError:
-            return TransportFailure("protocol", "broken HTTP exchange (UnsupportedProtocol)")
+        origin = self._where(req)
+        if isinstance(origin, TransportFailure):
+            return origin
         conn = self._checkout(origin.key)
         fast = fast_reader(req)
         try:
@@ -974,9 +955,6 @@ class SyncPool:
         for conn in idle:
             conn.stream.close()
         self.backend.interrupt_all()
-
-
-_MID_ANSWER = TransportFailure("connection", "connection broken mid-answer (RemoteProtocolError)")
 
 
 def new_sync_client(

@@ -305,18 +305,20 @@ def framed(emulator: Emulator, framing: str, extra: bytes = b"") -> Any:
     return script
 
 
-@pytest.mark.parametrize(
-    ("framing", "extra", "connections"),
-    [
-        ("length", b"", 1),
-        ("length", b"\r\n", 2),  # a stray line end after the answer
-        ("chunked", b"", 1),
-        ("chunked", b"\r\n", 2),
-        ("chunked", b"junk", 2),
-        ("interim", b"", 2),  # answered after the 100; the connection is not kept
-        ("close", b"", 2),
-    ],
-)
+#: (framing, bytes after the answer, connections two calls take) — with httptools; h11 keeps
+#: the connection after a 1xx (it knows where one ends).
+FRAMINGS = [
+    ("length", b"", 1),
+    ("length", b"\r\n", 2),  # a stray line end after the answer
+    ("chunked", b"", 1),
+    ("chunked", b"\r\n", 2),
+    ("chunked", b"junk", 2),
+    ("interim", b"", 2),  # answered after the 100; the connection is not kept
+    ("close", b"", 2),
+]
+
+
+@pytest.mark.parametrize(("framing", "extra", "connections"), FRAMINGS)
 async def test_each_framing_is_answered_and_reused_only_when_clean(
     make_shim: Callable[..., AsyncCouponStockShim],
     emulator: Emulator,
@@ -338,24 +340,50 @@ async def test_each_framing_is_answered_and_reused_only_when_clean(
     assert server.connections == connections
 
 
-@pytest.mark.parametrize(
-    "answer",
-    [
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",  # cut short by the close
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nx",
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
-        b"NOT HTTP\r\n\r\n",
-    ],
-)
-async def test_broken_answers_are_typed_connection_errors(
-    make_shim: Callable[..., AsyncCouponStockShim], answer: bytes
-) -> None:
+#: Answers no reader may accept: each is a typed connection error, "broken mid-answer".
+BROKEN_ANSWERS = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",  # cut short by the close
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nx",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+    b"NOT HTTP\r\n\r\n",
+]
+
+
+def sending(answer: bytes) -> Any:
+    """A script that sends ``answer`` and closes the connection."""
+
     def script(conn: Conn, req: Request) -> None:
         conn.send(answer)
         conn.close()
 
-    with HostileServer(script) as server:
+    return script
+
+
+QUIRKS = ["bare LF", "folded header"]
+
+
+def quirky(emulator: Emulator, quirk: str) -> Any:
+    """The real answer with a head h11 accepts and llhttp refuses (``bare LF`` line ends
+    or a ``folded header``)."""
+
+    def script(conn: Conn, req: Request) -> None:
+        status, headers, body = real_answer(emulator, req)
+        raw = head(status, [*headers, ("Content-Length", str(len(body)))])
+        if quirk == "bare LF":
+            raw = raw.replace(b"\r\n", b"\n")
+        else:
+            raw = raw.replace(b"\r\n\r\n", b"\r\nX-Folded: a\r\n b\r\n\r\n")
+        conn.send(raw + body)
+
+    return script
+
+
+@pytest.mark.parametrize("answer", BROKEN_ANSWERS)
+async def test_broken_answers_are_typed_connection_errors(
+    make_shim: Callable[..., AsyncCouponStockShim], answer: bytes
+) -> None:
+    with HostileServer(sending(answer)) as server:
         shim = make_shim(server.url)
         result = await query(shim)
     assert isinstance(result, UpstreamError), result
@@ -363,24 +391,13 @@ async def test_broken_answers_are_typed_connection_errors(
     assert "broken mid-answer" in str(result), result
 
 
-@pytest.mark.parametrize("quirk", ["bare LF", "folded header"])
+@pytest.mark.parametrize("quirk", QUIRKS)
 async def test_heads_h11_accepts_are_answered_by_both_readers(
     make_shim: Callable[..., AsyncCouponStockShim], emulator: Emulator, quirk: str
 ) -> None:
     """llhttp is stricter than h11 in the head (bare LF line ends, obs-fold header lines):
     such an answer is read by h11 instead, so it is answered whichever reader is installed."""
-
-    def script(conn: Conn, req: Request) -> None:
-        status, headers, body = real_answer(emulator, req)
-        headers = [*headers, ("Content-Length", str(len(body)))]
-        raw = head(status, headers)
-        if quirk == "bare LF":
-            raw = raw.replace(b"\r\n", b"\n")
-        else:
-            raw = raw.replace(b"\r\n\r\n", b"\r\nX-Folded: a\r\n b\r\n\r\n")
-        conn.send(raw + body)
-
-    with HostileServer(script, keep_alive=True) as server:
+    with HostileServer(quirky(emulator, quirk), keep_alive=True) as server:
         shim = make_shim(server.url)
         for _ in range(2):
             answer = await query(shim)

@@ -28,10 +28,20 @@ from shim._async_pool import MAX_HEADER_BYTES
 from shim._transport import SyncPool, new_sync_client
 from shim.sandbox import Emulator, SandboxState
 from tests.fault_cases import parse_emulator_config
-from tests.hostile import Conn, HostileServer, Request, head, real_answer
+from tests.hostile import Conn, HostileServer, Request, head
 
 # The scripts, the TLS emulator and the reader switch are the async pool's tests' own.
-from tests.test_async_pool import answering, framed, reader, tls_emulator
+from tests.test_async_pool import (
+    BROKEN_ANSWERS,
+    FRAMINGS,
+    QUIRKS,
+    answering,
+    framed,
+    quirky,
+    reader,
+    sending,
+    tls_emulator,
+)
 from tests.wait import wait_until
 
 __all__ = ["reader", "tls_emulator"]  # fixtures used here by name
@@ -153,18 +163,7 @@ def test_a_connection_idle_past_keepalive_expiry_is_not_reused(
     assert server.connections == 2
 
 
-@pytest.mark.parametrize(
-    ("framing", "extra", "connections"),
-    [
-        ("length", b"", 1),
-        ("length", b"\r\n", 2),  # a stray line end after the answer
-        ("chunked", b"", 1),
-        ("chunked", b"\r\n", 2),
-        ("chunked", b"junk", 2),
-        ("interim", b"", 2),  # answered after the 100; the connection is not kept
-        ("close", b"", 2),
-    ],
-)
+@pytest.mark.parametrize(("framing", "extra", "connections"), FRAMINGS)
 def test_each_framing_is_answered_and_reused_only_when_clean(
     make_shim: Callable[..., CouponStockShim],
     emulator: Emulator,
@@ -183,43 +182,21 @@ def test_each_framing_is_answered_and_reused_only_when_clean(
     assert server.connections == connections
 
 
-@pytest.mark.parametrize(
-    "answer",
-    [
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",  # cut short by the close
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nx",
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
-        b"NOT HTTP\r\n\r\n",
-    ],
-)
+@pytest.mark.parametrize("answer", BROKEN_ANSWERS)
 def test_broken_answers_are_typed_connection_errors(
     make_shim: Callable[..., CouponStockShim], answer: bytes
 ) -> None:
-    def script(conn: Conn, req: Request) -> None:
-        conn.send(answer)
-        conn.close()
-
-    with HostileServer(script) as server:
+    with HostileServer(sending(answer)) as server:
         result = query(make_shim(server.url))
     assert isinstance(result, UpstreamError) and result.kind == "connection", result
     assert "broken mid-answer" in str(result), result
 
 
-@pytest.mark.parametrize("quirk", ["bare LF", "folded header"])
+@pytest.mark.parametrize("quirk", QUIRKS)
 def test_heads_h11_accepts_are_answered_by_both_readers(
     make_shim: Callable[..., CouponStockShim], emulator: Emulator, quirk: str
 ) -> None:
-    def script(conn: Conn, req: Request) -> None:
-        status, headers, body = real_answer(emulator, req)
-        raw = head(status, [*headers, ("Content-Length", str(len(body)))])
-        if quirk == "bare LF":
-            raw = raw.replace(b"\r\n", b"\n")
-        else:
-            raw = raw.replace(b"\r\n\r\n", b"\r\nX-Folded: a\r\n b\r\n\r\n")
-        conn.send(raw + body)
-
-    with HostileServer(script, keep_alive=True) as server:
+    with HostileServer(quirky(emulator, quirk), keep_alive=True) as server:
         shim = make_shim(server.url)
         for _ in range(2):
             answer = query(shim)
