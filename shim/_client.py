@@ -590,7 +590,9 @@ class CouponStockShim(_ShimCore):
         config: a :class:`ShimConfig`, a :class:`LiveConfig`, or the path of a TOML file
             (then watched and reloaded when it changes).
         client: your own ``httpx.Client`` (not closed by :meth:`close`); by default the shim
-            builds one pooled client for its lifetime.
+            builds one connection pool for its lifetime (its own HTTP/1.1 pool, or an
+            ``httpx.Client`` on :class:`DeadlineTransport` when the environment names a
+            proxy).
         transport: an httpx transport for the shim's own client (e.g. the emulator's
             in-process ``MockTransport``).
         flag_source: an OpenFeature route source (``routing.flag_source = "openfeature"``);
