@@ -23,6 +23,10 @@ The bounds are the driver's, kept per socket operation:
   aborts its connection on the way out.
 
 Failures are classified, and worded, as the httpx path classifies its exceptions.
+
+The codec is shared with the sync twin's pool (``shim._transport.SyncPool``): the request
+writer, the sans-IO answer reader (:func:`read_answer`, driven with each pool's own I/O),
+the reuse rule (:func:`reusable`) and :class:`PoolBase`.
 """
 
 from __future__ import annotations
