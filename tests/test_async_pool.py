@@ -48,6 +48,16 @@ def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return str(request.param)
 
 
+def pool_tables(**upstream: Any) -> dict[str, Any]:
+    """The pool tests' config: one attempt, legacy routing, short timeouts (or ``upstream``)."""
+    timeouts = {"timeout_s": 2.0, "connect_timeout_s": 2.0, "budget_s": 3.0}
+    return {
+        "upstream": {**timeouts, **upstream},
+        "retry": {"attempts": 1},
+        "routing": {"mode": "legacy"},
+    }
+
+
 @pytest.fixture
 async def make_shim(
     sandbox_state: SandboxState, tmp_path: Path
@@ -55,13 +65,8 @@ async def make_shim(
     made: list[AsyncCouponStockShim] = []
 
     def build(url: str, **upstream: Any) -> AsyncCouponStockShim:
-        tables = {
-            "upstream": {"timeout_s": 2.0, "connect_timeout_s": 2.0, "budget_s": 3.0, **upstream},
-            "retry": {"attempts": 1},
-            "routing": {"mode": "legacy"},
-        }
         shim = AsyncCouponStockShim(
-            parse_emulator_config(sandbox_state, tmp_path, url, tables), env={}
+            parse_emulator_config(sandbox_state, tmp_path, url, pool_tables(**upstream)), env={}
         )
         made.append(shim)
         return shim
@@ -240,11 +245,7 @@ async def test_https_upstreams_are_verified_and_answered(
     """TLS through the pool: the CA from SSL_CERT_FILE (as httpx honours it) is trusted,
     the real answer verifies; without that CA the certificate is refused, typed."""
     url, ca_file, state = tls_emulator
-    tables = {
-        "upstream": {"timeout_s": 3.0, "connect_timeout_s": 3.0, "budget_s": 5.0},
-        "retry": {"attempts": 1},
-        "routing": {"mode": "legacy"},
-    }
+    tables = pool_tables(timeout_s=3.0, connect_timeout_s=3.0, budget_s=5.0)
     cfg = parse_emulator_config(state, tmp_path, url, tables)
     untrusted = AsyncCouponStockShim(cfg, env={})
     try:

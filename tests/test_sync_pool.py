@@ -37,6 +37,7 @@ from tests.test_async_pool import (
     QUIRKS,
     answering,
     framed,
+    pool_tables,
     quirky,
     reader,
     sending,
@@ -57,11 +58,7 @@ def make_shim(
     made: list[CouponStockShim] = []
 
     def build(url: str, **upstream: Any) -> CouponStockShim:
-        tables = {
-            "upstream": {"timeout_s": 2.0, "connect_timeout_s": 2.0, "budget_s": 3.0, **upstream},
-            "retry": {"attempts": 1},
-            "routing": {"mode": "legacy"},
-        }
+        tables = pool_tables(**upstream)
         shim = CouponStockShim(parse_emulator_config(sandbox_state, tmp_path, url, tables), env={})
         assert isinstance(shim._client, SyncPool)
         made.append(shim)
@@ -234,11 +231,7 @@ def test_https_upstreams_are_verified_and_answered(
     """TLS through the pool: the CA from SSL_CERT_FILE (as httpx honours it) is trusted and
     one TLS connection carries both calls; without that CA the certificate is refused."""
     url, ca_file, state = tls_emulator
-    tables = {
-        "upstream": {"timeout_s": 3.0, "connect_timeout_s": 3.0, "budget_s": 5.0},
-        "retry": {"attempts": 1},
-        "routing": {"mode": "legacy"},
-    }
+    tables = pool_tables(timeout_s=3.0, connect_timeout_s=3.0, budget_s=5.0)
     cfg = parse_emulator_config(state, tmp_path, url, tables)
     with CouponStockShim(cfg, env={}) as untrusted:
         refused = query(untrusted)
